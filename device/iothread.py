@@ -1,0 +1,219 @@
+"""IOThread: the one thread that owns a controller's socket, queues and timers.
+
+Threading model of nvshell (see README, "Architecture"):
+
+* The control plane (QMP monitor, shell, object changes) runs on one asyncio loop.
+* Each controller's data plane runs on its own ``IOThread``. The thread owns the
+  controller's vfio-user socket, so a doorbell write is handled where the queues
+  live, without a thread hop.
+* The only way into an IOThread from outside is ``submit`` (returns a
+  ``concurrent.futures.Future``) or ``run`` (waits for the result). Control-plane
+  code that must touch controller state (attach a namespace, read queue state
+  for ``info queues``) goes through it; nothing else crosses threads.
+
+The loop multiplexes file descriptors (``add_reader``), timers (``call_later``)
+and *pollers*: callables that look at shared memory the guest writes without
+telling us (mmapped doorbells). A poller returns True when it found work. While
+pollers keep finding work the loop spins; once they go quiet it backs off
+exponentially to ``IDLE_POLL_MAX`` seconds between looks, so an idle device costs
+next to no CPU while a busy one reacts within microseconds.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import heapq
+import itertools
+import logging
+import os
+import selectors
+import threading
+import time
+from typing import Any, Callable, TypeVar
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: After the last useful poll, keep spinning (timeout 0) for this long.
+BUSY_SPIN = 0.0002
+#: First sleep once spinning stops; doubles up to IDLE_POLL_MAX.
+IDLE_POLL_MIN = 0.00005
+#: Longest sleep between polls of shared memory when idle.
+IDLE_POLL_MAX = 0.004
+
+
+class TimerHandle:
+    """A pending ``call_later`` callback; ``cancel()`` is safe from the IOThread only."""
+
+    __slots__ = ("when", "callback", "cancelled")
+
+    def __init__(self, when: float, callback: Callable[[], Any]):
+        self.when = when
+        self.callback = callback
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class IOThread:
+    """A small event loop on a dedicated thread (see module docstring)."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self._selector = selectors.DefaultSelector()
+        self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._selector.register(self._wake_fd, selectors.EVENT_READ, self._drain_wake)
+        self._calls: list[Callable[[], Any]] = []
+        self._calls_lock = threading.Lock()
+        self._timers: list[tuple[float, int, TimerHandle]] = []
+        self._timer_seq = itertools.count()
+        self._pollers: list[Callable[[], bool]] = []
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self._last_work = 0.0
+        self._idle_sleep = IDLE_POLL_MIN
+
+    # ----------------------------------------------------------- lifecycle
+    def start(self) -> None:
+        if self._thread is not None:
+            raise RuntimeError(f"iothread {self.name} already started")
+        self._thread = threading.Thread(target=self._run, name=f"iothread-{self.name}", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop the loop and wait for the thread; callable from any thread, idempotent."""
+        if self._thread is None:
+            return
+        self._stopping = True
+        self._wake()
+        if threading.current_thread() is not self._thread:
+            self._thread.join(timeout)
+        self._thread = None
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and not self._stopping
+
+    def in_thread(self) -> bool:
+        return threading.current_thread() is self._thread
+
+    # ------------------------------------------------ cross-thread requests
+    def submit(self, fn: Callable[..., T], *args: Any) -> "concurrent.futures.Future[T]":
+        """Run ``fn(*args)`` on the IOThread; the future carries its result or exception."""
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+
+        def call() -> None:
+            if not future.set_running_or_notify_cancel():
+                return
+            try:
+                future.set_result(fn(*args))
+            except BaseException as exc:  # handed to the caller, never lost
+                future.set_exception(exc)
+
+        if self._thread is None or self.in_thread():
+            call()
+        else:
+            self.call_soon(call)
+        return future
+
+    def run(self, fn: Callable[..., T], *args: Any, timeout: float = 10.0) -> T:
+        """``submit`` and wait for the result (directly when already on the thread)."""
+        return self.submit(fn, *args).result(timeout)
+
+    def call_soon(self, fn: Callable[[], Any]) -> None:
+        """Queue ``fn`` to run on the IOThread; thread-safe, never blocks."""
+        with self._calls_lock:
+            self._calls.append(fn)
+        self._wake()
+
+    # ------------------------------------------------- IOThread-only API
+    def call_later(self, delay: float, fn: Callable[[], Any]) -> TimerHandle:
+        handle = TimerHandle(time.monotonic() + max(delay, 0.0), fn)
+        heapq.heappush(self._timers, (handle.when, next(self._timer_seq), handle))
+        if not self.in_thread():
+            self._wake()
+        return handle
+
+    def add_reader(self, fd: int, callback: Callable[[], Any]) -> None:
+        self._selector.register(fd, selectors.EVENT_READ, callback)
+
+    def remove_reader(self, fd: int) -> None:
+        try:
+            self._selector.unregister(fd)
+        except (KeyError, ValueError):
+            pass
+
+    def add_poller(self, poller: Callable[[], bool]) -> None:
+        self._pollers.append(poller)
+        self.note_work()
+
+    def remove_poller(self, poller: Callable[[], bool]) -> None:
+        try:
+            self._pollers.remove(poller)
+        except ValueError:
+            pass
+
+    def note_work(self) -> None:
+        """Tell the loop something happened, so pollers are looked at eagerly again."""
+        self._last_work = time.monotonic()
+        self._idle_sleep = IDLE_POLL_MIN
+
+    # ---------------------------------------------------------------- loop
+    def _wake(self) -> None:
+        try:
+            os.eventfd_write(self._wake_fd, 1)
+        except OSError:
+            pass
+
+    def _drain_wake(self) -> None:
+        try:
+            os.eventfd_read(self._wake_fd)
+        except BlockingIOError:
+            pass
+
+    def _timeout(self, now: float) -> float | None:
+        timeout: float | None = None
+        if self._pollers:
+            if now - self._last_work < BUSY_SPIN:
+                timeout = 0.0
+            else:
+                timeout = self._idle_sleep
+                self._idle_sleep = min(self._idle_sleep * 2, IDLE_POLL_MAX)
+        if self._timers:
+            until = max(self._timers[0][0] - now, 0.0)
+            timeout = until if timeout is None else min(timeout, until)
+        if self._calls:
+            timeout = 0.0
+        return timeout
+
+    def _run(self) -> None:
+        while not self._stopping:
+            try:
+                self._iterate()
+            except Exception:  # a bug in one callback must not kill the data plane
+                log.exception("iothread %s: unhandled exception", self.name)
+        self._selector.close()
+        os.close(self._wake_fd)
+
+    def _iterate(self) -> None:
+        events = self._selector.select(self._timeout(time.monotonic()))
+        for key, _ in events:
+            key.data()
+        if self._calls:
+            with self._calls_lock:
+                calls, self._calls = self._calls, []
+            for call in calls:
+                call()
+        now = time.monotonic()
+        while self._timers and self._timers[0][0] <= now:
+            _, _, handle = heapq.heappop(self._timers)
+            if not handle.cancelled:
+                handle.callback()
+        worked = False
+        for poller in list(self._pollers):
+            if poller():
+                worked = True
+        if worked or events:
+            self.note_work()

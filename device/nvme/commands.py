@@ -1,0 +1,129 @@
+"""Command tables: every NVMe command handler is a function registered by opcode.
+
+A handler has the signature ``handler(ctrl, cmd) -> None | DEFERRED`` and lives in
+the module of its command set (``admin_*.py``, ``nvm.py``). It reads its fields
+from ``cmd`` (a decoded SQE), moves data with ``ctrl.transfer(cmd, length)``
+(PRP or SGL, chosen by PSDT), and ends in one of three ways:
+
+* returns normally: the command completes with ``Status.SUCCESS`` and ``cmd.result``
+  as DW0 of the completion entry;
+* raises ``NvmeError(status)``: the command completes with that status;
+* returns ``DEFERRED``: the handler keeps ``cmd`` and completes it later with
+  ``ctrl.complete(cmd, status)`` (Asynchronous Event Requests, delayed faults).
+
+Everything that is the same for all commands (name for traces, command
+effects for the log page, whether an NSID is required, the namespace lookup)
+comes from the table entry, not from each handler.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Iterator
+
+if TYPE_CHECKING:  # only for annotations: the controller imports this module
+    from device.nvme.controller import Controller
+
+#: Returned by a handler that completes its command later.
+DEFERRED = object()
+
+
+@dataclass(slots=True)
+class Command:
+    """One submitted command, decoded from its SQE (see ``spec.SQE``)."""
+
+    sqid: int
+    cid: int
+    opcode: int
+    flags: int
+    nsid: int
+    mptr: int
+    dptr1: int
+    dptr2: int
+    cdw10: int
+    cdw11: int
+    cdw12: int
+    cdw13: int
+    cdw14: int
+    cdw15: int
+    #: DW0 (and DW1) of the completion entry, set by handlers that return a value.
+    result: int = 0
+    result_dw1: int = 0
+    #: The namespace the command addresses, looked up by the dispatcher when the
+    #: table entry says the command needs one.
+    ns: Any = None
+    #: Monotonic ns timestamp of the fetch (latency tracing).
+    fetched_ns: int = 0
+    #: Free for handlers and fault rules (e.g. the aborted flag).
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def psdt(self) -> int:
+        return (self.flags >> 6) & 0x3
+
+    @property
+    def fuse(self) -> int:
+        return self.flags & 0x3
+
+
+@dataclass(frozen=True, slots=True)
+class CommandInfo:
+    opcode: int
+    name: str
+    handler: Callable[["Controller", Command], Any]
+    #: "none": NSID ignored; "required": an attached, active namespace (cmd.ns set,
+    #: else Invalid Namespace or Format); "optional": looked up if nonzero and not
+    #: broadcast (0xffffffff).
+    nsid: str = "none"
+    #: Commands Supported and Effects log entry (CSUPP is implied).
+    effects: int = 0
+    #: Data transfer direction, for tracing: "none", "to-host", "from-host", "both".
+    direction: str = "none"
+
+
+class CommandTable:
+    """Opcode -> ``CommandInfo``; one table per command set (admin, NVM, zoned...)."""
+
+    def __init__(self, name: str, parent: "CommandTable | None" = None):
+        self.name = name
+        self._entries: dict[int, CommandInfo] = dict(parent._entries) if parent else {}
+
+    def command(self, opcode: int, name: str, *, nsid: str = "none", effects: int = 0,
+                direction: str = "none") -> Callable[[Callable], Callable]:
+        """Decorator registering ``handler`` for ``opcode``."""
+        if nsid not in ("none", "required", "optional"):
+            raise ValueError(f"nsid must be none, required or optional, not {nsid!r}")
+
+        def register(handler: Callable) -> Callable:
+            self._entries[opcode] = CommandInfo(opcode, name, handler, nsid, effects, direction)
+            return handler
+        return register
+
+    def get(self, opcode: int) -> CommandInfo | None:
+        return self._entries.get(opcode)
+
+    def by_name(self, name: str) -> CommandInfo | None:
+        for info in self._entries.values():
+            if info.name == name:
+                return info
+        return None
+
+    def __iter__(self) -> Iterator[CommandInfo]:
+        return iter(sorted(self._entries.values(), key=lambda i: i.opcode))
+
+    def __contains__(self, opcode: int) -> bool:
+        return opcode in self._entries
+
+
+#: Admin command set; handlers register from ``device.nvme.admin_*`` modules.
+ADMIN = CommandTable("admin")
+#: NVM command set; handlers register from ``device.nvme.nvm``.
+NVM = CommandTable("nvm")
+
+# Command effects bits (Commands Supported and Effects log).
+EFFECT_CSUPP = 1 << 0
+EFFECT_LBCC = 1 << 1      # logical block content change
+EFFECT_NCC = 1 << 2       # namespace capability change
+EFFECT_NIC = 1 << 3       # namespace inventory change
+EFFECT_CCC = 1 << 4       # controller capability change
+EFFECT_CSE_SINGLE = 1 << 16
