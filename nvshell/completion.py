@@ -1,0 +1,254 @@
+"""Tab completion for HMP lines, driven by the HMP table and by QMP queries.
+
+Why QMP queries and not the Machine: the same completer serves the local shell (queries go
+through ``Registry.execute``) and the remote shell (queries go over the socket with
+``QMPClient``).  The completer only needs ``query(name, args) -> awaitable result``.
+
+Why async: prompt_toolkit awaits ``get_completions_async`` on the shell's own loop, which
+is also the loop the monitor runs on, so a query is an ordinary await, never a thread hop.
+Results are cached for a moment so that typing does not flood the monitor.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any, AsyncGenerator, Awaitable, Callable, Iterable, Iterator
+
+from prompt_toolkit.completion import CompleteEvent, Completer, Completion
+from prompt_toolkit.document import Document
+
+from monitor.hmp import COMMANDS, INFO, CommandTable, HMPCommand, HMPError, Param, split_word
+
+Query = Callable[[str, dict[str, Any]], Awaitable[Any]]
+
+BOOL_VALUES = ("on", "off")
+
+
+def tokenize(text: str) -> tuple[list[str], str]:
+    """Complete words before the cursor and the partial word under it ("" after a space)."""
+    words: list[str] = []
+    rest = text
+    while rest.strip():
+        word, rest = split_word(rest)
+        words.append(word)
+    if words and not text[-1:].isspace():
+        return words[:-1], words[-1]
+    return words, ""
+
+
+def split_opts(text: str) -> list[str]:
+    """``type,id=x,pr`` -> ``["type", "id=x", "pr"]`` (``,,`` is a literal comma)."""
+    pieces, cur, i = [], [], 0
+    while i < len(text):
+        if text[i] == ",":
+            if text[i + 1 : i + 2] == ",":
+                cur.append(",")
+                i += 2
+                continue
+            pieces.append("".join(cur))
+            cur = []
+        else:
+            cur.append(text[i])
+        i += 1
+    pieces.append("".join(cur))
+    return pieces
+
+
+def _matching(prefix: str, candidates: Iterable[str], meta: dict[str, str] | None = None,
+              suffix: str = "") -> Iterator[Completion]:
+    seen: set[str] = set()
+    for c in candidates:
+        if c.startswith(prefix) and c not in seen:
+            seen.add(c)
+            yield Completion(c + suffix, start_position=-len(prefix), display=c,
+                             display_meta=(meta or {}).get(c, ""))
+
+
+class HMPCompleter(Completer):
+    """Completes command names, ``info`` sub-commands, type names, object/device ids,
+    property names and values (bool, enum, link targets), QOM paths and trace events."""
+
+    def __init__(self, query: Query, table: CommandTable = COMMANDS, info: CommandTable = INFO,
+                 *, cache_seconds: float = 2.0) -> None:
+        self.query = query
+        self.table = table
+        self.info = info
+        self.cache_seconds = cache_seconds
+        self._cache: dict[str, tuple[float, Any]] = {}
+
+    # -- prompt_toolkit interface ----------------------------------------------------
+    def get_completions(self, document: Document, complete_event: CompleteEvent) -> Iterable[Completion]:
+        """Synchronous path (no QMP data): command and sub-command names only."""
+        try:
+            words, cur = tokenize(document.text_before_cursor)
+        except HMPError:
+            return
+        if not words:
+            yield from self._command_names(cur)
+        elif words[0] == "info" and len(words) == 1:
+            yield from self._info_names(cur)
+
+    async def get_completions_async(self, document: Document,
+                                    complete_event: CompleteEvent) -> AsyncGenerator[Completion, None]:
+        for c in await self.completions(document.text_before_cursor):
+            yield c
+
+    # -- the logic, usable directly by tests ---------------------------------------------
+    async def completions(self, text: str) -> list[Completion]:
+        """All completions for ``text`` (the line up to the cursor); never raises."""
+        try:
+            return [c async for c in self._complete(text)]
+        except Exception:
+            return []
+
+    async def _complete(self, text: str) -> AsyncGenerator[Completion, None]:
+        words, cur = tokenize(text)
+        if not words:
+            for c in self._command_names(cur):
+                yield c
+            return
+        cmd = self.table.lookup(words[0])
+        if cmd is None:
+            return
+        args_text = text.lstrip()[len(words[0]):].lstrip()
+        if cmd.name == "info":
+            if len(words) == 1:
+                for c in self._info_names(cur):
+                    yield c
+                return
+            sub = self.info.lookup(words[1])
+            if sub is None:
+                return
+            cmd, words = sub, words[1:]
+            args_text = args_text[len(words[0]):].lstrip()
+        param, before = self._current_param(cmd, words[1:])
+        if param is None or param.complete is None:
+            return
+        if param.kind == "rest":
+            async for c in self._complete_opts(param.complete, args_text):
+                yield c
+            return
+        for c in await self._complete_word(param.complete, cur, before):
+            yield c
+
+    def _command_names(self, prefix: str) -> Iterator[Completion]:
+        meta = {c.name: c.help for c in self.table}
+        return _matching(prefix, [c.name for c in self.table], meta)
+
+    def _info_names(self, prefix: str) -> Iterator[Completion]:
+        return _matching(prefix, [c.name for c in self.info], {c.name: c.help for c in self.info})
+
+    @staticmethod
+    def _current_param(cmd: HMPCommand, done: list[str]) -> tuple[Param | None, list[str]]:
+        """Which parameter the cursor is in, given the complete words typed after the name."""
+        positional = [p for p in cmd.args if p.kind != "flag"]
+        words = [w for w in done if not w.startswith("-")]
+        if positional and positional[-1].kind == "rest" and len(words) >= len(positional) - 1:
+            return positional[-1], words
+        return (positional[len(words)] if len(words) < len(positional) else None), words
+
+    # -- data ------------------------------------------------------------------------------
+    async def _q(self, name: str, args: dict[str, Any] | None = None) -> Any:
+        key = name + json.dumps(args or {}, sort_keys=True)
+        now = time.monotonic()
+        hit = self._cache.get(key)
+        if hit and now - hit[0] < self.cache_seconds:
+            return hit[1]
+        value = await self.query(name, dict(args or {}))
+        self._cache[key] = (now, value)
+        return value
+
+    async def _safe(self, name: str, args: dict[str, Any] | None = None, default: Any = None) -> Any:
+        try:
+            return await self._q(name, args)
+        except Exception:
+            return [] if default is None else default
+
+    async def _ids(self, container: str) -> list[str]:
+        props = await self._safe("qom-list", {"path": container})
+        return sorted(p["name"] for p in props if str(p.get("type", "")).startswith("child<"))
+
+    async def _types(self, kind: str) -> list[str]:
+        devices = [t["name"] for t in await self._safe("qom-list-types", {"implements": "device", "abstract": False})]
+        if kind == "device":
+            return sorted(devices)
+        objs = await self._safe("qom-list-types", {"implements": "user-creatable", "abstract": False})
+        if not objs:
+            objs = await self._safe("qom-list-types", {"abstract": False})
+        return sorted(t["name"] for t in objs if t["name"] not in devices)
+
+    async def _complete_word(self, kind: str, cur: str, before: list[str]) -> list[Completion]:
+        if kind == "command":
+            return list(self._command_names(cur))
+        if kind == "info":
+            return list(self._info_names(cur))
+        if kind == "on-off":
+            return list(_matching(cur, BOOL_VALUES))
+        if kind == "object-id":
+            return list(_matching(cur, await self._ids("/objects")))
+        if kind == "device-id":
+            return list(_matching(cur, await self._ids("/machine/peripheral")))
+        if kind == "trace-event":
+            events = await self._safe("trace-event-get-state", {"name": "*"})
+            return list(_matching(cur, sorted(e["name"] for e in events)))
+        if kind == "qom-path":
+            return await self._paths(cur)
+        if kind == "qom-property" and before:
+            props = await self._safe("qom-list", {"path": before[-1]})
+            return list(_matching(cur, [p["name"] for p in props], {p["name"]: p["type"] for p in props}))
+        if kind == "qom-value" and len(before) >= 2:
+            props = await self._safe("qom-list", {"path": before[-2]})
+            for p in props:
+                if p["name"] == before[-1]:
+                    return list(_matching(cur, await self._values(p)))
+        return []
+
+    async def _paths(self, cur: str) -> list[Completion]:
+        """Complete one QOM path segment: children (and links) of the typed parent."""
+        if not cur.startswith("/"):
+            return list(_matching(cur, ["/"]))
+        parent, _, partial = cur.rpartition("/")
+        props = await self._safe("qom-list", {"path": parent or "/"})
+        names = sorted(p["name"] for p in props if str(p["type"]).startswith(("child<", "link<")))
+        return [Completion(f"{parent}/{n}", start_position=-len(cur), display=n)
+                for n in names if n.startswith(partial)]
+
+    async def _values(self, prop: dict[str, Any]) -> list[str]:
+        """Values a property accepts: bool on/off, enum members, ids for links."""
+        ptype = str(prop.get("type", ""))
+        for key in ("enum", "values", "choices"):
+            if isinstance(prop.get(key), list):
+                return [str(v) for v in prop[key]]
+        if ptype == "bool":
+            return list(BOOL_VALUES)
+        if ptype.startswith("link<"):
+            return await self._ids("/objects") + await self._ids("/machine/peripheral")
+        return []
+
+    async def _complete_opts(self, kind: str, text: str) -> AsyncGenerator[Completion, None]:
+        """``type,prop=value,...`` for object_add/device_add."""
+        pieces = split_opts(text)
+        cur = pieces[-1]
+        typekind = "device" if kind == "device-opts" else "object"
+        if len(pieces) == 1:
+            for c in _matching(cur, ["help"] + await self._types(typekind)):
+                yield c
+            return
+        typename = pieces[0].partition("=")[2] if "=" in pieces[0] else pieces[0]
+        command = "device-list-properties" if typekind == "device" else "qom-list-properties"
+        props = await self._safe(command, {"typename": typename})
+        if "=" in cur:
+            key, _, value = cur.partition("=")
+            for p in props:
+                if p["name"] == key:
+                    for c in _matching(value, await self._values(p)):
+                        yield c
+            return
+        used = {p.partition("=")[0] for p in pieces[1:-1]}
+        names = ["id"] + [p["name"] for p in props]
+        meta = {p["name"]: str(p.get("type", "")) for p in props}
+        for c in _matching(cur, [n for n in names if n not in used], meta, suffix="="):
+            yield c
+        for c in _matching(cur, ["help"]):
+            yield c
