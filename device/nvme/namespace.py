@@ -1,0 +1,225 @@
+"""An NVM command set namespace: a backend seen as logical blocks, and its Identify data.
+
+The namespace owns what the host learns about it (Identify Namespace CNS 00,
+the NVM command set specific CNS 05, the identification descriptors CNS 03)
+and the LBA geometry the I/O handlers in ``nvm.py`` use. It belongs to a
+subsystem, not a controller: several controllers (several IOThreads) may issue
+I/O to it at once, which the backends allow.
+
+Identifiers (UUID, NGUID, EUI-64) must stay stable across host rescans, or
+Linux treats the namespace as a new device. When not given they are derived
+deterministically from the UUID, so persisting the UUID persists them all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid as uuid_mod
+from typing import Any
+
+from device.backends import Backend
+from device.layout import Layout
+from device.nvme import commands
+from device.nvme import nvm as _nvm  # noqa: F401  (registers the NVM I/O handlers on commands.NVM)
+from device.nvme.spec import CSI
+from device.nvme.status import NvmeError, Status
+
+IDENTIFY_SIZE = 4096
+
+#: Supported LBA formats: index -> LBADS (log2 of the block size). No metadata.
+LBA_FORMATS: tuple[int, ...] = (9, 12)
+
+#: Identify Namespace data structure (CNS 00h), NVM command set; offsets as in
+#: the NVM Command Set specification, figure "Identify Namespace Data Structure".
+ID_NS = Layout("IdNamespace", [
+    (0, "nsze", "Q"), (8, "ncap", "Q"), (16, "nuse", "Q"),
+    (24, "nsfeat", "B"), (25, "nlbaf", "B"), (26, "flbas", "B"), (27, "mc", "B"),
+    (28, "dpc", "B"), (29, "dps", "B"), (30, "nmic", "B"), (31, "rescap", "B"),
+    (32, "fpi", "B"), (33, "dlfeat", "B"), (34, "nawun", "H"), (36, "nawupf", "H"),
+    (38, "nacwu", "H"), (40, "nabsn", "H"), (42, "nabo", "H"), (44, "nabspf", "H"),
+    (46, "noiob", "H"), (48, "nvmcap", "16s"), (64, "npwg", "H"), (66, "npwa", "H"),
+    (68, "npdg", "H"), (70, "npda", "H"), (72, "nows", "H"), (74, "mssrl", "H"),
+    (76, "mcl", "I"), (80, "msrc", "B"), (82, "nulbaf", "B"), (92, "anagrpid", "I"),
+    (99, "nsattr", "B"), (100, "nvmsetid", "H"), (102, "endgid", "H"),
+    (104, "nguid", "16s"), (120, "eui64", "8s"),
+    (128, "lbaf0", "I"), (132, "lbaf1", "I"),
+], size=IDENTIFY_SIZE)
+
+#: I/O Command Set specific Identify Namespace for the NVM command set (CNS 05h,
+#: CSI 00h): storage tag masks and extended LBA formats, all zero without PI.
+ID_NS_NVM = Layout("IdNamespaceNvm", [
+    (0, "lbstm", "Q"), (8, "pic", "B"), (12, "elbaf0", "I"), (16, "elbaf1", "I"),
+], size=IDENTIFY_SIZE)
+
+#: One Namespace Identification Descriptor header (CNS 03h); the NID follows.
+NS_ID_DESC = Layout("NsIdDescriptor", [("nidt", "B"), ("nidl", "B"), ("rsvd", "H")])
+
+NIDT_EUI64 = 1
+NIDT_NGUID = 2
+NIDT_UUID = 3
+NIDT_CSI = 4
+
+NSFEAT_THINP = 1 << 0
+NSFEAT_OPTPERF = 1 << 4
+#: Deallocated blocks read as zeroes (bits 2:0 = 001b); Write Zeroes with DEAC deallocates (bit 3).
+DLFEAT = 0x09
+NMIC_SHARED = 1 << 0
+
+DEFAULT_MSSRL = 128 * 1024
+DEFAULT_MCL = 128 * 1024
+DEFAULT_MSRC = 128
+
+
+class NamespaceError(ValueError):
+    """A namespace property is invalid (the object model reports it to the user)."""
+
+
+def _parse_id(value: Any, size: int, what: str) -> bytes | None:
+    """Accept bytes, an int (big-endian, as QEMU's eui64 property) or a hex string."""
+    if value is None or value == "" or value == "auto":
+        return None
+    if isinstance(value, (bytes, bytearray)):
+        raw = bytes(value)
+    elif isinstance(value, int):
+        if value < 0 or value >= 1 << (8 * size):
+            raise NamespaceError(f"{what} {value:#x} does not fit in {size} bytes")
+        raw = value.to_bytes(size, "big")
+    elif isinstance(value, str):
+        text = value.replace(":", "").replace("-", "").strip()
+        if text.lower().startswith("0x"):
+            text = text[2:]
+        try:
+            raw = bytes.fromhex(text)
+        except ValueError:
+            raise NamespaceError(f"{what} '{value}' is not {size} hex bytes") from None
+    else:
+        raise NamespaceError(f"{what} must be bytes, an integer or a hex string, not {type(value).__name__}")
+    if len(raw) != size:
+        raise NamespaceError(f"{what} '{value}' must be exactly {size} bytes")
+    return raw
+
+
+def _parse_uuid(value: Any) -> uuid_mod.UUID:
+    if value is None or value == "" or value == "auto":
+        return uuid_mod.uuid4()
+    if isinstance(value, uuid_mod.UUID):
+        return value
+    try:
+        return uuid_mod.UUID(bytes=value) if isinstance(value, (bytes, bytearray)) else uuid_mod.UUID(str(value))
+    except ValueError:
+        raise NamespaceError(f"uuid '{value}' is not a valid UUID") from None
+
+
+class NvmNamespace:
+    """A namespace of the NVM command set over a ``Backend``.
+
+    ``mssrl``/``mcl`` are the Copy limits in bytes (converted to blocks of the
+    current format for Identify); ``msrc`` is the maximum number of source
+    ranges per Copy (1-based here, 0-based in Identify).
+    """
+
+    csi = CSI.NVM
+    commands = commands.NVM
+    kind = "nvm"
+
+    def __init__(self, backend: Backend, *, lba_size: int = 512, uuid: Any = None, eui64: Any = None,
+                 nguid: Any = None, mssrl: int = DEFAULT_MSSRL, mcl: int = DEFAULT_MCL,
+                 msrc: int = DEFAULT_MSRC, shared: bool = True):
+        if lba_size not in tuple(1 << s for s in LBA_FORMATS):
+            raise NamespaceError(f"Parameter 'lba-size' expects {' or '.join(str(1 << s) for s in LBA_FORMATS)}")
+        if backend.size < lba_size:
+            raise NamespaceError(f"backend of {backend.size} bytes is smaller than one {lba_size}-byte block")
+        if not 1 <= msrc <= 256:
+            raise NamespaceError(f"msrc (maximum source ranges) must be 1..256, not {msrc}")
+        for name, value in (("mssrl", mssrl), ("mcl", mcl)):
+            if not isinstance(value, int) or value <= 0:
+                raise NamespaceError(f"{name} must be a positive number of bytes, not {value!r}")
+        if mcl < mssrl:
+            raise NamespaceError(f"mcl ({mcl}) must not be smaller than mssrl ({mssrl})")
+        self.backend = backend
+        self.nsid = 0
+        self.ready = True
+        self.shared = bool(shared)
+        self.uuid = _parse_uuid(uuid)
+        digest = hashlib.sha256(b"nvshell-ns:" + self.uuid.bytes).digest()
+        #: Derived EUI-64 uses a locally administered OUI-like prefix (0x02 bit set).
+        self.eui64 = _parse_id(eui64, 8, "eui64") or bytes([0x02 | (digest[0] & 0xFC)]) + digest[1:8]
+        self.nguid = _parse_id(nguid, 16, "nguid") or digest[8:24]
+        self.mssrl_bytes = mssrl
+        self.mcl_bytes = mcl
+        self.msrc = msrc
+        self._set_lba_size(lba_size)
+
+    # ------------------------------------------------------------ geometry
+    def _set_lba_size(self, lba_size: int) -> None:
+        self.lba_size = lba_size
+        self.lbads = lba_size.bit_length() - 1
+        self.lbaf = LBA_FORMATS.index(self.lbads)
+        self.nlbas = self.backend.size >> self.lbads
+        #: Copy limits in blocks of the current format (at least one block).
+        self.mssrl = max(1, min(0xFFFF, self.mssrl_bytes >> self.lbads))
+        self.mcl = max(1, min(0xFFFFFFFF, self.mcl_bytes >> self.lbads))
+
+    @property
+    def size(self) -> int:
+        """Usable bytes (whole blocks)."""
+        return self.nlbas << self.lbads
+
+    # ------------------------------------------------------------ identify
+    def identify_ns(self) -> bytes:
+        """Identify Namespace (CNS 00h)."""
+        # Preferred granularities: 4 KiB (the MemoryBackend chunking is finer
+        # than that, and Linux aligns to these for discard and io_opt).
+        pref = max(0, (4096 >> self.lbads) - 1)
+        nsze = self.nlbas
+        return ID_NS.pack(
+            nsze=nsze, ncap=nsze, nuse=nsze,
+            nsfeat=NSFEAT_OPTPERF,
+            nlbaf=len(LBA_FORMATS) - 1,
+            flbas=self.lbaf & 0xF,
+            dlfeat=DLFEAT,
+            nmic=NMIC_SHARED if self.shared else 0,
+            nvmcap=self.size.to_bytes(16, "little"),
+            npwg=pref, npwa=pref, npdg=pref, npda=pref, nows=pref,
+            mssrl=self.mssrl, mcl=self.mcl, msrc=self.msrc - 1,
+            nguid=self.nguid, eui64=self.eui64,
+            **{f"lbaf{i}": lbads << 16 for i, lbads in enumerate(LBA_FORMATS)},
+        )
+
+    def identify_ns_csi(self) -> bytes:
+        """I/O command set specific Identify Namespace for CSI NVM (CNS 05h)."""
+        return ID_NS_NVM.pack()
+
+    def id_descriptors(self) -> bytes:
+        """Namespace Identification Descriptor list (CNS 03h)."""
+        out = bytearray(IDENTIFY_SIZE)
+        pos = 0
+        for nidt, nid in ((NIDT_EUI64, self.eui64), (NIDT_NGUID, self.nguid),
+                          (NIDT_UUID, self.uuid.bytes), (NIDT_CSI, bytes([int(self.csi)]))):
+            NS_ID_DESC.pack_into(out, pos, nidt=nidt, nidl=len(nid))
+            pos += NS_ID_DESC.size
+            out[pos:pos + len(nid)] = nid
+            pos += len(nid)
+        return bytes(out)
+
+    # ------------------------------------------------------------ management
+    def format(self, lbaf: int) -> None:
+        """Format NVM: switch to LBA format ``lbaf`` and destroy all data."""
+        if not 0 <= lbaf < len(LBA_FORMATS):
+            raise NvmeError(Status.INVALID_FORMAT, msg=f"LBA format {lbaf} not supported")
+        self.backend.discard(0, self.backend.size)
+        self._set_lba_size(1 << LBA_FORMATS[lbaf])
+
+    def close(self) -> None:
+        self.ready = False
+        self.backend.close()
+
+    def info(self) -> dict[str, Any]:
+        """For the monitor ('info namespaces')."""
+        return {"nsid": self.nsid, "csi": int(self.csi), "kind": self.kind, "lba-size": self.lba_size,
+                "nlbas": self.nlbas, "size": self.size, "uuid": str(self.uuid),
+                "eui64": self.eui64.hex(), "nguid": self.nguid.hex(), "shared": self.shared,
+                "ready": self.ready, "backend": self.backend.describe()}
+
+    def __repr__(self) -> str:
+        return f"NvmNamespace(nsid={self.nsid}, {self.nlbas}x{self.lba_size}, {self.backend!r})"

@@ -1,0 +1,271 @@
+"""NVM command set I/O handlers: Flush, Write, Read, Compare, Write Zeroes, DSM, Verify, Copy.
+
+Each handler runs on the controller's IOThread with ``cmd.ns`` already looked
+up (attached, active, ready). The order of checks follows QEMU's hw/nvme so
+hosts see the same status for the same mistake: transfer size against MDTS
+(Invalid Field), then the LBA range (LBA Out of Range), then the data pointer
+(PRP/SGL statuses from ``ctrl.transfer``), then the I/O.
+
+Data goes between guest memory and the backend without bounce buffers: Read
+fills ``DataMap.views(write=True)`` with ``backend.readinto``, Write passes
+``views(write=False)`` to ``backend.write``. Backend failures become media
+errors (Unrecovered Read Error / Write Fault), never a Python exception.
+
+The helpers (``rw_fields``, ``check_range``, ``check_mdts``, ``read_blocks``,
+``write_blocks``) are public so a zoned command set can reuse them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from device.backends import BackendError
+from device.layout import Layout
+from device.nvme.commands import EFFECT_LBCC, NVM, Command
+from device.nvme.spec import PAGE_SIZE, NvmOpcode
+from device.nvme.status import NvmeError, Status
+
+BROADCAST_NSID = 0xFFFFFFFF
+
+CDW12_FUA = 1 << 30
+CDW12_DEAC = 1 << 25
+DSM_ATTR_AD = 1 << 2
+
+#: Dataset Management range (16 bytes).
+DSM_RANGE = Layout("DsmRange", [("cattr", "I"), ("nlb", "I"), ("slba", "Q")])
+#: Copy source range entry, descriptor format 0 (32 bytes).
+COPY_RANGE_F0 = Layout("CopySourceRangeF0", [
+    (8, "slba", "Q"), (16, "nlb", "H"), (20, "eilbrt", "I"), (24, "elbat", "H"), (26, "elbatm", "H"),
+], size=32)
+
+#: Verify reads the range in pieces of this size (it is not bounded by MDTS).
+VERIFY_CHUNK = 1 << 20
+
+
+# ------------------------------------------------------------------ helpers
+def rw_fields(cmd: Command) -> tuple[int, int]:
+    """(SLBA, NLB 1-based) of a Read/Write-style command."""
+    return (cmd.cdw11 << 32) | cmd.cdw10, (cmd.cdw12 & 0xFFFF) + 1
+
+
+def check_range(ns: Any, slba: int, nlb: int) -> None:
+    if slba + nlb > ns.nlbas:
+        raise NvmeError(Status.LBA_OUT_OF_RANGE, msg=f"LBA {slba:#x}+{nlb} beyond {ns.nlbas:#x}")
+
+
+def mdts_bytes(ctrl: Any) -> int:
+    """The controller's Maximum Data Transfer Size in bytes (0 = unlimited)."""
+    mdts = ctrl.config.mdts
+    return (1 << mdts) * PAGE_SIZE if mdts else 0
+
+
+def check_mdts(ctrl: Any, nbytes: int) -> None:
+    limit = mdts_bytes(ctrl)
+    if limit and nbytes > limit:
+        raise NvmeError(Status.INVALID_FIELD, msg=f"transfer of {nbytes} bytes exceeds MDTS ({limit})")
+
+
+def _read_error(exc: BackendError) -> NvmeError:
+    return NvmeError(Status.UNRECOVERED_READ_ERROR, msg=str(exc))
+
+
+def _write_error(exc: BackendError) -> NvmeError:
+    return NvmeError(Status.WRITE_FAULT, msg=str(exc))
+
+
+def read_blocks(ns: Any, offset: int, data: Any) -> None:
+    """Backend -> guest: fill every view of ``data`` (a DataMap) from byte ``offset``."""
+    readinto = ns.backend.readinto
+    try:
+        for view in data.views(True):
+            readinto(offset, view)
+            offset += len(view)
+    except BackendError as exc:
+        raise _read_error(exc) from None
+
+
+def write_blocks(ns: Any, offset: int, data: Any) -> None:
+    """Guest -> backend: store every view of ``data`` (a DataMap) at byte ``offset``."""
+    write = ns.backend.write
+    try:
+        for view in data.views(False):
+            write(offset, view)
+            offset += len(view)
+    except BackendError as exc:
+        raise _write_error(exc) from None
+
+
+def flush_ns(ns: Any) -> None:
+    try:
+        ns.backend.flush()
+    except BackendError as exc:
+        raise _write_error(exc) from None
+
+
+# ------------------------------------------------------------------ handlers
+@NVM.command(NvmOpcode.FLUSH, "flush", nsid="optional")
+def flush(ctrl: Any, cmd: Command) -> None:
+    """Flush one namespace, or every attached one for NSID FFFFFFFFh."""
+    if cmd.nsid == BROADCAST_NSID:
+        for ns in list(ctrl.namespaces.values()):
+            flush_ns(ns)
+        return
+    if cmd.ns is None:
+        raise NvmeError(Status.INVALID_NSID, msg=f"flush of nsid {cmd.nsid}")
+    flush_ns(cmd.ns)
+
+
+@NVM.command(NvmOpcode.WRITE, "write", nsid="required", effects=EFFECT_LBCC, direction="from-host")
+def write(ctrl: Any, cmd: Command) -> None:
+    ns = cmd.ns
+    slba, nlb = rw_fields(cmd)
+    nbytes = nlb << ns.lbads
+    check_mdts(ctrl, nbytes)
+    check_range(ns, slba, nlb)
+    data = ctrl.transfer(cmd, nbytes)
+    write_blocks(ns, slba << ns.lbads, data)
+    if cmd.cdw12 & CDW12_FUA:
+        flush_ns(ns)
+    ctrl.stats.add_write(nbytes)
+
+
+@NVM.command(NvmOpcode.READ, "read", nsid="required", direction="to-host")
+def read(ctrl: Any, cmd: Command) -> None:
+    ns = cmd.ns
+    slba, nlb = rw_fields(cmd)
+    nbytes = nlb << ns.lbads
+    check_mdts(ctrl, nbytes)
+    check_range(ns, slba, nlb)
+    data = ctrl.transfer(cmd, nbytes)
+    read_blocks(ns, slba << ns.lbads, data)
+    ctrl.stats.add_read(nbytes)
+
+
+@NVM.command(NvmOpcode.COMPARE, "compare", nsid="required", direction="from-host")
+def compare(ctrl: Any, cmd: Command) -> None:
+    """Compare host data with the media; Compare Failure on the first difference."""
+    ns = cmd.ns
+    slba, nlb = rw_fields(cmd)
+    nbytes = nlb << ns.lbads
+    check_mdts(ctrl, nbytes)
+    check_range(ns, slba, nlb)
+    data = ctrl.transfer(cmd, nbytes)
+    offset = slba << ns.lbads
+    scratch = bytearray(min(nbytes, VERIFY_CHUNK))
+    media = memoryview(scratch)
+    try:
+        for view in data.views(False):
+            pos = 0
+            while pos < len(view):
+                n = min(len(view) - pos, len(media))
+                ns.backend.readinto(offset, media[:n])
+                if media[:n] != view[pos:pos + n]:
+                    raise NvmeError(Status.COMPARE_FAILURE, msg=f"compare mismatch in LBA {offset >> ns.lbads:#x}")
+                pos += n
+                offset += n
+    except BackendError as exc:
+        raise _read_error(exc) from None
+    ctrl.stats.add_read(nbytes)
+
+
+@NVM.command(NvmOpcode.WRITE_ZEROES, "write-zeroes", nsid="required", effects=EFFECT_LBCC)
+def write_zeroes(ctrl: Any, cmd: Command) -> None:
+    """Zero a range; with DEAC the blocks are deallocated (they read as zeroes: DLFEAT)."""
+    ns = cmd.ns
+    slba, nlb = rw_fields(cmd)
+    check_range(ns, slba, nlb)
+    offset, length = slba << ns.lbads, nlb << ns.lbads
+    try:
+        if cmd.cdw12 & CDW12_DEAC:
+            ns.backend.discard(offset, length)
+        else:
+            ns.backend.write_zeroes(offset, length)
+    except BackendError as exc:
+        raise _write_error(exc) from None
+    if cmd.cdw12 & CDW12_FUA:
+        flush_ns(ns)
+
+
+@NVM.command(NvmOpcode.DATASET_MANAGEMENT, "dataset-management", nsid="required", effects=EFFECT_LBCC,
+             direction="from-host")
+def dataset_management(ctrl: Any, cmd: Command) -> None:
+    """Deallocate (AD) the listed ranges; the other attributes are hints we ignore."""
+    ns = cmd.ns
+    if not cmd.cdw11 & DSM_ATTR_AD:
+        return
+    nr = (cmd.cdw10 & 0xFF) + 1
+    raw = ctrl.transfer(cmd, nr * DSM_RANGE.size).from_guest()
+    ranges = []
+    for i in range(nr):
+        r = DSM_RANGE.unpack(raw, i * DSM_RANGE.size)
+        if r.nlb == 0:
+            continue
+        check_range(ns, r.slba, r.nlb)  # all checked before anything is deallocated
+        ranges.append((r.slba << ns.lbads, r.nlb << ns.lbads))
+    try:
+        for offset, length in ranges:
+            ns.backend.discard(offset, length)
+    except BackendError as exc:
+        raise _write_error(exc) from None
+
+
+@NVM.command(NvmOpcode.VERIFY, "verify", nsid="required")
+def verify(ctrl: Any, cmd: Command) -> None:
+    """Check that the range is readable (no PI here, so nothing else to verify)."""
+    ns = cmd.ns
+    slba, nlb = rw_fields(cmd)
+    check_range(ns, slba, nlb)
+    offset, length = slba << ns.lbads, nlb << ns.lbads
+    scratch = memoryview(bytearray(min(length, VERIFY_CHUNK)))
+    try:
+        pos = 0
+        while pos < length:
+            n = min(length - pos, len(scratch))
+            ns.backend.readinto(offset + pos, scratch[:n])
+            pos += n
+    except BackendError as exc:
+        raise _read_error(exc) from None
+
+
+@NVM.command(NvmOpcode.COPY, "copy", nsid="required", effects=EFFECT_LBCC, direction="from-host")
+def copy(ctrl: Any, cmd: Command) -> None:
+    """Simple Copy, source range descriptor format 0, within the namespace."""
+    ns = cmd.ns
+    sdlba = (cmd.cdw11 << 32) | cmd.cdw10
+    nr = (cmd.cdw12 & 0xFF) + 1
+    desc_format = (cmd.cdw12 >> 8) & 0xF
+    if desc_format != 0:
+        raise NvmeError(Status.INVALID_FIELD, msg=f"copy descriptor format {desc_format} not supported")
+    if nr > ns.msrc:
+        raise NvmeError(Status.COMMAND_SIZE_LIMIT_EXCEEDED, msg=f"{nr} source ranges > MSRC {ns.msrc}")
+    raw = ctrl.transfer(cmd, nr * COPY_RANGE_F0.size).from_guest()
+    sources = []
+    total = 0
+    for i in range(nr):
+        r = COPY_RANGE_F0.unpack(raw, i * COPY_RANGE_F0.size)
+        nlb = r.nlb + 1
+        if nlb > ns.mssrl:
+            raise NvmeError(Status.COMMAND_SIZE_LIMIT_EXCEEDED, msg=f"source range of {nlb} blocks > MSSRL")
+        total += nlb
+        if total > ns.mcl:
+            raise NvmeError(Status.COMMAND_SIZE_LIMIT_EXCEEDED, msg=f"copy of {total}+ blocks > MCL {ns.mcl}")
+        check_range(ns, r.slba, nlb)
+        sources.append((r.slba, nlb))
+    check_range(ns, sdlba, total)
+    # Read every source first: the destination may overlap a source range.
+    buf = bytearray(total << ns.lbads)
+    view = memoryview(buf)
+    pos = 0
+    try:
+        for slba, nlb in sources:
+            n = nlb << ns.lbads
+            ns.backend.readinto(slba << ns.lbads, view[pos:pos + n])
+            pos += n
+    except BackendError as exc:
+        raise _read_error(exc) from None
+    try:
+        ns.backend.write(sdlba << ns.lbads, view)
+    except BackendError as exc:
+        raise _write_error(exc) from None
+    if cmd.cdw12 & CDW12_FUA:
+        flush_ns(ns)
