@@ -35,7 +35,10 @@ class TraceFileWriter:
                  interval: float = 0.05, batch: int = 4096, max_pending: int = 1_000_000):
         self.path = os.fspath(path)
         try:
-            self._file: BinaryIO = open(self.path, "ab" if append else "wb")
+            # Unbuffered: each batch is one write() we control, so a failed batch is
+            # never retried behind our back by a buffer flush.
+            self._file: BinaryIO = open(self.path, "ab" if append else "wb", buffering=0)
+            self._offset = os.fstat(self._file.fileno()).st_size
         except OSError as e:
             raise TraceError(f"Could not open trace file '{self.path}': {e.strerror or e}") from e
         self.interval = interval
@@ -103,12 +106,16 @@ class TraceFileWriter:
                 bad += 1
                 if bad == 1:
                     log.warning("trace file %s: record %r skipped: %s", self.path, record.get("name"), e)
+        data = memoryview(b"".join(chunks))
         try:
-            self._file.write(b"".join(chunks))
-            self._file.flush()
+            done = 0
+            while done < len(data):
+                done += self._file.write(data[done:]) or 0
+            self._offset += done
             ok = len(chunks)
         except OSError as e:
             ok = 0
+            self._cut_partial_batch()
             self.write_errors += 1
             if self.write_errors == 1:
                 log.error("trace file %s: write failed, records are being dropped: %s", self.path, e)
@@ -117,6 +124,14 @@ class TraceFileWriter:
             self.dropped += len(batch) - ok
             self._done += len(batch)
             self._cond.notify_all()
+
+    def _cut_partial_batch(self) -> None:
+        """Best effort: drop the bytes of a half-written batch so the file stays decodable."""
+        try:
+            if os.fstat(self._file.fileno()).st_size > self._offset:
+                os.ftruncate(self._file.fileno(), self._offset)
+        except OSError:
+            pass
 
     # -- lifecycle -----------------------------------------------------------------------
     def flush(self, timeout: float = 5.0) -> bool:
