@@ -1,0 +1,260 @@
+"""The run-time API: what QMP, HMP, the shell and the command line call.
+
+``Machine(run_dir)`` is the root of the object tree (``device.qom.ObjectTree``) with
+the NVMe types registered (``device.objects``), plus:
+
+* events: ``subscribe(callback)``; callbacks get ``(event_name, data)`` from any
+  thread (the monitor marshals them to its loop).  ``DEVICE_DELETED`` after a
+  ``device_del`` completes; ``X_NVME_CLIENT_CONNECTED`` / ``X_NVME_CLIENT_DISCONNECTED``
+  ``{"device", "socket"}`` when a vfio-user client comes or goes.
+* guest-made changes (Namespace Management/Attachment) reach the subsystem
+  listeners on an IOThread.  A listener must never block (the control plane may be
+  waiting on that IOThread while holding the machine lock), so they are queued with
+  ``defer`` and applied under the lock at the next opportunity: right away when the
+  lock is free, else by the lock holder before any read of the tree.
+* convenience: ``attach(ns_id, ctrl_id)`` / ``detach(ns_id, ctrl_id)``,
+  ``shutdown()``, and ``default_topology(machine)``.
+
+Every method raises ``device.errors.NvshellError`` subclasses with QEMU-like messages;
+``error_class`` gives the QMP class.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import threading
+from typing import Any, Callable
+
+from device import objects as nvme_objects
+from device.errors import NvshellError, ObjectError, ObjectNotFound, PropertyError
+from device.qom import TYPES, Object, ObjectTree, TypeRegistry
+
+log = logging.getLogger(__name__)
+
+EventCallback = Callable[[str, dict[str, Any]], None]
+
+
+class Machine(ObjectTree):
+    """Root of everything the emulator runs (see module docstring)."""
+
+    def __init__(self, run_dir: str = ".", registry: TypeRegistry | None = None):
+        reg = registry or TYPES
+        nvme_objects.register_types(reg)
+        super().__init__(reg)
+        self.run_dir = run_dir
+        self._subscribers: list[EventCallback] = []
+        self._sub_lock = threading.Lock()
+        self._deferred: collections.deque[Callable[[], None]] = collections.deque()
+        self._closed = False
+
+    # ---------------------------------------------------------------- events
+    def subscribe(self, callback: EventCallback) -> Callable[[], None]:
+        """Register ``callback(event_name, data)``; returns a function that unsubscribes."""
+        with self._sub_lock:
+            self._subscribers.append(callback)
+
+        def unsubscribe() -> None:
+            with self._sub_lock:
+                if callback in self._subscribers:
+                    self._subscribers.remove(callback)
+        return unsubscribe
+
+    def publish(self, event: str, data: dict[str, Any]) -> None:
+        """Deliver an event to every subscriber; a failing subscriber is logged, not fatal."""
+        with self._sub_lock:
+            subs = list(self._subscribers)
+        for cb in subs:
+            try:
+                cb(event, dict(data))
+            except Exception:
+                log.exception("event subscriber %r failed on %s", cb, event)
+
+    # ------------------------------------------------------- deferred changes
+    def defer(self, fn: Callable[[], None]) -> None:
+        """Queue a tree change from a thread that must not block (see module docstring)."""
+        self._deferred.append(fn)
+        if self.lock.acquire(blocking=False):
+            try:
+                self._run_deferred()
+            finally:
+                self.lock.release()
+
+    def _run_deferred(self) -> None:
+        while self._deferred:
+            try:
+                fn = self._deferred.popleft()
+            except IndexError:
+                return
+            try:
+                fn()
+            except Exception:
+                log.exception("applying a guest-made change to the object tree failed")
+
+    def sync(self) -> None:
+        """Apply queued guest-made changes now (tests call it; every API call does too)."""
+        with self.lock:
+            self._run_deferred()
+
+    # ------------------------------------------------------- API (synced)
+    def resolve(self, path: str) -> Object:
+        with self.lock:
+            self._run_deferred()
+            return super().resolve(path)
+
+    def objects(self) -> list[Object]:
+        with self.lock:
+            self._run_deferred()
+            return super().objects()
+
+    def devices(self) -> list[Object]:
+        with self.lock:
+            self._run_deferred()
+            return super().devices()
+
+    def object_add(self, qom_type: str, id: str, props: dict[str, Any] | None = None) -> Object:
+        """``object-add``/``-object``: e.g. ``object_add("x-nvme-ns-nvm", "ns2", {"size": "1G"})``."""
+        with self.lock:
+            self._check_open()
+            self._run_deferred()
+            return super().object_add(qom_type, id, props)
+
+    def object_del(self, id: str) -> None:
+        """``object-del``: a namespace is detached from every controller (AEN) and freed;
+        a subsystem with members is refused."""
+        with self.lock:
+            self._run_deferred()
+            super().object_del(id)
+
+    def device_add(self, driver: str, id: str | None, props: dict[str, Any] | None = None) -> Object:
+        """``device_add``: realize a controller and start serving its socket."""
+        with self.lock:
+            self._check_open()
+            self._run_deferred()
+            return super().device_add(driver, id, props)
+
+    def device_del(self, id: str) -> Object:
+        """``device_del``: returns once the device is gone, after publishing ``DEVICE_DELETED``."""
+        with self.lock:
+            self._run_deferred()
+            obj = super().device_del(id)
+            path = "/machine/peripheral/" + (obj.id or "") if obj.id else f"/machine/peripheral-anon/{obj.name}"
+        data: dict[str, Any] = {"path": path}
+        if obj.id:
+            data = {"device": obj.id, "path": path}
+        self.publish("DEVICE_DELETED", data)
+        return obj
+
+    def qom_list(self, path: str) -> list[dict[str, str]]:
+        with self.lock:
+            self._run_deferred()
+            return super().qom_list(path)
+
+    def qom_get(self, path: str, prop: str) -> Any:
+        with self.lock:
+            self._run_deferred()
+            return super().qom_get(path, prop)
+
+    def qom_set(self, path: str, prop: str, value: Any) -> None:
+        with self.lock:
+            self._run_deferred()
+            super().qom_set(path, prop, value)
+
+    # ---------------------------------------------------------- NVMe helpers
+    def _namespace(self, ns_id: str) -> nvme_objects.NamespaceObject:
+        obj = self.find_object(ns_id) if isinstance(ns_id, str) else None
+        if obj is None and isinstance(ns_id, str) and ns_id.startswith("/"):
+            try:
+                obj = super().resolve(ns_id)
+            except NvshellError:
+                obj = None
+        if not isinstance(obj, nvme_objects.NamespaceObject):
+            raise ObjectNotFound(f"object '{ns_id}' not found")
+        return obj
+
+    def attach(self, ns_id: str, ctrl_id: str) -> None:
+        """Attach namespace ``ns_id`` to controller ``ctrl_id`` (adds it to ``attached-to``)."""
+        with self.lock:
+            self._run_deferred()
+            ns = self._namespace(ns_id)
+            dev = self.lookup_device(ctrl_id)
+            if not isinstance(dev, nvme_objects.ControllerDevice):
+                raise ObjectError(f"'{ctrl_id}' is not an x-nvme-ctrl")
+            targets = list(ns.get("attached-to"))
+            if dev.id in targets or "all" in targets:
+                raise ObjectError(f"namespace '{ns_id}' is already attached to '{ctrl_id}'")
+            ns.set("attached-to", targets + [dev.id], self)
+
+    def detach(self, ns_id: str, ctrl_id: str) -> None:
+        """Detach namespace ``ns_id`` from controller ``ctrl_id``.
+
+        If the namespace was attached to ``all``, it stays attached to every other
+        current controller (the 'all' policy is replaced by the explicit list).
+        """
+        with self.lock:
+            self._run_deferred()
+            ns = self._namespace(ns_id)
+            dev = self.lookup_device(ctrl_id)
+            if not isinstance(dev, nvme_objects.ControllerDevice):
+                raise ObjectError(f"'{ctrl_id}' is not an x-nvme-ctrl")
+            targets = list(ns.get("attached-to"))
+            if "all" in targets:
+                targets = [d.id for d in ns.subsystem().controller_objects() if d.id and d is not dev]
+            elif dev.id in targets:
+                targets.remove(dev.id)
+            else:
+                raise ObjectError(f"namespace '{ns_id}' is not attached to '{ctrl_id}'")
+            ns.set("attached-to", targets, self)
+
+    def create_private_subsystem(self, ctrl: Object) -> nvme_objects.SubsystemObject:
+        """The subsystem of a controller created without ``subsys`` (``/objects/<id>-subsys``)."""
+        base = f"{ctrl.id or 'ctrl'}-subsys"
+        name, i = base, 1
+        while self.find_object(name) is not None:
+            name, i = f"{base}{i}", i + 1
+        obj = ObjectTree.object_add(self, nvme_objects.TYPE_SUBSYSTEM, name, {})
+        assert isinstance(obj, nvme_objects.SubsystemObject)
+        obj.implicit_for = ctrl.id or ctrl.name
+        return obj
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ObjectError("the machine is shutting down")
+
+    def shutdown(self) -> None:
+        """Stop every controller (sockets unlinked), free namespaces (backends closed). Idempotent."""
+        with self.lock:
+            self._closed = True
+            self._run_deferred()
+            for dev in reversed(super().devices()):
+                try:
+                    dev.finalize(self)
+                except Exception:
+                    log.exception("stopping %s", dev)
+                dev.completed = False
+                if dev.parent is not None and dev.name is not None:
+                    dev.parent.remove_child(dev.name)
+            objs = list(self.objects_node.children().values())
+            # namespaces first, subsystems last
+            objs.sort(key=lambda o: isinstance(o, nvme_objects.SubsystemObject))
+            for obj in objs:
+                try:
+                    obj.finalize(self)
+                except Exception:
+                    log.exception("finalizing %s", obj)
+                obj.completed = False
+                if obj.parent is not None and obj.name is not None:
+                    obj.parent.remove_child(obj.name)
+
+
+def default_topology(machine: Machine) -> None:
+    """What nvshell runs with no -object/-device: subsys0, ctrl0 (run_dir/ctrl0.sock), 1 GiB ns1 on all."""
+    machine.object_add(nvme_objects.TYPE_SUBSYSTEM, "subsys0", {})
+    machine.device_add(nvme_objects.TYPE_CTRL, "ctrl0", {"subsys": "subsys0",
+                                                         "socket": os.path.join(machine.run_dir, "ctrl0.sock")})
+    machine.object_add(nvme_objects.TYPE_NS_NVM, "ns1", {"subsys": "subsys0", "size": 1 << 30,
+                                                         "attached-to": ["all"]})
+
+
+__all__ = ["Machine", "default_topology", "NvshellError", "ObjectError", "ObjectNotFound", "PropertyError"]
