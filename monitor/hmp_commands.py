@@ -53,6 +53,8 @@ async def info_version(ctx: Any, args: dict[str, Any]) -> str:
     v = await qmp(ctx, "query-version")
     q = v.get("qemu", {})
     package = v.get("package") or ""
+    if package and not package.startswith(" "):
+        package = " " + package
     return f"{q.get('major')}.{q.get('minor')}.{q.get('micro')}{package}\n"
 
 

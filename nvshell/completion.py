@@ -125,7 +125,7 @@ class HMPCompleter(Completer):
         param, before = self._current_param(cmd, words[1:])
         if param is None or param.complete is None:
             return
-        if param.kind == "rest":
+        if param.kind == "rest" and param.complete.endswith("-opts"):
             async for c in self._complete_opts(param.complete, args_text):
                 yield c
             return
