@@ -1,0 +1,423 @@
+"""Identify (admin opcode 06h): every CNS value the Linux driver and nvme-cli use.
+
+The data structures are declared as ``Layout`` with the byte offsets of the NVMe
+base specification 2.0 (Figure "Identify Controller Data Structure" etc.), so a
+reviewer can check them line by line. Namespace-specific structures (CNS 00, 03,
+05) come from the namespace itself (``ns.identify_ns()``...); this module decides
+which namespace a command may see and what an inactive or unallocated NSID
+returns:
+
+* CNS 00/05/0x11/0x1B on an NSID that is valid but not active (or not allocated)
+  return a zero-filled structure, as the spec requires and QEMU does;
+* NSID 0, or above NN, is Invalid Namespace or Format; the broadcast NSID is
+  only meaningful for CNS 00 (capabilities common to all namespaces, which
+  nvme-cli's ``create-ns --block-size`` reads).
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any, Iterable
+
+from device.layout import Layout
+from device.nvme.commands import ADMIN, NVM, Command
+from device.nvme.spec import CSI, NvmOpcode, PAGE_SIZE
+from device.nvme.status import NvmeError, Status
+
+IDENTIFY_SIZE = 4096
+BROADCAST_NSID = 0xFFFFFFFF
+NVME_VERSION = 0x00020000  # 2.0.0
+
+# CNS values (Identify command, CDW10 bits 7:0)
+CNS_NS = 0x00
+CNS_CTRL = 0x01
+CNS_ACTIVE_NS_LIST = 0x02
+CNS_NS_DESCRIPTORS = 0x03
+CNS_CS_NS = 0x05
+CNS_CS_CTRL = 0x06
+CNS_CS_ACTIVE_NS_LIST = 0x07
+CNS_NS_INDEPENDENT = 0x08
+CNS_ALLOCATED_NS_LIST = 0x10
+CNS_ALLOCATED_NS = 0x11
+CNS_NS_CTRL_LIST = 0x12
+CNS_CTRL_LIST = 0x13
+CNS_CS_ALLOCATED_NS_LIST = 0x1A
+CNS_CS_ALLOCATED_NS = 0x1B
+CNS_IO_COMMAND_SETS = 0x1C
+
+# Identify Controller bit fields
+CMIC_MULTI_CONTROLLER = 1 << 1
+OAES_NS_ATTRIBUTE = 1 << 8
+OACS_FORMAT = 1 << 1
+OACS_NS_MANAGEMENT = 1 << 3
+LPA_CMD_EFFECTS = 1 << 1
+LPA_EXTENDED_DATA = 1 << 2
+FRMW_SLOT1_RO = 1 << 0
+FRMW_ONE_SLOT = 1 << 1
+VWC_PRESENT = 1 << 0
+VWC_FLUSH_BROADCAST = 0b11 << 1
+SGLS_SUPPORTED = 1 << 0            # 01b: SGLs supported, no alignment requirement
+SGLS_BIT_BUCKET = 1 << 16
+CNTRLTYPE_IO = 1
+
+#: ONCS bit per optional NVM command, advertised only if the NVM table has it.
+ONCS_BY_OPCODE = {
+    NvmOpcode.COMPARE: 1 << 0,
+    NvmOpcode.WRITE_UNCORRECTABLE: 1 << 1,
+    NvmOpcode.DATASET_MANAGEMENT: 1 << 2,
+    NvmOpcode.WRITE_ZEROES: 1 << 3,
+    NvmOpcode.VERIFY: 1 << 7,
+    NvmOpcode.COPY: 1 << 8,
+}
+#: ONCS bits for features (Get Features SEL = saved/default/supported, Timestamp):
+#: implemented by admin_features.py.
+ONCS_FEATURES = (1 << 4) | (1 << 6)
+
+ID_CTRL = Layout("IdentifyController", [
+    (0, "vid", "H"), (2, "ssvid", "H"), (4, "sn", "20s"), (24, "mn", "40s"), (64, "fr", "8s"),
+    (72, "rab", "B"), (73, "ieee", "3s"), (76, "cmic", "B"), (77, "mdts", "B"),
+    (78, "cntlid", "H"), (80, "ver", "I"), (84, "rtd3r", "I"), (88, "rtd3e", "I"),
+    (92, "oaes", "I"), (96, "ctratt", "I"), (100, "rrls", "H"), (111, "cntrltype", "B"),
+    (112, "fguid", "16s"), (128, "crdt1", "H"), (130, "crdt2", "H"), (132, "crdt3", "H"),
+    (253, "nvmsr", "B"), (254, "vwci", "B"), (255, "mec", "B"),
+    (256, "oacs", "H"), (258, "acl", "B"), (259, "aerl", "B"), (260, "frmw", "B"),
+    (261, "lpa", "B"), (262, "elpe", "B"), (263, "npss", "B"), (264, "avscc", "B"),
+    (265, "apsta", "B"), (266, "wctemp", "H"), (268, "cctemp", "H"), (270, "mtfa", "H"),
+    (272, "hmpre", "I"), (276, "hmmin", "I"), (280, "tnvmcap", "16s"), (296, "unvmcap", "16s"),
+    (312, "rpmbs", "I"), (316, "edstt", "H"), (318, "dsto", "B"), (319, "fwug", "B"),
+    (320, "kas", "H"), (322, "hctma", "H"), (324, "mntmt", "H"), (326, "mxtmt", "H"),
+    (328, "sanicap", "I"), (332, "hmminds", "I"), (336, "hmmaxd", "H"), (338, "nsetidmax", "H"),
+    (340, "endgidmax", "H"), (342, "anatt", "B"), (343, "anacap", "B"), (344, "anagrpmax", "I"),
+    (348, "nanagrpid", "I"), (352, "pels", "I"), (356, "domainid", "H"),
+    (512, "sqes", "B"), (513, "cqes", "B"), (514, "maxcmd", "H"), (516, "nn", "I"),
+    (520, "oncs", "H"), (522, "fuses", "H"), (524, "fna", "B"), (525, "vwc", "B"),
+    (526, "awun", "H"), (528, "awupf", "H"), (530, "icsvscc", "B"), (531, "nwpc", "B"),
+    (532, "acwu", "H"), (534, "ocfs", "H"), (536, "sgls", "I"), (540, "mnan", "I"),
+    (544, "maxdna", "16s"), (560, "maxcna", "I"),
+    (768, "subnqn", "256s"),
+    (2048, "psd0", "32s"),
+], size=IDENTIFY_SIZE)
+
+#: Power State Descriptor (32 bytes); one operational state, 25 W like QEMU's.
+PSD = Layout("PowerStateDescriptor", [
+    (0, "mp", "H"), (3, "flags", "B"), (4, "enlat", "I"), (8, "exlat", "I"),
+    (12, "rrt", "B"), (13, "rrl", "B"), (14, "rwt", "B"), (15, "rwl", "B"),
+    (16, "idlp", "H"), (18, "ips", "B"), (20, "actp", "H"), (22, "apw_aps", "B"),
+], size=32)
+
+#: I/O Command Set Specific Identify Controller for the NVM command set (CNS 06, CSI 0).
+ID_CTRL_NVM = Layout("IdentifyControllerNvm", [
+    (0, "vsl", "B"), (1, "wzsl", "B"), (2, "wusl", "B"), (3, "dmrl", "B"),
+    (4, "dmrsl", "I"), (8, "dmsl", "Q"),
+], size=IDENTIFY_SIZE)
+
+#: I/O Command Set Independent Identify Namespace (CNS 08).
+ID_NS_INDEPENDENT = Layout("IdentifyNamespaceIndependent", [
+    (0, "nsfeat", "B"), (1, "nmic", "B"), (2, "rescap", "B"), (3, "fpi", "B"),
+    (4, "anagrpid", "I"), (8, "nsattr", "B"), (10, "nvmsetid", "H"), (12, "endgid", "H"),
+    (14, "nstat", "B"),
+], size=IDENTIFY_SIZE)
+
+#: The parts of Identify Namespace (CNS 00) this module reads or builds itself.
+ID_NS_COMMON = Layout("IdentifyNamespaceCommon", [
+    (0, "nsze", "Q"), (8, "ncap", "Q"), (16, "nuse", "Q"), (24, "nsfeat", "B"),
+    (25, "nlbaf", "B"), (26, "flbas", "B"), (27, "mc", "B"), (28, "dpc", "B"), (29, "dps", "B"),
+    (30, "nmic", "B"), (31, "rescap", "B"), (32, "fpi", "B"), (33, "dlfeat", "B"),
+    (92, "anagrpid", "I"), (99, "nsattr", "B"), (100, "nvmsetid", "H"), (102, "endgid", "H"),
+    (128, "lbaf0", "I"), (132, "lbaf1", "I"),
+], size=IDENTIFY_SIZE)
+
+#: LBA formats every namespace offers (index -> LBA data size); FLBAS picks one.
+LBA_FORMATS = {0: 512, 1: 4096}
+
+
+def lbaf_entry(lba_size: int, metadata_size: int = 0) -> int:
+    """One LBA Format dword: MS (15:0), LBADS (23:16, log2 of the size), RP (25:24)."""
+    return metadata_size | ((lba_size.bit_length() - 1) << 16)
+
+
+# ---------------------------------------------------------------- helpers
+def subsystem_of(ctrl: Any) -> Any:
+    return ctrl.subsystem
+
+
+def max_nsid(ctrl: Any) -> int:
+    return int(getattr(subsystem_of(ctrl), "max_nsid", 256))
+
+
+def check_nsid(ctrl: Any, nsid: int, *, broadcast: bool = False) -> None:
+    """NSID 0 or above NN (or the broadcast NSID where not allowed): Invalid NSID."""
+    if nsid == BROADCAST_NSID and broadcast:
+        return
+    if not 1 <= nsid <= max_nsid(ctrl):
+        raise NvmeError(Status.INVALID_NSID)
+
+
+def active_ns(ctrl: Any, nsid: int) -> Any | None:
+    return ctrl.namespaces.get(nsid)
+
+
+def allocated_ns(ctrl: Any, nsid: int) -> Any | None:
+    return subsystem_of(ctrl).namespaces.get(nsid)
+
+
+def fixed(text: str, width: int) -> bytes:
+    """ASCII, space padded, as the spec wants SN, MN and FR (never NUL padded)."""
+    data = text.encode("ascii", "replace")[:width]
+    return data.ljust(width, b" ")
+
+
+def nsid_list(nsids: Iterable[int], after: int) -> bytes:
+    """Namespace List: up to 1024 ascending NSIDs greater than ``after``, zero padded."""
+    chosen = sorted(n for n in nsids if n > after)[:IDENTIFY_SIZE // 4]
+    return struct.pack(f"<{len(chosen)}I", *chosen).ljust(IDENTIFY_SIZE, b"\0")
+
+
+def controller_list(cntlids: Iterable[int], first: int) -> bytes:
+    """Controller List: count (u16) then up to 2047 ascending IDs >= ``first``."""
+    chosen = sorted(c for c in cntlids if c >= first)[:IDENTIFY_SIZE // 2 - 1]
+    return struct.pack(f"<H{len(chosen)}H", len(chosen), *chosen).ljust(IDENTIFY_SIZE, b"\0")
+
+
+def _pad(data: bytes) -> bytes:
+    return bytes(data[:IDENTIFY_SIZE]).ljust(IDENTIFY_SIZE, b"\0")
+
+
+def _oui_bytes(oui: Any) -> bytes:
+    """IEEE OUI, least significant byte first (as QEMU stores 52:54:00)."""
+    if isinstance(oui, (bytes, bytearray)):
+        return bytes(oui[:3]).ljust(3, b"\0")
+    return int(oui or 0).to_bytes(3, "little")
+
+
+def _u128(value: int) -> bytes:
+    return int(value).to_bytes(16, "little")
+
+
+def oncs(table: Any = NVM) -> int:
+    bits = ONCS_FEATURES
+    for opcode, bit in ONCS_BY_OPCODE.items():
+        if opcode in table:
+            bits |= bit
+    return bits
+
+
+def _error_log_entries(ctrl: Any) -> int:
+    log = getattr(ctrl, "error_log", None)
+    for name in ("capacity", "size", "maxlen"):
+        value = getattr(log, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return 64
+
+
+def identify_controller(ctrl: Any) -> bytes:
+    """The 4096-byte Identify Controller data structure of ``ctrl``."""
+    cfg = ctrl.config
+    subsys = subsystem_of(ctrl)
+    allocated = subsys.allocated_bytes() if hasattr(subsys, "allocated_bytes") else 0
+    unallocated = subsys.unallocated_bytes() if hasattr(subsys, "unallocated_bytes") else 0
+    mqes = int(getattr(cfg, "mqes", 0x7FF))
+    psd0 = PSD.pack(mp=2500, enlat=16, exlat=4)  # MP in 0.01 W units: 25 W
+    return ID_CTRL.pack(
+        vid=int(getattr(cfg, "vid", 0x4E58)),
+        ssvid=int(getattr(cfg, "ssvid", 0x4E58)),
+        sn=fixed(str(cfg.serial), 20),
+        mn=fixed(str(getattr(cfg, "model", "nvshell NVMe Ctrl")), 40),
+        fr=fixed(str(getattr(cfg, "firmware", "1.0")), 8),
+        rab=6,
+        ieee=_oui_bytes(getattr(cfg, "oui", 0)),
+        cmic=CMIC_MULTI_CONTROLLER,
+        mdts=int(getattr(cfg, "mdts", 7)),
+        cntlid=int(ctrl.cntlid),
+        ver=NVME_VERSION,
+        oaes=OAES_NS_ATTRIBUTE,
+        cntrltype=CNTRLTYPE_IO,
+        oacs=OACS_FORMAT | OACS_NS_MANAGEMENT,
+        acl=3,
+        aerl=int(getattr(cfg, "aerl", 3)),
+        frmw=FRMW_SLOT1_RO | FRMW_ONE_SLOT,
+        lpa=LPA_CMD_EFFECTS | LPA_EXTENDED_DATA,
+        elpe=_error_log_entries(ctrl) - 1,
+        npss=0,
+        wctemp=0x157,
+        cctemp=0x175,
+        tnvmcap=_u128(allocated + unallocated),
+        unvmcap=_u128(unallocated),
+        sqes=0x66,
+        cqes=0x44,
+        maxcmd=min(mqes + 1, 0xFFFF),
+        nn=max_nsid(ctrl),
+        oncs=oncs(),
+        vwc=VWC_PRESENT | VWC_FLUSH_BROADCAST,
+        ocfs=1 if NvmOpcode.COPY in NVM else 0,
+        sgls=SGLS_SUPPORTED | SGLS_BIT_BUCKET,
+        mnan=max_nsid(ctrl),
+        subnqn=str(subsys.subnqn).encode()[:255],
+        psd0=psd0,
+    )
+
+
+def identify_controller_nvm(ctrl: Any) -> bytes:
+    """CNS 06 for CSI NVM. Zero means "no limit beyond MDTS" for VSL/WZSL/WUSL,
+    which lets the Linux driver size Write Zeroes by MDTS; DMRL 255 bounds the
+    ranges per Dataset Management command like QEMU does."""
+    return ID_CTRL_NVM.pack(dmrl=255)
+
+
+def common_namespace_capabilities() -> bytes:
+    """CNS 00 with the broadcast NSID: what every namespace created by Namespace
+    Management can be, i.e. the LBA formats (nvme-cli create-ns picks FLBAS here)."""
+    return ID_NS_COMMON.pack(nlbaf=len(LBA_FORMATS) - 1,
+                             lbaf0=lbaf_entry(LBA_FORMATS[0]), lbaf1=lbaf_entry(LBA_FORMATS[1]))
+
+
+def independent_namespace(ns: Any) -> bytes:
+    """CNS 08, derived from the namespace's own Identify Namespace so both agree."""
+    full = ID_NS_COMMON.unpack(_pad(ns.identify_ns()))
+    nmic = full.nmic | (1 if getattr(ns, "shared", False) else 0)
+    ready = bool(getattr(ns, "ready", True))
+    return ID_NS_INDEPENDENT.pack(nmic=nmic, rescap=full.rescap, fpi=full.fpi,
+                                  anagrpid=full.anagrpid, nsattr=full.nsattr,
+                                  nvmsetid=full.nvmsetid, endgid=full.endgid, nstat=int(ready))
+
+
+def io_command_sets() -> bytes:
+    """CNS 1Ch: I/O Command Set vector 0 (the only combination) = NVM."""
+    return struct.pack("<Q", 1 << CSI.NVM).ljust(IDENTIFY_SIZE, b"\0")
+
+
+# ---------------------------------------------------------------- handler
+@ADMIN.command(0x06, "identify", nsid="none", direction="to-host")
+def identify(ctrl: Any, cmd: Command) -> None:
+    cns = cmd.cdw10 & 0xFF
+    cntid = (cmd.cdw10 >> 16) & 0xFFFF
+    csi = (cmd.cdw11 >> 24) & 0xFF
+    build = _CNS.get(cns)
+    if build is None:
+        raise NvmeError(Status.INVALID_FIELD)
+    data = _pad(build(ctrl, cmd, cntid, csi))
+    ctrl.transfer(cmd, IDENTIFY_SIZE, allow_sgl=False).to_guest(data)
+
+
+def _cns_ns(ctrl: Any, cmd: Command, cntid: int, csi: int) -> bytes:
+    if cmd.nsid == BROADCAST_NSID:
+        return common_namespace_capabilities()
+    check_nsid(ctrl, cmd.nsid)
+    ns = active_ns(ctrl, cmd.nsid)
+    return ns.identify_ns() if ns is not None else b""
+
+
+def _cns_ctrl(ctrl: Any, cmd: Command, cntid: int, csi: int) -> bytes:
+    return identify_controller(ctrl)
+
+
+def _cns_active_list(ctrl: Any, cmd: Command, cntid: int, csi: int) -> bytes:
+    if cmd.nsid >= 0xFFFFFFFE:
+        raise NvmeError(Status.INVALID_NSID)
+    return nsid_list(ctrl.namespaces, cmd.nsid)
+
+
+def _cns_descriptors(ctrl: Any, cmd: Command, cntid: int, csi: int) -> bytes:
+    check_nsid(ctrl, cmd.nsid)
+    ns = active_ns(ctrl, cmd.nsid)
+    if ns is None:
+        raise NvmeError(Status.INVALID_FIELD)  # as QEMU: no descriptors for an inactive NSID
+    return ns.id_descriptors()
+
+
+def _cs_ns(ns: Any, csi: int) -> bytes:
+    if ns is None:
+        return b""
+    if csi != getattr(ns, "csi", CSI.NVM):
+        raise NvmeError(Status.INVALID_FIELD)
+    return ns.identify_ns_csi()
+
+
+def _cns_cs_ns(ctrl: Any, cmd: Command, cntid: int, csi: int) -> bytes:
+    check_nsid(ctrl, cmd.nsid)
+    return _cs_ns(active_ns(ctrl, cmd.nsid), csi)
+
+
+def _cns_cs_ctrl(ctrl: Any, cmd: Command, cntid: int, csi: int) -> bytes:
+    if csi == CSI.NVM:
+        return identify_controller_nvm(ctrl)
+    raise NvmeError(Status.INVALID_FIELD)
+
+
+def _check_csi(csi: int) -> None:
+    if csi not in (CSI.NVM, CSI.ZONED):
+        raise NvmeError(Status.INVALID_FIELD)
+
+
+def _cns_cs_active_list(ctrl: Any, cmd: Command, cntid: int, csi: int) -> bytes:
+    if cmd.nsid >= 0xFFFFFFFE:
+        raise NvmeError(Status.INVALID_NSID)
+    _check_csi(csi)
+    return nsid_list((n for n, ns in ctrl.namespaces.items() if getattr(ns, "csi", CSI.NVM) == csi),
+                     cmd.nsid)
+
+
+def _cns_independent(ctrl: Any, cmd: Command, cntid: int, csi: int) -> bytes:
+    check_nsid(ctrl, cmd.nsid)
+    ns = active_ns(ctrl, cmd.nsid)
+    return independent_namespace(ns) if ns is not None else b""
+
+
+def _cns_allocated_list(ctrl: Any, cmd: Command, cntid: int, csi: int) -> bytes:
+    if cmd.nsid >= 0xFFFFFFFE:
+        raise NvmeError(Status.INVALID_NSID)
+    return nsid_list(list(subsystem_of(ctrl).namespaces), cmd.nsid)
+
+
+def _cns_allocated_ns(ctrl: Any, cmd: Command, cntid: int, csi: int) -> bytes:
+    check_nsid(ctrl, cmd.nsid)
+    ns = allocated_ns(ctrl, cmd.nsid)
+    return ns.identify_ns() if ns is not None else b""
+
+
+def _cns_ns_ctrl_list(ctrl: Any, cmd: Command, cntid: int, csi: int) -> bytes:
+    check_nsid(ctrl, cmd.nsid)
+    return controller_list(subsystem_of(ctrl).attached_controllers(cmd.nsid), cntid)
+
+
+def _cns_ctrl_list(ctrl: Any, cmd: Command, cntid: int, csi: int) -> bytes:
+    return controller_list(list(subsystem_of(ctrl).controllers), cntid)
+
+
+def _cns_cs_allocated_list(ctrl: Any, cmd: Command, cntid: int, csi: int) -> bytes:
+    if cmd.nsid >= 0xFFFFFFFE:
+        raise NvmeError(Status.INVALID_NSID)
+    _check_csi(csi)
+    namespaces = dict(subsystem_of(ctrl).namespaces)
+    return nsid_list((n for n, ns in namespaces.items() if getattr(ns, "csi", CSI.NVM) == csi), cmd.nsid)
+
+
+def _cns_cs_allocated_ns(ctrl: Any, cmd: Command, cntid: int, csi: int) -> bytes:
+    check_nsid(ctrl, cmd.nsid)
+    return _cs_ns(allocated_ns(ctrl, cmd.nsid), csi)
+
+
+def _cns_io_command_sets(ctrl: Any, cmd: Command, cntid: int, csi: int) -> bytes:
+    return io_command_sets()
+
+
+_CNS = {
+    CNS_NS: _cns_ns,
+    CNS_CTRL: _cns_ctrl,
+    CNS_ACTIVE_NS_LIST: _cns_active_list,
+    CNS_NS_DESCRIPTORS: _cns_descriptors,
+    CNS_CS_NS: _cns_cs_ns,
+    CNS_CS_CTRL: _cns_cs_ctrl,
+    CNS_CS_ACTIVE_NS_LIST: _cns_cs_active_list,
+    CNS_NS_INDEPENDENT: _cns_independent,
+    CNS_ALLOCATED_NS_LIST: _cns_allocated_list,
+    CNS_ALLOCATED_NS: _cns_allocated_ns,
+    CNS_NS_CTRL_LIST: _cns_ns_ctrl_list,
+    CNS_CTRL_LIST: _cns_ctrl_list,
+    CNS_CS_ALLOCATED_NS_LIST: _cns_cs_allocated_list,
+    CNS_CS_ALLOCATED_NS: _cns_cs_allocated_ns,
+    CNS_IO_COMMAND_SETS: _cns_io_command_sets,
+}
+
+assert PAGE_SIZE == IDENTIFY_SIZE

@@ -1,0 +1,177 @@
+"""Namespace Management (0Dh) and Namespace Attachment (15h) admin commands.
+
+Identify Controller advertises OACS bit 3 (Namespace Management and Attachment)
+because both work here: nvme-cli's test suite, seeing it, deletes every namespace
+and creates its own, and the Linux driver rescans on the resulting AENs.
+
+Guest-made changes go through the ``Subsystem`` (which owns namespaces and moves
+each change onto the affected controller's IOThread, with the Namespace
+Attribute Changed AEN and Changed Namespace List entry) and are then reported
+to ``subsystem.listeners`` so the object model can mirror them in its QOM tree.
+
+Checks happen before any change, so a command that fails changes nothing
+(QEMU applies an attachment list controller by controller and can stop half way).
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+from typing import Any, Callable
+
+from device.nvme.admin_identify import (BROADCAST_NSID, ID_NS_COMMON, IDENTIFY_SIZE, LBA_FORMATS,
+                                        max_nsid, subsystem_of)
+from device.nvme.commands import ADMIN, EFFECT_NIC, Command
+from device.nvme.spec import CSI
+from device.nvme.status import NvmeError, Status
+from device.nvme.subsystem import SubsystemError
+
+log = logging.getLogger(__name__)
+
+SEL_CREATE = 0
+SEL_DELETE = 1
+SEL_ATTACH = 0
+SEL_DETACH = 1
+CONTROLLER_LIST_MAX = IDENTIFY_SIZE // 2 - 1  # 2047 identifiers after the count
+
+
+def _default_factory(size: int, lba_size: int, shared: bool) -> Any:
+    """A new in-memory NVM namespace (imported late: namespace.py is another module's)."""
+    from device.backends import MemoryBackend
+    from device.nvme.namespace import NvmNamespace
+    ns = NvmNamespace(MemoryBackend(size), lba_size=lba_size)
+    try:
+        ns.shared = shared
+    except AttributeError:
+        pass
+    return ns
+
+
+#: Builds the namespace for Namespace Management create: ``(size_bytes, lba_size,
+#: shared) -> ns``. Replaceable (tests, or an object model that wants file backends).
+namespace_factory: Callable[[int, int, bool], Any] = _default_factory
+
+
+# -------------------------------------------------------------- management
+@ADMIN.command(0x0D, "namespace-management", nsid="none", effects=EFFECT_NIC, direction="from-host")
+def namespace_management(ctrl: Any, cmd: Command) -> None:
+    sel = cmd.cdw10 & 0xF
+    if sel == SEL_CREATE:
+        _create(ctrl, cmd)
+    elif sel == SEL_DELETE:
+        _delete(ctrl, cmd)
+    else:
+        raise NvmeError(Status.INVALID_FIELD)
+
+
+def _create(ctrl: Any, cmd: Command) -> None:
+    subsys = subsystem_of(ctrl)
+    csi = (cmd.cdw11 >> 24) & 0xFF
+    if csi != CSI.NVM:
+        raise NvmeError(Status.INVALID_IO_COMMAND_SET)
+    data = bytes(ctrl.transfer(cmd, IDENTIFY_SIZE, allow_sgl=False).from_guest())
+    req = ID_NS_COMMON.unpack(data.ljust(IDENTIFY_SIZE, b"\0"))
+    index = (req.flbas & 0xF) | (((req.flbas >> 5) & 0x3) << 4)
+    lba_size = LBA_FORMATS.get(index)
+    if lba_size is None or req.flbas & 0x10:  # no metadata formats, so no extended LBAs
+        raise NvmeError(Status.INVALID_FORMAT)
+    if req.dps:
+        raise NvmeError(Status.INVALID_FIELD)  # created namespaces carry no protection info
+    if req.nsze == 0 or req.ncap == 0 or req.ncap > req.nsze:
+        raise NvmeError(Status.INVALID_FIELD)
+    if req.ncap != req.nsze:
+        raise NvmeError(Status.THIN_PROVISIONING_NOT_SUPPORTED)
+    size = req.nsze * lba_size
+    if size > subsys.unallocated_bytes():
+        raise NvmeError(Status.NS_INSUFFICIENT_CAPACITY)
+    if not subsys.free_nsid():
+        raise NvmeError(Status.NSID_UNAVAILABLE)
+    try:
+        ns = namespace_factory(size, lba_size, bool(req.nmic & 1))
+    except NvmeError:
+        raise
+    except Exception as exc:
+        log.error("namespace create (%d bytes) failed: %s", size, exc)
+        raise NvmeError(Status.NS_INSUFFICIENT_CAPACITY) from exc
+    try:
+        nsid = subsys.add_namespace(ns)
+    except SubsystemError as exc:  # lost a race for the last NSID
+        _close(ns)
+        raise NvmeError(exc.status) from exc
+    cmd.result = nsid
+    subsys.notify("namespace-created", nsid, ns, ctrl)
+
+
+def _delete(ctrl: Any, cmd: Command) -> None:
+    subsys = subsystem_of(ctrl)
+    if cmd.nsid == BROADCAST_NSID:
+        nsids = sorted(subsys.namespaces)
+    else:
+        if not 1 <= cmd.nsid <= max_nsid(ctrl):
+            raise NvmeError(Status.INVALID_NSID)
+        if cmd.nsid not in subsys.namespaces:
+            raise NvmeError(Status.INVALID_FIELD)
+        nsids = [cmd.nsid]
+    for nsid in nsids:
+        try:
+            ns = subsys.remove_namespace(nsid, close=True)
+        except SubsystemError as exc:  # deleted meanwhile by someone else
+            if cmd.nsid != BROADCAST_NSID:
+                raise NvmeError(exc.status) from exc
+            continue
+        subsys.notify("namespace-deleted", nsid, ns, ctrl)
+
+
+def _close(ns: Any) -> None:
+    try:
+        ns.close()
+    except Exception:
+        log.exception("closing an unused namespace failed")
+
+
+# -------------------------------------------------------------- attachment
+@ADMIN.command(0x15, "namespace-attachment", nsid="none", effects=EFFECT_NIC, direction="from-host")
+def namespace_attachment(ctrl: Any, cmd: Command) -> None:
+    subsys = subsystem_of(ctrl)
+    sel = cmd.cdw10 & 0xF
+    nsid = cmd.nsid
+    if nsid == BROADCAST_NSID:
+        raise NvmeError(Status.INVALID_FIELD)
+    if not 1 <= nsid <= max_nsid(ctrl):
+        raise NvmeError(Status.INVALID_NSID)
+    ns = subsys.namespaces.get(nsid)
+    if ns is None:
+        raise NvmeError(Status.INVALID_FIELD)
+    if sel not in (SEL_ATTACH, SEL_DETACH):
+        raise NvmeError(Status.INVALID_FIELD)
+
+    data = bytes(ctrl.transfer(cmd, IDENTIFY_SIZE, allow_sgl=False).from_guest()).ljust(IDENTIFY_SIZE, b"\0")
+    count = min(struct.unpack_from("<H", data)[0], CONTROLLER_LIST_MAX)
+    cntlids = list(struct.unpack_from(f"<{count}H", data, 2))
+    if len(set(cntlids)) != len(cntlids):
+        raise NvmeError(Status.CONTROLLER_LIST_INVALID)
+    targets = []
+    for cntlid in cntlids:
+        target = subsys.controllers.get(cntlid)
+        if target is None:
+            raise NvmeError(Status.CONTROLLER_LIST_INVALID)
+        targets.append(target)
+
+    attached = set(subsys.attached_controllers(nsid))
+    if sel == SEL_ATTACH:
+        if any(c in attached for c in cntlids):
+            raise NvmeError(Status.NS_ALREADY_ATTACHED)
+        if not getattr(ns, "shared", True) and len(attached) + len(cntlids) > 1:
+            raise NvmeError(Status.NS_IS_PRIVATE)
+    elif any(c not in attached for c in cntlids):
+        raise NvmeError(Status.NS_NOT_ATTACHED)
+
+    for target in targets:
+        try:
+            if sel == SEL_ATTACH:
+                subsys.attach(nsid, target)
+            else:
+                subsys.detach(nsid, target)
+        except SubsystemError as exc:  # changed by another thread since the checks
+            raise NvmeError(exc.status) from exc
+        subsys.notify("attached" if sel == SEL_ATTACH else "detached", nsid, ns, target)
