@@ -1,0 +1,92 @@
+"""trace-event-get-state / trace-event-set-state over a tiny trace-control interface.
+
+Why an interface: tracing is built elsewhere (later).  The monitor only needs to list
+events matching a glob with their state and to switch them; whatever implements
+``TraceControl`` is wired as ``ctx.trace``.  Without one, the commands behave like
+QEMU with no matching events.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import threading
+from typing import Any, Iterable, Protocol
+
+from monitor.errors import GenericError
+from monitor.registry import Arg, Enum, Struct, qmp_command
+
+TRACE_EVENT_STATE = Enum("TraceEventState", ("unavailable", "disabled", "enabled"))
+TRACE_EVENT_INFO = Struct("TraceEventInfo", (
+    Arg("name", "str"), Arg("state", TRACE_EVENT_STATE), Arg("vcpu", "bool")))
+
+
+class TraceControl(Protocol):
+    """What ``ctx.trace`` must provide."""
+
+    def list(self, pattern: str) -> list[tuple[str, str]]:
+        """``(name, "enabled"|"disabled"|"unavailable")`` for each event matching the glob."""
+
+    def set_state(self, pattern: str, enable: bool) -> int:
+        """Enable/disable every available event matching the glob; return how many matched."""
+
+
+class SimpleTraceControl:
+    """A dict of event name -> enabled, for tests and until real tracing lands."""
+
+    def __init__(self, names: Iterable[str] = (), enabled: Iterable[str] = ()) -> None:
+        self._lock = threading.Lock()
+        self._state = {name: False for name in names}
+        for name in enabled:
+            self._state[name] = True
+
+    def add(self, name: str, enabled: bool = False) -> None:
+        with self._lock:
+            self._state[name] = enabled
+
+    def list(self, pattern: str) -> list[tuple[str, str]]:
+        with self._lock:
+            return [(n, "enabled" if on else "disabled")
+                    for n, on in sorted(self._state.items()) if fnmatch.fnmatchcase(n, pattern)]
+
+    def set_state(self, pattern: str, enable: bool) -> int:
+        with self._lock:
+            names = [n for n in self._state if fnmatch.fnmatchcase(n, pattern)]
+            for n in names:
+                self._state[n] = enable
+            return len(names)
+
+    def enabled(self, name: str) -> bool:
+        with self._lock:
+            return self._state.get(name, False)
+
+
+def _is_pattern(name: str) -> bool:
+    return any(c in name for c in "*?[")
+
+
+def _matches(ctx: Any, pattern: str) -> list[tuple[str, str]]:
+    trace = getattr(ctx, "trace", None)
+    matches = list(trace.list(pattern)) if trace is not None else []
+    if not matches and not _is_pattern(pattern):
+        raise GenericError(f"unknown event \"{pattern}\"")
+    return matches
+
+
+@qmp_command("trace-event-get-state", args=[Arg("name", "str"), Arg("vcpu", "int", optional=True)],
+             returns=[TRACE_EVENT_INFO])
+def trace_event_get_state(ctx: Any, args: dict) -> list[dict]:
+    """States of the events matching a glob; an exact unknown name is an error, as in QEMU."""
+    return [{"name": n, "state": s, "vcpu": False} for n, s in _matches(ctx, args["name"])]
+
+
+@qmp_command("trace-event-set-state", args=[Arg("name", "str"), Arg("enable", "bool"),
+                                            Arg("ignore-unavailable", "bool", optional=True),
+                                            Arg("vcpu", "int", optional=True)])
+def trace_event_set_state(ctx: Any, args: dict) -> None:
+    matches = _matches(ctx, args["name"])
+    if not matches:
+        raise GenericError("No trace events found")
+    unavailable = [n for n, s in matches if s == "unavailable"]
+    if unavailable and not args.get("ignore-unavailable", False) and not _is_pattern(args["name"]):
+        raise GenericError(f"cannot set dynamic tracing state for \"{unavailable[0]}\"")
+    ctx.trace.set_state(args["name"], args["enable"])

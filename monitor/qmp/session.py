@@ -1,0 +1,227 @@
+"""One QMP client: greeting, capabilities negotiation, request dispatch, events.
+
+State machine (each client has its own)::
+
+    GREETING --greeting sent--> NEGOTIATING --qmp_capabilities--> READY
+        any state --EOF / error / server close--> CLOSED
+
+Why explicit states: QEMU refuses every command but ``qmp_capabilities`` before
+negotiation and must not send events then (``QMPClient`` reads exactly one reply to
+its ``qmp_capabilities`` and fails on anything else).
+
+Requests of one client run one at a time, in order, on the loop thread.  Events that
+arrive while a command runs are held back until its reply is written, so a client
+always sees ``{"return": {}}`` for ``device_del`` before ``DEVICE_DELETED``.  A client
+that goes away mid-command lets the command finish; its reply is dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import json
+import logging
+from typing import Any, Callable, Optional
+
+from monitor.commands_core import ALREADY_NEGOTIATED
+from monitor.errors import CommandNotFound, GenericError, QMPError, to_qmp_error
+from monitor.qmp.parser import MAX_MESSAGE, JSONStreamParser, Message, ParseError
+from monitor.registry import Registry
+
+log = logging.getLogger("nvshell.monitor.qmp")
+
+READ_SIZE = 65536
+#: A client that does not read its events is dropped once this much output is queued.
+MAX_OUTPUT_BUFFER = 64 * 1024 * 1024
+NEGOTIATION_EXPECTED = "Expecting capabilities negotiation with 'qmp_capabilities'"
+
+
+class SessionState(enum.Enum):
+    GREETING = "greeting"
+    NEGOTIATING = "negotiating"
+    READY = "ready"
+    CLOSED = "closed"
+
+
+def encode(message: dict) -> bytes:
+    """One compact JSON line terminated by CRLF, as QEMU writes it."""
+    return json.dumps(message, ensure_ascii=True, allow_nan=False).encode("ascii") + b"\r\n"
+
+
+class RequestError(Exception):
+    """A request that cannot be dispatched; carries the id to echo, if any."""
+
+    def __init__(self, error: QMPError, has_id: bool, ident: Any):
+        super().__init__(error.desc)
+        self.error, self.has_id, self.ident = error, has_id, ident
+
+
+def parse_request(value: Any) -> tuple[str, Optional[dict], bool, Any]:
+    """Check a request's envelope like QEMU's ``qmp_dispatch``: (name, arguments, has_id, id)."""
+    if not isinstance(value, dict):
+        raise RequestError(GenericError("QMP input must be a JSON object"), False, None)
+    has_id, ident = "id" in value, value.get("id")
+
+    def fail(desc: str) -> RequestError:
+        return RequestError(GenericError(desc), has_id, ident)
+
+    for key, member in value.items():
+        if key == "execute":
+            if not isinstance(member, str):
+                raise fail("QMP input member 'execute' must be a string")
+        elif key == "arguments":
+            if not isinstance(member, dict):
+                raise fail("QMP input member 'arguments' must be an object")
+        elif key != "id":
+            raise fail(f"QMP input member '{key}' is unexpected")
+    if "execute" not in value:
+        raise fail("QMP input lacks member 'execute'")
+    return value["execute"], value.get("arguments"), has_id, ident
+
+
+class QMPSession:
+    """Serve one connected client until it leaves or the server closes."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, registry: Registry, ctx: Any,
+                 *, peer: str = "", max_message: int = MAX_MESSAGE,
+                 on_close: Optional[Callable[["QMPSession"], None]] = None) -> None:
+        self.reader, self.writer = reader, writer
+        self.registry, self.ctx = registry, ctx
+        self.peer = peer
+        self.state = SessionState.GREETING
+        self.parser = JSONStreamParser(max_size=max_message)
+        self._busy = False
+        self._held_events: list[dict] = []
+        self._on_close = on_close
+
+    # -- output ---------------------------------------------------------------
+    def _write(self, message: dict) -> bool:
+        if self.state is SessionState.CLOSED or self.writer.is_closing():
+            return False
+        try:
+            data = encode(message)
+        except (TypeError, ValueError) as exc:
+            log.error("cannot encode reply %r: %s", message, exc)
+            data = encode({**{k: v for k, v in message.items() if k == "id"},
+                           "error": GenericError(f"internal error: reply is not JSON: {exc}").to_json()})
+        try:
+            self.writer.write(data)
+        except Exception:  # the transport went away under us
+            self.abort()
+            return False
+        transport = self.writer.transport
+        if transport is not None and transport.get_write_buffer_size() > MAX_OUTPUT_BUFFER:
+            log.warning("QMP client %s does not read its output; dropping it", self.peer)
+            self.abort()
+            return False
+        return True
+
+    def deliver_event(self, event: dict) -> None:
+        """Called on the loop thread for every monitor event."""
+        if self.state is not SessionState.READY:
+            return
+        if self._busy:
+            self._held_events.append(event)
+        else:
+            self._write(event)
+
+    def _reply(self, has_id: bool, ident: Any, *, result: Any = None, error: Optional[QMPError] = None) -> None:
+        message: dict[str, Any] = {"error": error.to_json()} if error is not None else {"return": result}
+        if has_id:
+            message["id"] = ident
+        self._write(message)
+
+    # -- input ----------------------------------------------------------------
+    async def run(self) -> None:
+        """Greet, then read and dispatch until EOF."""
+        try:
+            self._write({"QMP": {"version": self.ctx.version_info(), "capabilities": []}})
+            self.state = SessionState.NEGOTIATING
+            while self.state is not SessionState.CLOSED:
+                try:
+                    data = await self.reader.read(READ_SIZE)
+                except (ConnectionError, OSError):
+                    break
+                if not data:
+                    break
+                for item in self.parser.feed(data):
+                    if isinstance(item, ParseError):
+                        self._reply(False, None, error=GenericError(item.desc))
+                        if item.fatal:
+                            await self._flush()
+                            self.close()
+                            break
+                    else:
+                        await self._handle(item)
+                    if self.state is SessionState.CLOSED:
+                        break
+                await self._flush()
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # a bug in here must only cost this client
+            log.exception("QMP session %s failed", self.peer)
+        finally:
+            self.close()
+
+    async def _flush(self) -> None:
+        if self.state is SessionState.CLOSED or self.writer.is_closing():
+            return
+        try:
+            await self.writer.drain()
+        except (ConnectionError, OSError):
+            self.abort()
+
+    async def _handle(self, item: Message) -> None:
+        try:
+            name, arguments, has_id, ident = parse_request(item.value)
+        except RequestError as exc:
+            self._reply(exc.has_id, exc.ident, error=exc.error)
+            return
+        self._busy = True
+        try:
+            result = await self._dispatch(name, arguments)
+        except QMPError as exc:
+            self._reply(has_id, ident, error=exc)
+        except Exception as exc:
+            self._reply(has_id, ident, error=to_qmp_error(exc))
+        else:
+            self._reply(has_id, ident, result=result)
+        finally:
+            self._busy = False
+            held, self._held_events = self._held_events, []
+            for event in held:
+                self._write(event)
+
+    async def _dispatch(self, name: str, arguments: Optional[dict]) -> Any:
+        if self.state is SessionState.NEGOTIATING:
+            if name != "qmp_capabilities":
+                raise CommandNotFound(NEGOTIATION_EXPECTED)
+            arguments = arguments or {}
+            self.registry.check(name, arguments)
+            for capability in arguments.get("enable", []):
+                raise GenericError(f"Capability '{capability}' not available")
+            self.state = SessionState.READY
+            return {}
+        if name == "qmp_capabilities":
+            raise CommandNotFound(ALREADY_NEGOTIATED)
+        return await self.registry.execute(name, arguments, self.ctx)
+
+    # -- teardown ---------------------------------------------------------------
+    def close(self) -> None:
+        """Close politely: queued output is still sent."""
+        if self.state is SessionState.CLOSED:
+            return
+        self.state = SessionState.CLOSED
+        try:
+            self.writer.close()
+        except Exception:
+            pass
+        if self._on_close is not None:
+            self._on_close(self)
+
+    def abort(self) -> None:
+        """Drop the connection at once (dead or unresponsive peer)."""
+        transport = self.writer.transport
+        if transport is not None:
+            transport.abort()
+        self.close()
