@@ -44,6 +44,7 @@ def iter_records(source: IO[bytes] | str, *, follow: bool = False, poll: float =
         return
     unpacker = msgpack.Unpacker(raw=False, strict_map_key=False)
     fed = 0
+    consumed = 0  # end of the last complete record (tell() also counts a partial one)
     index = 0
     while True:
         chunk = source.read(CHUNK)
@@ -56,12 +57,13 @@ def iter_records(source: IO[bytes] | str, *, follow: bool = False, poll: float =
                         raise TraceDecodeError(f"record {index} at byte {unpacker.tell()} is not a map "
                                                f"(not an nvshell trace file?)")
                     index += 1
+                    consumed = unpacker.tell()
                     yield obj
             except (msgpack.ExtraData, msgpack.FormatError, msgpack.StackError, ValueError) as e:
                 raise TraceDecodeError(f"corrupt trace data after record {index}: {e}") from e
             continue
         if not follow:
-            left = fed - unpacker.tell()
+            left = fed - consumed
             if left:
                 raise TraceDecodeError(f"truncated record at end of file ({left} bytes after record {index})")
             return
