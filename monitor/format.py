@@ -118,6 +118,16 @@ def format_namespaces(namespaces: list[dict[str, Any]]) -> str:
     return format_table(["id", "subsystem", "nsid", "type", "size", "lba", "shared", "attached"], rows)
 
 
+def format_controllers(ctrls: list[dict[str, Any]]) -> str:
+    """``info controllers``: one row per controller (from ``x-nvme-query-controllers``)."""
+    if not ctrls:
+        return "no controllers\n"
+    rows = [[c.get("id"), c.get("subsystem"), c.get("cntlid"),
+             "connected" if c.get("connected") else "waiting", c.get("io-commands"), c.get("socket")]
+            for c in ctrls]
+    return format_table(["id", "subsystem", "cntlid", "state", "io-commands", "socket"], rows)
+
+
 _QUEUE_COLUMNS = ("type", "qid", "cqid", "size", "head", "tail", "vector", "outstanding")
 
 

@@ -80,6 +80,11 @@ async def info_namespaces(ctx: Any, args: dict[str, Any]) -> str:
     return fmt.format_namespaces(await qmp(ctx, "x-nvme-query-namespaces"))
 
 
+@info_command("controllers", help="show the NVMe controllers, their sockets and connection state")
+async def info_controllers(ctx: Any, args: dict[str, Any]) -> str:
+    return fmt.format_controllers(await qmp(ctx, "x-nvme-query-controllers"))
+
+
 @info_command("queues", "device?", help="show the submission/completion queues of the controllers",
               complete={"device": "device-id"})
 async def info_queues(ctx: Any, args: dict[str, Any]) -> str:

@@ -199,9 +199,10 @@ class HMPCompleter(Completer):
             return list(_matching(cur, [p["name"] for p in props], {p["name"]: p["type"] for p in props}))
         if kind == "qom-value" and len(before) >= 2:
             props = await self._safe("qom-list", {"path": before[-2]})
+            typename = await self._safe("qom-get", {"path": before[-2], "property": "type"}, default="")
             for p in props:
                 if p["name"] == before[-1]:
-                    return list(_matching(cur, await self._values(p)))
+                    return list(_matching(cur, await self._values(p, typename if isinstance(typename, str) else None)))
         return []
 
     async def _paths(self, cur: str) -> list[Completion]:
@@ -214,12 +215,17 @@ class HMPCompleter(Completer):
         return [Completion(f"{parent}/{n}", start_position=-len(cur), display=n)
                 for n in names if n.startswith(partial)]
 
-    async def _values(self, prop: dict[str, Any]) -> list[str]:
-        """Values a property accepts: bool on/off, enum members, ids for links."""
+    async def _values(self, prop: dict[str, Any], typename: str | None = None) -> list[str]:
+        """Values a property accepts: enum members and choices (``x-query-property-values``
+        when the server has it), bool on/off, ids for links."""
         ptype = str(prop.get("type", ""))
         for key in ("enum", "values", "choices"):
             if isinstance(prop.get(key), list):
                 return [str(v) for v in prop[key]]
+        if typename:
+            for entry in await self._safe("x-query-property-values", {"typename": typename}):
+                if entry.get("name") == prop.get("name"):
+                    return [str(v) for v in entry.get("values", [])]
         if ptype == "bool":
             return list(BOOL_VALUES)
         if ptype.startswith("link<"):
@@ -242,7 +248,7 @@ class HMPCompleter(Completer):
             key, _, value = cur.partition("=")
             for p in props:
                 if p["name"] == key:
-                    for c in _matching(value, await self._values(p)):
+                    for c in _matching(value, await self._values(p, typename)):
                         yield c
             return
         used = {p.partition("=")[0] for p in pieces[1:-1]}

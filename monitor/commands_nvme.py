@@ -1,0 +1,208 @@
+"""``x-`` QMP commands behind the HMP ``info`` views (and the shell's toolbar/completion).
+
+Why QMP commands and not direct Machine calls in the HMP layer: the remote shell gets the
+same data over the socket, and scripts can consume it as JSON.  Results are plain data;
+``monitor/format.py`` turns them into text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from monitor.errors import DeviceNotFound, GenericError
+from monitor.registry import Arg, qmp_command
+
+TYPE_SUBSYSTEM = "x-nvme-subsystem"
+TYPE_NS = "x-nvme-ns"
+TYPE_CTRL = "x-nvme-ctrl"
+
+
+def _machine(ctx: Any) -> Any:
+    machine = getattr(ctx, "machine", None)
+    if machine is None:
+        raise GenericError("No machine is attached to this monitor")
+    return machine
+
+
+def _is(obj: Any, typename: str) -> bool:
+    is_a = getattr(obj, "is_a", None)
+    return bool(is_a(typename)) if is_a else getattr(obj, "typename", "") == typename
+
+
+def _get(obj: Any, name: str, default: Any = None) -> Any:
+    """A property's JSON value, or ``default`` when it cannot be read (never fails a query)."""
+    try:
+        return obj.get_json(name)
+    except Exception:
+        return default
+
+
+def _props(obj: Any) -> list[dict[str, Any]]:
+    """Every declared (non-child) property with its JSON value, for ``info qtree``."""
+    out = []
+    for p in obj.list_properties():
+        if p.name == "type" or str(p.qom_type).startswith("child<"):
+            continue
+        try:
+            value = obj.get_json(p.name)
+        except Exception as exc:
+            value = f"<error: {exc}>"
+        out.append({"name": p.name, "value": value})
+    return out
+
+
+def _name(obj: Any) -> str:
+    return obj.id or obj.path()
+
+
+def _subsystem_of(obj: Any) -> Any:
+    """The subsystem object of a namespace or controller (its ``subsys`` link)."""
+    fn = getattr(obj, "subsys_obj", None)
+    if fn is not None:
+        return fn()
+    try:
+        return obj.get("subsys")
+    except Exception:
+        return None
+
+
+# ---------------------------------------------------------------------------------------
+# x-query-qtree
+
+
+def _ctrl_node(ctrl: Any, namespaces: list[Any]) -> dict[str, Any]:
+    attached = [ns for ns in namespaces if _name(ctrl) in (_get(ns, "attached") or [])]
+    refs = [{"type": ns.typename, "id": _name(ns), "nsid": _get(ns, "nsid")} for ns in attached]
+    return {"type": ctrl.typename, "id": _name(ctrl), "props": _props(ctrl),
+            "buses": [{"name": _name(ctrl), "type": "nvme-bus", "devices": [], "refs": refs}]}
+
+
+@qmp_command("x-query-qtree", returns="any")
+def query_qtree(ctx: Any, args: dict) -> dict[str, Any]:
+    """The device tree for ``info qtree``: subsystems, their namespaces and controllers;
+    each controller's bus references the namespaces attached to it."""
+    m = _machine(ctx)
+    objects, devices = m.objects(), m.devices()
+    subsystems = [o for o in objects if _is(o, TYPE_SUBSYSTEM)]
+    namespaces = [o for o in objects if _is(o, TYPE_NS)]
+    ctrls = [d for d in devices if _is(d, TYPE_CTRL)]
+    root: list[dict[str, Any]] = []
+    placed: set[int] = set()
+    for sub in subsystems:
+        nss = [ns for ns in namespaces if _subsystem_of(ns) is sub]
+        cs = [c for c in ctrls if _subsystem_of(c) is sub]
+        placed.update(id(x) for x in nss + cs)
+        devs = [{"type": ns.typename, "id": _name(ns), "props": _props(ns), "buses": []} for ns in nss]
+        devs += [_ctrl_node(c, nss) for c in cs]
+        root.append({"type": sub.typename, "id": _name(sub), "props": _props(sub),
+                     "buses": [{"name": _name(sub), "type": "x-nvme-subsys-bus", "devices": devs}]})
+    for d in devices:  # devices outside any subsystem (other device types)
+        if id(d) not in placed:
+            root.append(_ctrl_node(d, []) if _is(d, TYPE_CTRL) else
+                        {"type": d.typename, "id": _name(d), "props": _props(d), "buses": []})
+    return {"name": "main-system-bus", "type": "System", "devices": root}
+
+
+# ---------------------------------------------------------------------------------------
+# namespaces, controllers, queues
+
+
+def namespace_info(ns: Any) -> dict[str, Any]:
+    sub = _subsystem_of(ns)
+    info: dict[str, Any] = {}
+    model = getattr(ns, "model", None)
+    if model is not None and hasattr(model, "info"):
+        try:
+            info.update(model.info())
+        except Exception:
+            pass
+    info.update({"id": _name(ns), "type": ns.typename, "subsystem": _name(sub) if sub is not None else None,
+                 "nsid": _get(ns, "nsid"), "attached": _get(ns, "attached") or []})
+    info.setdefault("lba-size", _get(ns, "lba-size"))
+    info.setdefault("size", _get(ns, "size"))
+    return info
+
+
+@qmp_command("x-nvme-query-namespaces", returns=["any"])
+def query_namespaces(ctx: Any, args: dict) -> list[dict[str, Any]]:
+    """Every namespace: id, type, subsystem, nsid, size, lba-size, shared, attached controllers."""
+    return [namespace_info(o) for o in _machine(ctx).objects() if _is(o, TYPE_NS)]
+
+
+def io_commands(model: Any) -> int:
+    """Read + write (+ other I/O) commands completed so far, from the controller's SMART stats."""
+    stats = getattr(model, "stats", None)
+    if stats is None:
+        return 0
+    if hasattr(stats, "io_commands"):
+        value = stats.io_commands
+        return int(value() if callable(value) else value)
+    total = 0
+    for name in ("host_read_commands", "host_write_commands", "read_commands", "write_commands"):
+        total += int(getattr(stats, name, 0) or 0)
+    return total
+
+
+@qmp_command("x-nvme-query-controllers", returns=["any"])
+def query_controllers(ctx: Any, args: dict) -> list[dict[str, Any]]:
+    """Every controller: id, subsystem, cntlid, socket, connected, io-commands (cheap: toolbar)."""
+    out = []
+    for d in _machine(ctx).devices():
+        if not _is(d, TYPE_CTRL):
+            continue
+        sub = _subsystem_of(d)
+        out.append({"id": _name(d), "subsystem": _name(sub) if sub is not None else None,
+                    "cntlid": _get(d, "cntlid"), "socket": _get(d, "socket"),
+                    "connected": bool(_get(d, "connected", False)),
+                    "io-commands": io_commands(getattr(d, "model", None))})
+    return out
+
+
+def _controller(m: Any, device: str) -> Any:
+    for d in m.devices():
+        if d.id == device:
+            if not _is(d, TYPE_CTRL):
+                raise GenericError(f"Device '{device}' is not an NVMe controller")
+            return d
+    raise DeviceNotFound(f"Device '{device}' not found")
+
+
+@qmp_command("x-nvme-query-queues", args=[Arg("device", "str", optional=True)], returns=["any"])
+async def query_queues(ctx: Any, args: dict) -> list[dict[str, Any]]:
+    """Per controller (or just ``device``): its queues from ``Controller.queue_info()``,
+    run on the controller's IOThread (the only thread that may read queue state)."""
+    m = _machine(ctx)
+    ctrls = [_controller(m, args["device"])] if "device" in args else [d for d in m.devices() if _is(d, TYPE_CTRL)]
+    out = []
+    for d in ctrls:
+        model, iothread = getattr(d, "model", None), getattr(d, "iothread", None)
+        queues: list[dict[str, Any]] = []
+        if model is not None and iothread is not None and hasattr(model, "queue_info"):
+            queues = list(await asyncio.wrap_future(iothread.submit(model.queue_info)))
+        out.append({"device": _name(d), "state": "connected" if _get(d, "connected") else "waiting",
+                    "queues": queues})
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# completion data
+
+
+@qmp_command("x-query-property-values", args=[Arg("typename", "str")], returns=["any"])
+def query_property_values(ctx: Any, args: dict) -> list[dict[str, Any]]:
+    """``[{name, values}]``: the finite value sets of a type's properties (enums, choices,
+    bools), which ``qom-list-properties`` cannot express; used for shell completion."""
+    m = _machine(ctx)
+    m.type_properties(args["typename"])  # TypeNotFound -> "invalid object type: x"
+    out = []
+    for p in m.registry.properties(args["typename"]).values():
+        t = p.type
+        values = getattr(t, "values", None) or getattr(t, "choices", None)
+        if values is None and getattr(t, "name", "") == "bool":
+            values = ("on", "off")
+        if values is None and hasattr(getattr(t, "item", None), "parse") and p.name == "attached-to":
+            values = ["all"] + [d.id for d in m.devices() if _is(d, TYPE_CTRL) and d.id]
+        if values:
+            out.append({"name": p.name, "values": [str(v) for v in values]})
+    return out
