@@ -30,6 +30,7 @@ from __future__ import annotations
 import bisect
 import fnmatch
 import logging
+import os
 import random
 import threading
 import time
@@ -222,7 +223,7 @@ class FilteredSink:
     A filter names a field (``ctrl="ctrl0"``, ``qid=1``, ``opcode="read"``); a record
     matches only if it *has* that field with that value, so ``qid=1`` also hides
     controller-wide events such as ``nvme_ctrl_enable``.  ``names`` is an fnmatch glob
-    on the trace point name.
+    on the trace point name.  ``trace_dropped`` reports always pass.
     """
 
     def __init__(self, inner: Sink, *, names: str | None = None, **fields: Any):
@@ -231,6 +232,8 @@ class FilteredSink:
         self.fields = {k: v for k, v in fields.items() if v is not None}
 
     def matches(self, record: Record) -> bool:
+        if record.get("name") == DROPPED:  # drop reports of an inner limiter always pass
+            return True
         if self.names is not None and not fnmatch.fnmatchcase(record.get("name", ""), self.names):
             return False
         for key, value in self.fields.items():
@@ -241,6 +244,23 @@ class FilteredSink:
     def __call__(self, record: Record) -> None:
         if self.matches(record):
             self.inner(record)
+
+
+class LineSink:
+    """Format each record with ``format_record`` and pass the line to ``write``.
+
+    The shell's live view is ``FilteredSink(RateLimitedSink(LineSink(print_line), n), ...)``
+    (filter first, so only matching lines count against the rate);
+    ``write`` runs on the emitting thread, so it should hand the line over (e.g. to the
+    shell's event loop) rather than block on a terminal.
+    """
+
+    def __init__(self, write: Callable[[str], None], registry: "TraceRegistry | None" = None):
+        self.write = write
+        self.registry = registry
+
+    def __call__(self, record: Record) -> None:
+        self.write(format_record(record, self.registry))
 
 
 #: Name of the synthetic record a RateLimitedSink emits for dropped records.
@@ -492,6 +512,8 @@ def render_histogram(stats: LatencyStats, width: int = 80, ctrl: str | None = No
 # ---------------------------------------------------------------------------------------
 
 TRACE = TraceRegistry()
+#: NVSHELL_TRACE_STRICT=1 checks every emitted record against its declaration (tests, CI).
+TRACE.strict = os.environ.get("NVSHELL_TRACE_STRICT") == "1"
 _p = TRACE.point
 
 # vfio-user transport
@@ -553,6 +575,6 @@ del _p
 
 __all__ = [
     "TRACE", "TraceRegistry", "TracePoint", "TraceError", "Hex", "Sink", "Record",
-    "FilteredSink", "RateLimitedSink", "DROPPED", "format_record", "format_ts",
+    "FilteredSink", "RateLimitedSink", "LineSink", "DROPPED", "format_record", "format_ts",
     "LatencyStats", "OpLatency", "render_histogram", "percentile", "bucket_of", "bucket_label",
 ]

@@ -9,7 +9,7 @@ import pytest
 
 from device import trace
 from device.trace import (
-    DROPPED, TRACE, FilteredSink, Hex, LatencyStats, RateLimitedSink, TraceError, TracePoint,
+    DROPPED, TRACE, FilteredSink, Hex, LatencyStats, LineSink, RateLimitedSink, TraceError, TracePoint,
     TraceRegistry, bucket_label, bucket_of, format_record, percentile, render_histogram,
 )
 
@@ -265,6 +265,25 @@ def test_format_record() -> None:
                          "offset": 0, "prot": "rw"})
     assert dma.endswith("ctrl=c addr=0xc0000 size=0x1000 offset=0x0 prot=rw")
     assert format_record({"name": "unknown_point", "a": 1}) == "unknown_point a=1"
+
+
+def test_shell_pipeline(reg: TraceRegistry) -> None:
+    """What the shell builds: filter -> rate limit -> formatted lines."""
+    lines: list[str] = []
+    clock = FakeClock()
+    limiter = RateLimitedSink(LineSink(lines.append, reg), 2, clock=clock)
+    sink = FilteredSink(limiter, qid=1)
+    reg.add_sink(sink)
+    reg.set_state("nvme_cmd_submit", True)
+    tp = reg.get("nvme_cmd_submit")
+    for cid in range(5):
+        tp.emit(ctrl="ctrl0", qid=1, cid=cid, opcode="read")
+        tp.emit(ctrl="ctrl0", qid=2, cid=cid, opcode="read")  # filtered: not counted as dropped
+    clock.now += 1
+    limiter.flush()
+    assert [ln.split()[-2] for ln in lines[:2]] == ["cid=0", "cid=1"]
+    assert lines[2:] == ["... 3 trace lines dropped"]
+    assert FilteredSink(lines.append, qid=9).matches({"name": DROPPED, "dropped": 1})
 
 
 # -- latency statistics -------------------------------------------------------------------
