@@ -218,6 +218,18 @@ class Machine(ObjectTree):
         obj.implicit_for = ctrl.id or ctrl.name
         return obj
 
+    def describe_sockets(self) -> list[str]:
+        """One line per controller, telling the user where to point QEMU (``main`` prints them)."""
+        lines = []
+        for dev in self.devices():
+            if isinstance(dev, nvme_objects.ControllerDevice):
+                sub = dev.subsys_obj()
+                nss = [n.id for n in sub.namespace_objects()] if sub else []
+                lines.append(f"{dev.id or dev.path()}: vfio-user socket {dev.socket_path} "
+                             f"(subsystem {sub.id if sub else '?'}, namespaces: {', '.join(nss) or 'none'}); "
+                             f"QEMU: -device vfio-user-pci,socket={dev.socket_path}")
+        return lines
+
     def _check_open(self) -> None:
         if self._closed:
             raise ObjectError("the machine is shutting down")

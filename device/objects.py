@@ -346,8 +346,9 @@ class NvmNamespaceObject(NamespaceObject):
         if self.get("nguid"):
             kw["nguid"] = bytes.fromhex(self.get("nguid"))
         for p in ("mssrl", "mcl", "msrc"):
-            if self.is_set(p):
-                kw[p] = self.get(p)
+            kw[p] = self.get(p)
+        if kw["mcl"] < kw["mssrl"]:
+            raise PropertyError("Parameter 'mcl' expects a value not below mssrl")
         return kw
 
     def model_class(self) -> Any:
@@ -650,11 +651,11 @@ NVM_PROPS = [
              description="memory (sparse), file, or null (reads zeroes, discards writes); "
                          "default: file if 'file' is given, else memory"),
     Property("lba-size", IntType("uint32", choices=(512, 4096)), default=512, description="LBA data size"),
-    Property("mssrl", SizeType(), default=0, description="Copy: maximum single source range length, bytes "
-                                                         "(0 = default)"),
-    Property("mcl", SizeType(), default=0, description="Copy: maximum copy length, bytes (0 = default)"),
-    Property("msrc", IntType("uint8", maximum=127), default=0,
-             description="Copy: maximum source range count minus one (0 = default)"),
+    Property("mssrl", SizeType(minimum=1), default=128 * 1024,
+             description="Copy: maximum single source range length, bytes"),
+    Property("mcl", SizeType(minimum=1), default=128 * 1024, description="Copy: maximum copy length, bytes"),
+    Property("msrc", IntType("uint32", minimum=1, maximum=256), default=128,
+             description="Copy: maximum number of source ranges"),
     Property("nlbas", IntType("uint64"), read_only=True, description="number of LBAs",
              getter=lambda o: int(getattr(o.model, "nlbas", 0) or 0)),
 ]
@@ -681,12 +682,12 @@ CTRL_PROPS = [
     Property("serial", _str_limit(20), default="", description="serial number (default: the device id)"),
     Property("model", _str_limit(40), default="nvshell NVMe Ctrl", description="model number"),
     Property("firmware", _str_limit(8), default="1.0", description="firmware revision"),
-    Property("max-ioqpairs", IntType("uint32", minimum=1, maximum=65535), default=64,
+    Property("max-ioqpairs", IntType("uint32", minimum=1, maximum=65534), default=64,
              description="maximum I/O queue pairs"),
     Property("max-intr-vectors", IntType("uint32", minimum=1, maximum=2048), default=65,
              description="MSI-X vectors, including the admin queue's"),
     Property("mqes", IntType("uint16", minimum=1), default=0x7FF, description="maximum queue entries minus one"),
-    Property("max-aer-retention", IntType("uint32"), default=100, description="queued AENs kept while none is "
+    Property("max-aer-retention", IntType("uint32", minimum=1, maximum=65535), default=100, description="queued AENs kept while none is "
                                                                               "outstanding"),
     Property("aerl", IntType("uint8"), default=3, description="async event request limit (0's based)"),
     Property("mdts", IntType("uint8", maximum=31), default=7, description="maximum data transfer size, "
