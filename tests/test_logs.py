@@ -1,0 +1,139 @@
+"""Get Log Page (02h): page contents, NUMD/offset handling, RAE, Changed NS List."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+
+from device.nvme.admin_log import effects_log
+from device.nvme.commands import ADMIN, EFFECT_CSUPP, EFFECT_LBCC, CommandTable
+from device.nvme.spec import CSI, LogPage
+from device.nvme.status import NvmeError, Status
+from device.nvme.subsystem import Subsystem
+from tests.test_subsystem import FakeController, FakeNamespace, run_admin
+
+GET_LOG = 0x02
+
+
+@pytest.fixture
+def ctrl() -> FakeController:
+    s = Subsystem()
+    return FakeController(s)
+
+
+def get_log(ctrl: FakeController, lid: int, length: int, offset: int = 0, nsid: int = 0xFFFFFFFF,
+            rae: bool = False, csi: int = 0) -> bytes:
+    numd = length // 4 - 1
+    _, out = run_admin(ctrl, GET_LOG, nsid, cdw10=lid | (int(rae) << 15) | ((numd & 0xFFFF) << 16),
+                       cdw11=numd >> 16, cdw12=offset & 0xFFFFFFFF, cdw13=offset >> 32,
+                       cdw14=csi << 24)
+    assert len(out) == length
+    return out
+
+
+def log_error(ctrl: FakeController, lid: int, length: int = 512, **kw) -> int:
+    with pytest.raises(NvmeError) as e:
+        get_log(ctrl, lid, length, **kw)
+    return e.value.status
+
+
+def test_smart(ctrl: FakeController) -> None:
+    ctrl.stats.bytes_read = 512_001      # 1000 units + 1 byte: rounds up to 2
+    ctrl.stats.bytes_written = 512_000
+    ctrl.stats.host_read_commands = 7
+    ctrl.stats.host_write_commands = 9
+    d = get_log(ctrl, LogPage.SMART, 512)
+    assert d[0] == 0
+    assert struct.unpack_from("<H", d, 1)[0] == 0x143
+    assert d[3] == 100 and d[4] == 10 and d[5] == 0
+    assert int.from_bytes(d[32:48], "little") == 2
+    assert int.from_bytes(d[48:64], "little") == 1
+    assert int.from_bytes(d[64:80], "little") == 7
+    assert int.from_bytes(d[80:96], "little") == 9
+    assert int.from_bytes(d[112:128], "little") == 1     # power cycles
+    assert ctrl.logs_read == [LogPage.SMART]
+    assert get_log(ctrl, LogPage.SMART, 512, nsid=0) == d
+    assert log_error(ctrl, LogPage.SMART, nsid=1) == Status.INVALID_FIELD
+
+
+def test_error_log_newest_first(ctrl: FakeController) -> None:
+    ctrl.error_log = [
+        dict(error_count=1, sqid=1, cid=10, status=Status.LBA_OUT_OF_RANGE, dnr=True, nsid=1, lba=99),
+        dict(error_count=2, sqid=0, cid=11, status=Status.INVALID_FIELD, nsid=0),
+    ]
+    d = get_log(ctrl, LogPage.ERROR, 4096)
+    count, sqid, cid, sf, loc, lba, nsid = struct.unpack_from("<QHHHHQI", d, 0)
+    assert (count, sqid, cid) == (2, 0, 11) and sf >> 1 == Status.INVALID_FIELD
+    count, sqid, cid, sf, loc, lba, nsid = struct.unpack_from("<QHHHHQI", d, 64)
+    assert (count, sqid, cid, lba, nsid) == (1, 1, 10, 99, 1)
+    assert (sf >> 1) & 0x7FF == Status.LBA_OUT_OF_RANGE and sf & 0x8000
+    assert d[128:] == bytes(4096 - 128)
+    assert ctrl.logs_read == [LogPage.ERROR]
+
+
+def test_fw_slot(ctrl: FakeController) -> None:
+    d = get_log(ctrl, LogPage.FW_SLOT, 512)
+    assert d[0] == 1 and d[8:16] == b"1.0     " and d[16:] == bytes(512 - 16)
+
+
+def test_changed_ns_list_clear_on_read_and_rae(ctrl: FakeController) -> None:
+    ctrl.changed_namespaces.update({3, 1})
+    d = get_log(ctrl, LogPage.CHANGED_NS_LIST, 4096, rae=True)
+    assert struct.unpack_from("<3I", d) == (1, 3, 0)
+    assert ctrl.changed_namespaces == {1, 3} and ctrl.logs_read == []   # RAE: retained
+    assert get_log(ctrl, LogPage.CHANGED_NS_LIST, 4096) == d
+    assert ctrl.changed_namespaces == set() and ctrl.logs_read == [LogPage.CHANGED_NS_LIST]
+    assert get_log(ctrl, LogPage.CHANGED_NS_LIST, 4096) == bytes(4096)
+
+
+def test_changed_ns_list_overflow(ctrl: FakeController) -> None:
+    ctrl.changed_namespaces.update(range(1, 1100))
+    d = get_log(ctrl, LogPage.CHANGED_NS_LIST, 4096)
+    assert struct.unpack_from("<2I", d) == (0xFFFFFFFF, 0)
+
+
+def test_changed_ns_list_after_subsystem_attach() -> None:
+    s = Subsystem()
+    a = FakeController(s)
+    s.add_namespace(FakeNamespace(), 4)
+    s.attach(4, a)
+    assert struct.unpack_from("<2I", get_log(a, LogPage.CHANGED_NS_LIST, 4096)) == (4, 0)
+
+
+def test_offset_and_length(ctrl: FakeController) -> None:
+    full = get_log(ctrl, LogPage.FW_SLOT, 512)
+    assert get_log(ctrl, LogPage.FW_SLOT, 8, offset=8) == full[8:16]
+    # Longer than the page: the rest reads as zeros.
+    assert get_log(ctrl, LogPage.FW_SLOT, 1024) == full + bytes(512)
+    assert get_log(ctrl, LogPage.FW_SLOT, 512, offset=504) == full[504:] + bytes(504)
+    assert log_error(ctrl, LogPage.FW_SLOT, offset=2) == Status.INVALID_FIELD
+    assert log_error(ctrl, LogPage.FW_SLOT, offset=512) == Status.INVALID_FIELD
+    assert log_error(ctrl, LogPage.SMART, offset=1 << 32) == Status.INVALID_FIELD
+    # NUMDU: 4 + 64 KiB dwords.
+    big = get_log(ctrl, LogPage.SMART, (0x10000 + 1) * 4)
+    assert len(big) == 0x40004
+
+
+def test_rae_does_not_unmask(ctrl: FakeController) -> None:
+    get_log(ctrl, LogPage.SMART, 512, rae=True)
+    assert ctrl.logs_read == []
+
+
+@pytest.mark.parametrize("lid", [0x00, 0x06, 0x0C, 0x70, 0xC0, 0xFF])
+def test_unknown_log(ctrl: FakeController, lid: int) -> None:
+    assert log_error(ctrl, lid) == Status.INVALID_LOG_PAGE
+
+
+def test_effects_log(ctrl: FakeController) -> None:
+    d = get_log(ctrl, LogPage.CMD_EFFECTS, 4096, csi=CSI.NVM)
+    acs = struct.unpack_from("<256I", d, 0)
+    for info in ADMIN:
+        assert acs[info.opcode] == EFFECT_CSUPP | info.effects
+    assert acs[0x06] & EFFECT_CSUPP and acs[0x02] & EFFECT_CSUPP and acs[0x15] & EFFECT_CSUPP
+    assert acs[0x03] == 0
+    io = CommandTable("io")
+    io.command(0x01, "write", effects=EFFECT_LBCC)(lambda c, m: None)
+    d = effects_log(CSI.NVM, io=io)
+    assert struct.unpack_from("<I", d, 1024 + 4)[0] == EFFECT_CSUPP | EFFECT_LBCC
+    assert struct.unpack_from("<I", d, 1024)[0] == 0

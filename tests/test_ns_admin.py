@@ -1,0 +1,187 @@
+"""Namespace Management (0Dh) and Namespace Attachment (15h)."""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+import pytest
+
+from device.nvme import admin_ns
+from device.nvme.spec import CSI
+from device.nvme.status import NvmeError, Status
+from device.nvme.subsystem import Subsystem
+from tests.test_subsystem import NOTICE, FakeController, FakeNamespace, run_admin
+
+NS_MGMT = 0x0D
+NS_ATTACH = 0x15
+
+
+@pytest.fixture(autouse=True)
+def fake_factory(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    made: list[Any] = []
+
+    def factory(size: int, lba_size: int, shared: bool) -> FakeNamespace:
+        ns = FakeNamespace(nlbas=size // lba_size, lba_size=lba_size, shared=shared)
+        made.append(ns)
+        return ns
+    monkeypatch.setattr(admin_ns, "namespace_factory", factory)
+    return made
+
+
+@pytest.fixture
+def subsys() -> tuple[Subsystem, FakeController, FakeController, list[tuple]]:
+    s = Subsystem(capacity=1 << 30)
+    a, b = FakeController(s), FakeController(s)
+    events: list[tuple] = []
+    s.listeners.append(lambda kind, nsid, ns, ctrl: events.append((kind, nsid, ctrl)))
+    return s, a, b, events
+
+
+def create_data(nsze: int, ncap: int | None = None, flbas: int = 0, nmic: int = 1, dps: int = 0) -> bytes:
+    data = bytearray(4096)
+    struct.pack_into("<QQ", data, 0, nsze, nsze if ncap is None else ncap)
+    data[26] = flbas
+    data[29] = dps
+    data[30] = nmic
+    return bytes(data)
+
+
+def create(ctrl: FakeController, data: bytes, csi: int = CSI.NVM) -> int:
+    cmd, _ = run_admin(ctrl, NS_MGMT, 0, data=data, cdw10=0, cdw11=csi << 24)
+    return cmd.result
+
+
+def create_error(ctrl: FakeController, data: bytes, csi: int = CSI.NVM) -> int:
+    with pytest.raises(NvmeError) as e:
+        create(ctrl, data, csi)
+    return e.value.status
+
+
+def delete(ctrl: FakeController, nsid: int) -> None:
+    run_admin(ctrl, NS_MGMT, nsid, cdw10=1)
+
+
+def attach(ctrl: FakeController, nsid: int, cntlids: list[int], sel: int = 0) -> None:
+    data = struct.pack(f"<H{len(cntlids)}H", len(cntlids), *cntlids)
+    run_admin(ctrl, NS_ATTACH, nsid, data=data, cdw10=sel)
+
+
+def attach_error(ctrl: FakeController, nsid: int, cntlids: list[int], sel: int = 0) -> int:
+    with pytest.raises(NvmeError) as e:
+        attach(ctrl, nsid, cntlids, sel)
+    return e.value.status
+
+
+def test_create(subsys, fake_factory) -> None:
+    s, a, b, events = subsys
+    nsid = create(a, create_data(2048))
+    assert nsid == 1
+    ns = s.namespaces[1]
+    assert ns is fake_factory[0] and ns.lba_size == 512 and ns.nlbas == 2048 and ns.shared
+    assert a.namespaces == {} and s.attached_controllers(1) == []   # created, not attached
+    assert events == [("namespace-created", 1, a)]
+    assert create(a, create_data(16, flbas=1, nmic=0)) == 2
+    assert s.namespaces[2].lba_size == 4096 and not s.namespaces[2].shared
+
+
+def test_create_errors(subsys) -> None:
+    s, a, b, events = subsys
+    assert create_error(a, create_data(0)) == Status.INVALID_FIELD
+    assert create_error(a, create_data(8, 16)) == Status.INVALID_FIELD
+    assert create_error(a, create_data(8, 4)) == Status.THIN_PROVISIONING_NOT_SUPPORTED
+    assert create_error(a, create_data(8, flbas=2)) == Status.INVALID_FORMAT
+    assert create_error(a, create_data(8, flbas=0x10)) == Status.INVALID_FORMAT
+    assert create_error(a, create_data(8, dps=1)) == Status.INVALID_FIELD
+    assert create_error(a, create_data((1 << 30) // 512 + 1)) == Status.NS_INSUFFICIENT_CAPACITY
+    assert create_error(a, create_data(8), csi=CSI.ZONED) == Status.INVALID_IO_COMMAND_SET
+    with pytest.raises(NvmeError) as e:
+        run_admin(a, NS_MGMT, 0, cdw10=2)
+    assert e.value.status == Status.INVALID_FIELD
+    assert s.namespaces == {} and events == []
+
+
+def test_create_fills_capacity_and_nsids(subsys) -> None:
+    s, a, b, _ = subsys
+    create(a, create_data((1 << 30) // 512))
+    assert create_error(a, create_data(1)) == Status.NS_INSUFFICIENT_CAPACITY
+    s2 = Subsystem(max_nsid=1)
+    c = FakeController(s2)
+    create(c, create_data(1))
+    assert create_error(c, create_data(1)) == Status.NSID_UNAVAILABLE
+
+
+def test_delete(subsys, fake_factory) -> None:
+    s, a, b, events = subsys
+    n1 = create(a, create_data(8))
+    n2 = create(a, create_data(8))
+    attach(a, n1, [1, 2])
+    a.events.clear()
+    b.events.clear()
+    events.clear()
+    delete(a, n1)
+    assert n1 not in s.namespaces and a.namespaces == {} and b.namespaces == {}
+    assert a.events == [NOTICE] and b.events == [NOTICE]
+    assert fake_factory[0].closed == 1
+    assert events == [("namespace-deleted", n1, a)]
+    for nsid, status in ((n1, Status.INVALID_FIELD), (0, Status.INVALID_NSID), (257, Status.INVALID_NSID)):
+        with pytest.raises(NvmeError) as e:
+            delete(a, nsid)
+        assert e.value.status == status
+    create(a, create_data(8))
+    delete(a, 0xFFFFFFFF)
+    assert s.namespaces == {}
+    assert [e[0] for e in events].count("namespace-deleted") == 3
+    assert n2 not in s.namespaces
+
+
+def test_attach_detach(subsys) -> None:
+    s, a, b, events = subsys
+    nsid = create(a, create_data(8))
+    events.clear()
+    attach(a, nsid, [1, 2])
+    assert nsid in a.namespaces and nsid in b.namespaces
+    # QEMU behaviour: every controller in the list, the processing one included, gets the AEN.
+    assert a.events == [NOTICE] and b.events == [NOTICE]
+    assert a.changed_namespaces == {nsid} == b.changed_namespaces
+    assert events == [("attached", nsid, a), ("attached", nsid, b)]
+    assert attach_error(a, nsid, [2]) == Status.NS_ALREADY_ATTACHED
+    attach(b, nsid, [1], sel=1)
+    assert nsid not in a.namespaces and nsid in b.namespaces and len(a.events) == 2
+    assert len(b.events) == 1
+    assert attach_error(a, nsid, [1], sel=1) == Status.NS_NOT_ATTACHED
+    assert events[-1] == ("detached", nsid, a)
+
+
+def test_attach_errors(subsys) -> None:
+    s, a, b, events = subsys
+    nsid = create(a, create_data(8))
+    assert attach_error(a, nsid, [9]) == Status.CONTROLLER_LIST_INVALID
+    assert attach_error(a, nsid, [1, 1]) == Status.CONTROLLER_LIST_INVALID
+    assert attach_error(a, nsid, [1, 9]) == Status.CONTROLLER_LIST_INVALID
+    assert a.namespaces == {}   # all-or-nothing: nothing changed
+    assert attach_error(a, 0, [1]) == Status.INVALID_NSID
+    assert attach_error(a, 300, [1]) == Status.INVALID_NSID
+    assert attach_error(a, 0xFFFFFFFF, [1]) == Status.INVALID_FIELD
+    assert attach_error(a, 7, [1]) == Status.INVALID_FIELD       # not allocated
+    assert attach_error(a, nsid, [1], sel=2) == Status.INVALID_FIELD
+    attach(a, nsid, [])    # empty list: nothing to do
+    assert a.namespaces == {}
+
+
+def test_private_namespace(subsys) -> None:
+    s, a, b, _ = subsys
+    nsid = create(a, create_data(8, nmic=0))
+    assert attach_error(a, nsid, [1, 2]) == Status.NS_IS_PRIVATE
+    attach(a, nsid, [1])
+    assert attach_error(a, nsid, [2]) == Status.NS_IS_PRIVATE
+
+
+def test_default_factory_uses_real_namespace() -> None:
+    """With namespace.py/backends.py landed, create builds a real NvmNamespace."""
+    pytest.importorskip("device.nvme.namespace")
+    ns = admin_ns._default_factory(1 << 20, 4096, True)
+    try:
+        assert ns.lba_size == 4096 and ns.nlbas == 256
+    finally:
+        ns.close()
