@@ -1,0 +1,330 @@
+"""Fault injection rules: make the device misbehave on purpose, precisely.
+
+A rule has an id, a *match* (controller, queue, opcode, namespace, LBA range),
+a *when* (every time, the first N, after skipping K, with probability P from a
+seeded generator) and an *action* (complete with a status, delay, drop, corrupt
+read data, fail the DMA, controller fatal status, namespace not ready, inject
+an AEN, lose the interrupt). The rule set is consulted by the controller for
+every command, but only when it is non-empty: with no rules the data path pays
+one attribute check.
+
+Rules are created from the same keyword arguments everywhere: the shell's
+``fault_add id=f1,ctrl=ctrl0,opcode=read,...``, QMP ``x-nvme-fault-add`` and the
+command line. ``FaultRule.from_args`` validates them and says exactly what is
+wrong with a bad one.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from device.errors import PropertyError
+from device.nvme.spec import AdminOpcode, NvmOpcode
+from device.nvme.status import Status
+
+ACTIONS = ("status", "delay", "drop", "corrupt", "dma-error", "fatal", "ns-not-ready", "aen", "irq-loss")
+
+#: Opcode names users type: NVM I/O names and admin names, lower-case, hyphenated.
+IO_OPCODES = {op.name.lower().replace("_", "-"): int(op) for op in NvmOpcode}
+ADMIN_OPCODES = {op.name.lower().replace("_", "-"): int(op) for op in AdminOpcode}
+
+#: AEN kinds for action=aen: (event type, event info, log page).
+AEN_KINDS = {
+    "smart-critical": (1, 0x00, 0x02),      # SMART / health: reliability
+    "temperature": (1, 0x01, 0x02),         # SMART / health: temperature threshold
+    "spare": (1, 0x02, 0x02),               # SMART / health: spare below threshold
+    "ns-changed": (2, 0x00, 0x04),          # notice: namespace attribute changed
+}
+
+LBA_OPCODES = {int(NvmOpcode.READ), int(NvmOpcode.WRITE), int(NvmOpcode.COMPARE),
+               int(NvmOpcode.WRITE_ZEROES), int(NvmOpcode.VERIFY), int(NvmOpcode.WRITE_UNCORRECTABLE)}
+
+
+def parse_status(value: Any) -> int:
+    """A status by name ('unrecovered-read-error'), number (0x281) or 'SCT/SC' ('2/0x81')."""
+    if isinstance(value, bool):
+        raise PropertyError(f"Parameter 'status' expects a status name or number, not {value!r}")
+    if isinstance(value, int):
+        number = value
+    else:
+        text = str(value).strip().lower()
+        if "/" in text:
+            sct, _, sc = text.partition("/")
+            try:
+                number = (int(sct, 0) << 8) | int(sc, 0)
+            except ValueError:
+                raise PropertyError(f"Parameter 'status' expects SCT/SC numbers, got '{value}'") from None
+        else:
+            key = text.replace("_", "-")
+            names = {s.label: int(s) for s in Status}
+            if key in names:
+                number = names[key]
+            else:
+                try:
+                    number = int(text, 0)
+                except ValueError:
+                    raise PropertyError(f"Parameter 'status' expects a status name (e.g. "
+                                        f"'unrecovered-read-error') or number, got '{value}'") from None
+    if not 0 <= number <= 0x7FF:
+        raise PropertyError(f"Parameter 'status' must fit in SCT (3 bits) and SC (8 bits), got {number:#x}")
+    return number
+
+
+def _int(args: dict[str, Any], name: str, lo: int, hi: int) -> int | None:
+    if name not in args or args[name] is None:
+        return None
+    value = args[name]
+    if isinstance(value, bool):
+        raise PropertyError(f"Parameter '{name}' expects an integer")
+    try:
+        number = int(value, 0) if isinstance(value, str) else int(value)
+    except (TypeError, ValueError):
+        raise PropertyError(f"Parameter '{name}' expects an integer, got '{value}'") from None
+    if not lo <= number <= hi:
+        raise PropertyError(f"Parameter '{name}' must be between {lo} and {hi}, got {number}")
+    return number
+
+
+def _bool(args: dict[str, Any], name: str) -> bool:
+    value = args.get(name, False)
+    if isinstance(value, bool):
+        return value
+    text = str(value).lower()
+    if text in ("on", "yes", "true", "1"):
+        return True
+    if text in ("off", "no", "false", "0"):
+        return False
+    raise PropertyError(f"Parameter '{name}' expects on/off, got '{value}'")
+
+
+@dataclass
+class FaultRule:
+    id: str
+    action: str
+    ctrl: str | None = None
+    qid: int | None = None
+    #: "admin" or "io" when the opcode was given (admin and I/O opcodes overlap).
+    queue_kind: str | None = None
+    opcode: int | None = None
+    opcode_name: str | None = None
+    nsid: int | None = None
+    slba: int | None = None
+    nlb: int | None = None
+    count: int | None = None
+    skip: int = 0
+    probability: float | None = None
+    seed: int = 0
+    # action parameters
+    status: int = int(Status.UNRECOVERED_READ_ERROR)
+    dnr: bool = False
+    more: bool = False
+    delay_ms: int = 0
+    bits: int = 1
+    duration_ms: int = 1000
+    aen: str = "smart-critical"
+    # counters
+    matched: int = 0
+    hits: int = 0
+    _rng: random.Random = field(default_factory=random.Random, repr=False)
+
+    ARGUMENTS = ("id", "action", "ctrl", "qid", "opcode", "queue", "nsid", "slba", "nlb", "count", "skip",
+                 "probability", "seed", "status", "dnr", "more", "delay", "bits", "duration", "aen")
+
+    @classmethod
+    def from_args(cls, args: dict[str, Any]) -> "FaultRule":
+        """Build a rule from user arguments (shell keyval, QMP, command line)."""
+        unknown = sorted(set(args) - set(cls.ARGUMENTS))
+        if unknown:
+            raise PropertyError(f"Parameter '{unknown[0]}' is unexpected (fault rules take: "
+                                f"{', '.join(cls.ARGUMENTS)})")
+        rule_id = args.get("id")
+        if not rule_id or not isinstance(rule_id, str):
+            raise PropertyError("Parameter 'id' is missing")
+        action = str(args.get("action", "status"))
+        if action not in ACTIONS:
+            raise PropertyError(f"Parameter 'action' expects one of {', '.join(ACTIONS)}, got '{action}'")
+        rule = cls(id=rule_id, action=action)
+        rule.ctrl = str(args["ctrl"]) if args.get("ctrl") not in (None, "") else None
+        rule.qid = _int(args, "qid", 0, 0xFFFF)
+        queue = args.get("queue")
+        if queue is not None and str(queue) not in ("admin", "io"):
+            raise PropertyError(f"Parameter 'queue' expects admin or io, got '{queue}'")
+        rule.queue_kind = str(queue) if queue is not None else None
+        if rule.qid is not None and rule.queue_kind is None:
+            rule.queue_kind = "admin" if rule.qid == 0 else "io"
+        if "opcode" in args and args["opcode"] is not None:
+            rule._set_opcode(args["opcode"])
+        rule.nsid = _int(args, "nsid", 1, 0xFFFFFFFF)
+        rule.slba = _int(args, "slba", 0, (1 << 64) - 1)
+        rule.nlb = _int(args, "nlb", 1, 1 << 32)
+        if rule.nlb is not None and rule.slba is None:
+            rule.slba = 0
+        rule.count = _int(args, "count", 1, 1 << 62)
+        rule.skip = _int(args, "skip", 0, 1 << 62) or 0
+        if "probability" in args and args["probability"] is not None:
+            try:
+                rule.probability = float(args["probability"])
+            except (TypeError, ValueError):
+                raise PropertyError(f"Parameter 'probability' expects a number, got '{args['probability']}'") from None
+            if not 0.0 <= rule.probability <= 1.0:
+                raise PropertyError(f"Parameter 'probability' must be between 0 and 1, got {rule.probability}")
+        rule.seed = _int(args, "seed", 0, (1 << 63) - 1) or 0
+        rule._rng = random.Random(rule.seed)
+        if "status" in args:
+            rule.status = parse_status(args["status"])
+        elif action == "status" and rule.opcode is not None and rule.opcode != int(NvmOpcode.READ):
+            rule.status = int(Status.WRITE_FAULT) if rule.opcode == int(NvmOpcode.WRITE) else int(Status.INTERNAL_ERROR)
+        rule.dnr = _bool(args, "dnr")
+        rule.more = _bool(args, "more")
+        rule.delay_ms = _int(args, "delay", 0, 3_600_000) or 0
+        if action == "delay" and "delay" not in args:
+            raise PropertyError("Parameter 'delay' is missing (milliseconds, for action=delay)")
+        rule.bits = _int(args, "bits", 1, 64) or 1
+        rule.duration_ms = _int(args, "duration", 0, 3_600_000) if "duration" in args else 1000  # type: ignore[assignment]
+        rule.aen = str(args.get("aen", "smart-critical"))
+        if rule.aen not in AEN_KINDS:
+            raise PropertyError(f"Parameter 'aen' expects one of {', '.join(AEN_KINDS)}, got '{rule.aen}'")
+        if action == "corrupt" and rule.opcode not in (None, int(NvmOpcode.READ)):
+            raise PropertyError("action=corrupt applies to reads: use opcode=read")
+        if action == "corrupt":
+            rule.opcode, rule.opcode_name, rule.queue_kind = int(NvmOpcode.READ), "read", "io"
+        return rule
+
+    def _set_opcode(self, value: Any) -> None:
+        if isinstance(value, str) and not value.strip().lstrip("-").isdigit() and not value.lower().startswith("0x"):
+            name = value.strip().lower().replace("_", "-")
+            if self.queue_kind != "admin" and name in IO_OPCODES:
+                self.opcode, self.queue_kind = IO_OPCODES[name], "io"
+            elif self.queue_kind != "io" and name in ADMIN_OPCODES:
+                self.opcode, self.queue_kind = ADMIN_OPCODES[name], "admin"
+            else:
+                known = sorted(IO_OPCODES) + sorted(ADMIN_OPCODES)
+                raise PropertyError(f"Parameter 'opcode' expects an opcode name ({', '.join(known)}) "
+                                    f"or number, got '{value}'")
+            self.opcode_name = name
+        else:
+            number = _int({"opcode": value}, "opcode", 0, 0xFF)
+            assert number is not None
+            self.opcode = number
+            self.opcode_name = f"{number:#04x}"
+
+    # --------------------------------------------------------------- match
+    def matches(self, ctrl: str, qid: int, opcode: int, nsid: int, cdw10: int, cdw11: int, cdw12: int) -> bool:
+        """Whether the command is in scope (counters untouched)."""
+        if self.ctrl is not None and self.ctrl != ctrl:
+            return False
+        if self.qid is not None and self.qid != qid:
+            return False
+        if self.queue_kind is not None and (self.queue_kind == "admin") != (qid == 0):
+            return False
+        if self.opcode is not None and self.opcode != opcode:
+            return False
+        if self.nsid is not None and self.nsid != nsid:
+            return False
+        if self.slba is not None:
+            if qid == 0 or opcode not in LBA_OPCODES:
+                return False
+            slba = cdw10 | (cdw11 << 32)
+            nlb = (cdw12 & 0xFFFF) + 1
+            end = self.slba + (self.nlb if self.nlb is not None else 1 << 64)
+            if not (slba < end and self.slba < slba + nlb):
+                return False
+        return True
+
+    def fire(self) -> bool:
+        """Count a match and decide whether this one is hit (skip, count, probability)."""
+        self.matched += 1
+        if self.matched <= self.skip:
+            return False
+        if self.count is not None and self.hits >= self.count:
+            return False
+        if self.probability is not None and self._rng.random() >= self.probability:
+            return False
+        self.hits += 1
+        return True
+
+    @property
+    def exhausted(self) -> bool:
+        return self.count is not None and self.hits >= self.count
+
+    def describe(self) -> dict[str, Any]:
+        """The rule as QMP returns it (and `info faults` prints it)."""
+        out: dict[str, Any] = {"id": self.id, "action": self.action, "hits": self.hits, "matched": self.matched}
+        for key in ("ctrl", "qid", "nsid", "slba", "nlb", "count", "probability"):
+            value = getattr(self, key)
+            if value is not None:
+                out[key] = value
+        if self.opcode is not None:
+            out["opcode"] = self.opcode_name
+            out["queue"] = self.queue_kind
+        if self.skip:
+            out["skip"] = self.skip
+        if self.probability is not None:
+            out["seed"] = self.seed
+        if self.action == "status":
+            out["status"] = f"{self.status:#05x}"
+            out["dnr"], out["more"] = self.dnr, self.more
+        if self.action == "delay":
+            out["delay"] = self.delay_ms
+        if self.action == "corrupt":
+            out["bits"] = self.bits
+        if self.action == "ns-not-ready":
+            out["duration"] = self.duration_ms
+        if self.action == "aen":
+            out["aen"] = self.aen
+        return out
+
+
+class FaultSet:
+    """All fault rules of one nvshell process; shared by every controller.
+
+    ``rules`` is replaced, never mutated, so a controller thread iterating it
+    needs no lock; ``listeners`` are told about every hit (QMP events, traces).
+    """
+
+    def __init__(self) -> None:
+        self.rules: tuple[FaultRule, ...] = ()
+        self._lock = threading.Lock()
+        self.listeners: list[Callable[[FaultRule, str, dict[str, Any]], None]] = []
+
+    def add(self, rule: FaultRule) -> FaultRule:
+        with self._lock:
+            if any(r.id == rule.id for r in self.rules):
+                raise PropertyError(f"Fault rule '{rule.id}' already exists")
+            self.rules = self.rules + (rule,)
+        return rule
+
+    def remove(self, rule_id: str) -> FaultRule:
+        with self._lock:
+            for rule in self.rules:
+                if rule.id == rule_id:
+                    self.rules = tuple(r for r in self.rules if r is not rule)
+                    return rule
+        raise PropertyError(f"Fault rule '{rule_id}' not found")
+
+    def clear(self) -> None:
+        with self._lock:
+            self.rules = ()
+
+    def check(self, ctrl: str, qid: int, opcode: int, nsid: int, cdw10: int, cdw11: int,
+              cdw12: int, cid: int = 0) -> FaultRule | None:
+        """The first rule that hits this command, counting matches on the way."""
+        for rule in self.rules:
+            if rule.matches(ctrl, qid, opcode, nsid, cdw10, cdw11, cdw12) and rule.fire():
+                detail = {"ctrl": ctrl, "qid": qid, "cid": cid, "opcode": opcode, "nsid": nsid}
+                for listener in list(self.listeners):
+                    try:
+                        listener(rule, rule.action, detail)
+                    except Exception:  # a broken listener must not break the data path
+                        pass
+                return rule
+        return None
+
+    def __bool__(self) -> bool:
+        return bool(self.rules)
+
+    def __iter__(self):
+        return iter(self.rules)
