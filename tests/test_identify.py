@@ -206,3 +206,23 @@ def test_io_command_sets(setup) -> None:
 def test_unknown_cns(setup, cns: int) -> None:
     s, a, *_ = setup
     assert identify_error(a, cns) == Status.INVALID_FIELD
+
+
+def test_with_real_namespace() -> None:
+    """CNS 00/03/05/08 on the real NvmNamespace once namespace.py is there."""
+    namespace = pytest.importorskip("device.nvme.namespace")
+    from device.backends import MemoryBackend
+    s = Subsystem()
+    a = FakeController(s)
+    ns = namespace.NvmNamespace(MemoryBackend(1 << 20), lba_size=4096)
+    nsid = s.add_namespace(ns)
+    s.attach_all(nsid, notify=False)
+    d = identify(a, 0x00, nsid)
+    assert struct.unpack_from("<Q", d)[0] == 256 and d[30] & 1
+    desc = identify(a, 0x03, nsid)
+    assert desc[0] in (1, 2, 3, 4)
+    assert len(identify(a, 0x05, nsid, csi=CSI.NVM)) == 4096
+    ind = identify(a, 0x08, nsid)
+    assert ind[1] == 1 and ind[14] == 1
+    assert struct.unpack_from("<2I", identify(a, 0x02)) == (nsid, 0)
+    ns.close()

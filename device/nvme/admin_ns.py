@@ -39,12 +39,7 @@ def _default_factory(size: int, lba_size: int, shared: bool) -> Any:
     """A new in-memory NVM namespace (imported late: namespace.py is another module's)."""
     from device.backends import MemoryBackend
     from device.nvme.namespace import NvmNamespace
-    ns = NvmNamespace(MemoryBackend(size), lba_size=lba_size)
-    try:
-        ns.shared = shared
-    except AttributeError:
-        pass
-    return ns
+    return NvmNamespace(MemoryBackend(size), lba_size=lba_size, shared=shared)
 
 
 #: Builds the namespace for Namespace Management create: ``(size_bytes, lba_size,
