@@ -21,13 +21,13 @@ TRACE_EVENT_INFO = Struct("TraceEventInfo", (
 
 
 class TraceControl(Protocol):
-    """What ``ctx.trace`` must provide."""
+    """What ``ctx.trace`` must provide (``device.trace.TraceRegistry`` does)."""
 
-    def list(self, pattern: str) -> list[tuple[str, str]]:
-        """``(name, "enabled"|"disabled"|"unavailable")`` for each event matching the glob."""
+    def get_state(self, pattern: str) -> dict[str, bool]:
+        """``{name: enabled}`` for each event matching the glob (may raise when none match)."""
 
-    def set_state(self, pattern: str, enable: bool) -> int:
-        """Enable/disable every available event matching the glob; return how many matched."""
+    def set_state(self, pattern: str, enable: bool) -> Any:
+        """Enable/disable every event matching the glob (the result is ignored)."""
 
 
 class SimpleTraceControl:
@@ -43,10 +43,9 @@ class SimpleTraceControl:
         with self._lock:
             self._state[name] = enabled
 
-    def list(self, pattern: str) -> list[tuple[str, str]]:
+    def get_state(self, pattern: str) -> dict[str, bool]:
         with self._lock:
-            return [(n, "enabled" if on else "disabled")
-                    for n, on in sorted(self._state.items()) if fnmatch.fnmatchcase(n, pattern)]
+            return {n: on for n, on in sorted(self._state.items()) if fnmatch.fnmatchcase(n, pattern)}
 
     def set_state(self, pattern: str, enable: bool) -> int:
         with self._lock:
@@ -64,9 +63,32 @@ def _is_pattern(name: str) -> bool:
     return any(c in name for c in "*?[")
 
 
+def _states(trace: Any, pattern: str) -> list[tuple[str, str]]:
+    """Adapt either interface: ``get_state(glob) -> {name: bool}`` (device.trace.TraceRegistry)
+    or ``list(glob) -> [(name, state)]`` / ``[obj with .name, .state]``."""
+    if trace is None:
+        return []
+    get_state = getattr(trace, "get_state", None)
+    if callable(get_state):
+        try:
+            states = get_state(pattern)
+        except Exception as exc:
+            if getattr(exc, "error_class", None) is not None:  # "no trace events found": none match
+                return []
+            raise
+        return [(n, "enabled" if on else "disabled") for n, on in sorted(states.items())]
+    out = []
+    for item in trace.list(pattern):
+        if isinstance(item, tuple):
+            out.append((item[0], item[1]))
+        else:
+            state = getattr(item, "state", False)
+            out.append((item.name, state if isinstance(state, str) else ("enabled" if state else "disabled")))
+    return out
+
+
 def _matches(ctx: Any, pattern: str) -> list[tuple[str, str]]:
-    trace = getattr(ctx, "trace", None)
-    matches = list(trace.list(pattern)) if trace is not None else []
+    matches = _states(getattr(ctx, "trace", None), pattern)
     if not matches and not _is_pattern(pattern):
         raise GenericError(f"unknown event \"{pattern}\"")
     return matches

@@ -16,6 +16,15 @@ from monitor.events import EventBus
 from monitor.registry import Registry, default_registry
 
 
+def _default_trace() -> Any:
+    """The process's trace points (``device.trace.TRACE``) when tracing is built in."""
+    try:
+        from device.trace import TRACE
+    except Exception:
+        return None
+    return TRACE
+
+
 def _nvshell_version() -> tuple[int, int, int]:
     try:
         from importlib.metadata import version
@@ -33,15 +42,15 @@ class MonitorContext:
     ``machine``: the ``device.machine.Machine`` (or a test fake with the same API).
     ``request_shutdown``: called (on the loop) after ``quit`` has been answered.
     ``events``: the ``EventBus``; the machine's events are forwarded to it.
-    ``trace``: an object with ``list(pattern) -> [(name, state)]`` and
-    ``set_state(pattern, enable) -> int`` (see ``monitor.commands_trace.TraceControl``), or None.
+    ``trace``: ``get_state(glob) -> {name: bool}`` and ``set_state(glob, enable)``
+    (``monitor.commands_trace.TraceControl``; default ``device.trace.TRACE``), or None.
     ``registry``: the command table (the process-wide one with every ``commands_*`` module).
     """
 
     machine: Any = None
     request_shutdown: Optional[Callable[[], None]] = None
     events: EventBus = field(default_factory=EventBus)
-    trace: Any = None
+    trace: Any = field(default_factory=_default_trace)
     registry: Registry = field(default_factory=default_registry)
     version: tuple[int, int, int] = field(default_factory=_nvshell_version)
     package: str = ""

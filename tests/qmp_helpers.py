@@ -1,0 +1,193 @@
+"""Helpers for the QMP tests: a monitor served from a background event-loop thread.
+
+Why a thread: the same server is driven by async ``QMPClient`` code, by plain blocking
+sockets (malformed input) and by a ``qmp-shell`` child process (pexpect); running it on
+its own loop lets every kind of client talk to it from the test thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import threading
+import time
+from typing import Any, Callable, Optional
+
+from monitor.commands_trace import SimpleTraceControl
+from monitor.context import MonitorContext
+from monitor.qmp.server import QMPServer
+
+
+class FakeMachine:
+    """The Machine API in a few dicts; DEVICE_DELETED is published from another thread."""
+
+    def __init__(self) -> None:
+        from device.errors import ObjectError, ObjectNotFound
+        self.ObjectNotFound, self.ObjectError = ObjectNotFound, ObjectError
+        self.objs: dict[str, tuple[str, dict]] = {}
+        self.devs: dict[str, tuple[str, dict]] = {}
+        self._subs: list[Callable] = []
+
+    def subscribe(self, cb: Callable) -> Callable[[], None]:
+        self._subs.append(cb)
+        return lambda: self._subs.remove(cb)
+
+    def object_add(self, qom_type: str, id: str, props: dict) -> None:
+        if id in self.objs:
+            raise self.ObjectError(f"attempt to add duplicate property '{id}' to object (type 'container')")
+        self.objs[id] = (qom_type, dict(props))
+
+    def object_del(self, id: str) -> None:
+        if id not in self.objs:
+            raise self.ObjectNotFound(f"object '{id}' not found")
+        del self.objs[id]
+
+    def device_add(self, driver: str, id: Optional[str], props: dict) -> None:
+        self.devs[id or f"anon{len(self.devs)}"] = (driver, dict(props))
+
+    def device_del(self, id: str) -> None:
+        if id not in self.devs:
+            raise self.ObjectNotFound(f"Device '{id}' not found")
+        del self.devs[id]
+
+        def later() -> None:
+            for cb in list(self._subs):
+                cb("DEVICE_DELETED", {"device": id, "path": f"/machine/peripheral/{id}"})
+        threading.Timer(0.01, later).start()
+
+    def _resolve(self, path: str) -> tuple[str, dict]:
+        for prefix, table in (("/objects/", self.objs), ("/machine/peripheral/", self.devs)):
+            if path.startswith(prefix) and path[len(prefix):] in table:
+                return table[path[len(prefix):]]
+        raise self.ObjectNotFound(f"Device '{path}' not found")
+
+    def qom_list(self, path: str) -> list[dict]:
+        typ, props = self._resolve(path)
+        return [{"name": "type", "type": "string"}] + [{"name": k, "type": "str"} for k in props]
+
+    def qom_get(self, path: str, prop: str) -> Any:
+        typ, props = self._resolve(path)
+        if prop == "type":
+            return typ
+        if prop not in props:
+            raise self.ObjectError(f"Property '{prop}' not found")
+        return props[prop]
+
+    def qom_set(self, path: str, prop: str, value: Any) -> None:
+        self._resolve(path)[1][prop] = value
+
+    def list_types(self, implements: Optional[str] = None, abstract: bool = False) -> list[dict]:
+        types = [{"name": "x-fake-ns", "parent": "x-fake"}, {"name": "x-fake", "abstract": True}]
+        return [t for t in types if abstract or not t.get("abstract")]
+
+    def type_properties(self, typename: str) -> list[dict]:
+        if typename != "x-fake-ns":
+            raise self.ObjectError(f"invalid object type: {typename}")
+        return [{"name": "size", "type": "size", "description": "bytes"}]
+
+    def shutdown(self) -> None:
+        pass
+
+
+class MonitorThread:
+    """A QMPServer on its own loop thread, listening on a UNIX socket and on TCP."""
+
+    def __init__(self, tmp_path: Any, machine: Any = None, *, max_message: Optional[int] = None) -> None:
+        self.tmp_path = str(tmp_path)
+        self.machine = machine
+        self.loop = asyncio.new_event_loop()
+        self.shutdown_requests = 0
+        self.trace = SimpleTraceControl(["nvme_read", "nvme_write", "vfu_msg_in"], enabled=["vfu_msg_in"])
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.unix_path = os.path.join(self.tmp_path, "qmp.sock")
+        self.server, self.ctx, self.tcp = self.call(self._start(max_message))
+
+    async def _start(self, max_message: Optional[int]) -> tuple:
+        ctx = MonitorContext(machine=self.machine, request_shutdown=self._on_shutdown, trace=self.trace)
+        kwargs = {} if max_message is None else {"max_message": max_message}
+        server = QMPServer(ctx, **kwargs)
+        await server.listen_unix(self.unix_path)
+        tcp = await server.listen_tcp("127.0.0.1", 0)
+        return server, ctx, tcp
+
+    def _on_shutdown(self) -> None:
+        self.shutdown_requests += 1
+
+    def call(self, coro: Any, timeout: float = 10) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def run(self, fn: Callable[[], Any]) -> Any:
+        """Run a plain function on the loop thread."""
+        async def wrapper() -> Any:
+            return fn()
+        return self.call(wrapper())
+
+    def stop(self) -> None:
+        try:
+            self.call(self.server.close())
+            if self.machine is not None:
+                self.run(self.machine.shutdown)
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(5)
+            self.loop.close()
+
+
+class RawClient:
+    """A blocking socket client that reads CRLF-terminated JSON lines."""
+
+    def __init__(self, path_or_addr: Any, negotiate: bool = True, timeout: float = 5) -> None:
+        family = socket.AF_UNIX if isinstance(path_or_addr, str) else socket.AF_INET
+        self.sock = socket.socket(family, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout)
+        self.sock.connect(path_or_addr)
+        self.buf = b""
+        self.greeting = self.recv()
+        if negotiate:
+            self.send(b'{"execute": "qmp_capabilities"}')
+            assert self.recv() == {"return": {}}
+
+    def send(self, data: bytes | dict) -> None:
+        if isinstance(data, dict):
+            data = json.dumps(data).encode()
+        self.sock.sendall(data)
+
+    def recv_line(self) -> bytes:
+        while b"\r\n" not in self.buf:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise EOFError(self.buf)
+            self.buf += chunk
+        line, self.buf = self.buf.split(b"\r\n", 1)
+        return line
+
+    def recv(self) -> Any:
+        line = self.recv_line()
+        assert b"\n" not in line and line == line.strip()
+        return json.loads(line)
+
+    def cmd(self, name: str, **args: Any) -> Any:
+        msg: dict = {"execute": name}
+        if args:
+            msg["arguments"] = args
+        self.send(msg)
+        return self.recv()
+
+    def closed_by_peer(self, timeout: float = 5) -> bool:
+        """True once the server closed the connection (draining anything still queued)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if not self.sock.recv(65536):
+                    return True
+            except socket.timeout:
+                continue
+            except ConnectionResetError:
+                return True
+        return False
+
+    def close(self) -> None:
+        self.sock.close()
