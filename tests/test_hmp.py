@@ -262,3 +262,12 @@ def test_extension_commands_register(ctx: MonitorContext) -> None:
         assert "x-echo text... -- echo text" in out(ctx, "help")
     finally:
         COMMANDS.commands.pop("x-echo")
+
+
+def test_toolbar_refresh_from_machine(ctx: MonitorContext) -> None:
+    from nvshell.shell import LocalBackend, Toolbar
+
+    out(ctx, SUBSYS, NS1, NS2)
+    bar = Toolbar(LocalBackend(ctx))
+    asyncio.run(bar.refresh())
+    assert bar() == " no controllers | 2 namespaces | 0 IOPS"
