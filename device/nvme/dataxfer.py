@@ -160,6 +160,17 @@ def map_data(memory: "GuestMemory", cmd: "Command", length: int, *, page_size: i
             raise NvmeError(Status.INVALID_FIELD, msg="SGL not supported for this command")
         return DataMap(memory, [], 0)
     if psdt == PSDT_PRP:
+        prp1 = cmd.dptr1
+        if not prp1 & 0x3 and length <= page_size - (prp1 & (page_size - 1)):
+            # Fast path (every 4 KiB I/O): the whole transfer is in PRP1's page.
+            # A DmaError here falls through to the general path, which splits
+            # at region boundaries or reports Data Transfer Error.
+            try:
+                with memory.view(prp1, length):
+                    pass
+                return DataMap(memory, [(prp1, length)], length)
+            except DmaError:
+                pass
         pieces = _map_prp(memory, cmd.dptr1, cmd.dptr2, length, page_size)
         bucket = False
     elif psdt == PSDT_SGL_MPTR_CONTIGUOUS and allow_sgl:
