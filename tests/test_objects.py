@@ -1,0 +1,222 @@
+"""x-nvme-* types on a Machine, with a fake controller and server (fast, no sockets)."""
+
+from __future__ import annotations
+
+import sys
+import types
+
+import pytest
+
+import device.vfio_user.server as server_mod
+from device.errors import ObjectError, ObjectNotFound, PropertyError
+from device.machine import Machine
+
+
+class FakeController:
+    def __init__(self, config, subsystem, iothread):
+        self.config = config
+        self.subsystem = subsystem
+        self.iothread = iothread
+        self.cntlid = 0
+        self.pci = object()
+        self.namespaces = {}
+        self.events = []
+        self.down = False
+
+    def attach_namespace(self, ns):
+        self.namespaces[ns.nsid] = ns
+
+    def detach_namespace(self, nsid):
+        self.namespaces.pop(nsid, None)
+
+    def note_changed_namespace(self, nsid):
+        self.events.append(("changed", nsid))
+
+    def post_async_event(self, *a):
+        self.events.append(("aen",) + a)
+
+    def shutdown(self):
+        self.down = True
+
+
+class FakeServer:
+    def __init__(self, path, device, iothread, *, name="", on_event=None):
+        self.path, self.on_event, self.connected, self.closed = path, on_event, False, False
+
+    def start(self):
+        pass
+
+    def close(self):
+        self.closed = True
+
+
+@pytest.fixture
+def m(tmp_path, monkeypatch):
+    mod = types.ModuleType("device.nvme.controller")
+    mod.Controller = FakeController
+    monkeypatch.setitem(sys.modules, "device.nvme.controller", mod)
+    monkeypatch.setattr(server_mod, "VfioUserServer", FakeServer, raising=False)
+    machine = Machine(str(tmp_path))
+    yield machine
+    machine.shutdown()
+
+
+def ctrl_model(m, id):
+    return m.find_device(id).model
+
+
+def test_subsystem_props(m):
+    s = m.object_add("x-nvme-subsystem", "s0", {"uuid": "12345678-9abc-def0-1234-56789abcdef0"})
+    assert m.qom_get("/objects/s0", "subnqn") == "nqn.2014-08.org.nvmexpress:uuid:12345678-9abc-def0-1234-56789abcdef0"
+    m.object_add("x-nvme-subsystem", "s1", {"subnqn": "nqn.2024-01.io.test:x"})
+    assert m.qom_get("/objects/s1", "subnqn") == "nqn.2024-01.io.test:x"
+    with pytest.raises(PropertyError, match="expects a UUID"):
+        m.object_add("x-nvme-subsystem", "s2", {"uuid": "zz"})
+    with pytest.raises(PropertyError, match="cannot be changed"):
+        m.qom_set("/objects/s0", "subnqn", "nqn.x")
+    assert s.model.subnqn.endswith("abcdef0")
+
+
+def test_namespace_creation_and_tree(m):
+    m.object_add("x-nvme-subsystem", "subsys0", {})
+    m.object_add("x-nvme-ns-nvm", "ns1", {"subsys": "subsys0", "size": "1M", "lba-size": 4096,
+                                          "eui64": "00:11:22:33:44:55:66:77"})
+    assert m.qom_get("/objects/ns1", "nsid") == 1
+    assert m.qom_get("/objects/ns1", "eui64") == "0011223344556677"
+    assert m.qom_get("/objects/ns1", "nlbas") == 256
+    lst = {p["name"]: p["type"] for p in m.qom_list("/objects/ns1")}
+    assert lst["subsys"] == "link<x-nvme-subsystem>" and lst["nsid"] == "uint32" and lst["size"] == "size"
+    assert lst["attached-to"] == "strList"
+    for p in lst:
+        m.qom_get("/objects/ns1", p)
+    with pytest.raises(PropertyError, match="cannot be changed"):
+        m.qom_set("/objects/ns1", "size", "2M")
+    with pytest.raises(PropertyError, match="Parameter 'nsid'.*already in use"):
+        m.object_add("x-nvme-ns-nvm", "ns2", {"subsys": "subsys0", "size": "1M", "nsid": 1})
+    m.object_add("x-nvme-ns-nvm", "ns2", {"subsys": "subsys0", "size": "1M", "nsid": "auto"})
+    assert m.qom_get("/objects/ns2", "nsid") == 2
+    with pytest.raises(PropertyError, match="multiple of the lba-size"):
+        m.object_add("x-nvme-ns-nvm", "ns3", {"subsys": "subsys0", "size": 1000})
+    with pytest.raises(PropertyError, match="Parameter 'size' is missing"):
+        m.object_add("x-nvme-ns-nvm", "ns3", {"subsys": "subsys0"})
+    with pytest.raises(ObjectError, match="still has members"):
+        m.object_del("subsys0")
+    m.object_del("ns1")
+    m.object_del("ns2")
+    m.object_del("subsys0")
+
+
+def test_zoned_inherits_nvm():
+    from device.qom import TYPES
+    nvm = set(TYPES.properties("x-nvme-ns-nvm"))
+    zoned = set(TYPES.properties("x-nvme-ns-zoned"))
+    assert nvm < zoned and {"zone-size", "zone-capacity", "zone-max-open", "zone-max-active"} <= zoned
+
+
+def test_controller_attach_detach(m):
+    m.object_add("x-nvme-subsystem", "subsys0", {})
+    m.object_add("x-nvme-ns-nvm", "ns1", {"subsys": "subsys0", "size": "1M", "attached-to": ["ctrl0"]})
+    m.object_add("x-nvme-ns-nvm", "nsall", {"subsys": "subsys0", "size": "1M", "attached-to": "all"})
+    m.device_add("x-nvme-ctrl", "ctrl0", {"subsys": "subsys0"})
+    m.device_add("x-nvme-ctrl", "ctrl1", {"subsys": "subsys0", "cntlid": 7, "doorbells": "trap"})
+    c0, c1 = ctrl_model(m, "ctrl0"), ctrl_model(m, "ctrl1")
+    assert sorted(c0.namespaces) == [1, 2] and sorted(c1.namespaces) == [2]
+    assert m.qom_get("/machine/peripheral/ctrl1", "cntlid") == 7
+    assert m.qom_get("/machine/peripheral/ctrl0", "socket").endswith("/ctrl0.sock")
+    assert m.qom_get("/machine/peripheral/ctrl0", "subsys") == "/objects/subsys0"
+    assert m.qom_get("/objects/subsys0", "controllers") == ["ctrl0", "ctrl1"]
+    assert c1.config.doorbells == "trap"
+    lst = {p["name"]: p["type"] for p in m.qom_list("/machine/peripheral")}
+    assert lst["ctrl0"] == "child<x-nvme-ctrl>"
+    for p in m.qom_list("/machine/peripheral/ctrl0"):
+        m.qom_get("/machine/peripheral/ctrl0", p["name"])
+    # qom-set attached-to
+    m.qom_set("/objects/ns1", "attached-to", ["ctrl0", "ctrl1"])
+    assert 1 in c1.namespaces and ("changed", 1) in c1.events
+    assert m.qom_get("/objects/ns1", "attached") == ["ctrl0", "ctrl1"]
+    m.detach("ns1", "ctrl0")
+    assert 1 not in c0.namespaces and m.qom_get("/objects/ns1", "attached-to") == ["ctrl1"]
+    m.attach("ns1", "ctrl0")
+    assert 1 in c0.namespaces
+    with pytest.raises(ObjectError, match="already attached"):
+        m.attach("ns1", "ctrl0")
+    m.detach("nsall", "ctrl1")
+    assert 2 not in c1.namespaces and 2 in c0.namespaces
+    # a controller in another subsystem is refused
+    m.object_add("x-nvme-subsystem", "other", {})
+    m.device_add("x-nvme-ctrl", "ctrlx", {"subsys": "other"})
+    with pytest.raises(PropertyError, match="not in x-nvme-subsystem"):
+        m.qom_set("/objects/ns1", "attached-to", ["ctrlx"])
+    assert m.qom_get("/objects/ns1", "attached-to") == ["ctrl1", "ctrl0"]
+    # duplicate cntlid, duplicate socket
+    with pytest.raises(PropertyError, match="cntlid"):
+        m.device_add("x-nvme-ctrl", "ctrl2", {"subsys": "subsys0", "cntlid": 7})
+    with pytest.raises(PropertyError, match="already used"):
+        m.device_add("x-nvme-ctrl", "ctrl3", {"subsys": "subsys0", "socket": m.find_device("ctrl0").socket_path})
+    assert m.find_device("ctrl2") is None
+    # removing a controller keeps namespaces; DEVICE_DELETED is published
+    events = []
+    m.subscribe(lambda n, d: events.append((n, d)))
+    m.device_del("ctrl0")
+    assert c0.down and m.find_object("ns1") is not None and 1 in c1.namespaces
+    assert events == [("DEVICE_DELETED", {"device": "ctrl0", "path": "/machine/peripheral/ctrl0"})]
+    with pytest.raises(ObjectNotFound, match="Device 'ctrl0' not found"):
+        m.device_del("ctrl0")
+    # deleting a namespace detaches it with an AEN
+    c1.events.clear()
+    m.object_del("ns1")
+    assert 1 not in c1.namespaces and ("changed", 1) in c1.events
+
+
+def test_private_subsystem(m):
+    m.device_add("x-nvme-ctrl", "c0", {})
+    assert m.qom_get("/machine/peripheral/c0", "subsys") == "/objects/c0-subsys"
+    m.object_add("x-nvme-ns-nvm", "n", {"size": "1M", "attached-to": "c0"})
+    assert m.qom_get("/objects/n", "subsys") == "/objects/c0-subsys"
+    assert 1 in ctrl_model(m, "c0").namespaces
+    with pytest.raises(ObjectError, match="still has members"):
+        m.object_del("c0-subsys")
+    m.device_del("c0")
+    assert m.find_object("c0-subsys") is not None  # kept: it still has a namespace
+    m.object_del("n")
+    m.object_del("c0-subsys")
+    m.device_add("x-nvme-ctrl", "c1", {})
+    m.device_del("c1")
+    assert m.find_object("c1-subsys") is None
+
+
+def test_guest_created_namespace_is_mirrored(m):
+    from device.backends import MemoryBackend
+    from device.nvme.namespace import NvmNamespace
+    m.object_add("x-nvme-subsystem", "s", {})
+    sub = m.find_object("s").model
+    ns = NvmNamespace(MemoryBackend(1 << 20))
+    nsid = sub.add_namespace(ns)
+    sub.notify("namespace-created", nsid, ns, None)
+    assert m.qom_get(f"/objects/ns-auto-{nsid}", "nsid") == nsid
+    assert m.qom_get("/objects/s", "namespaces") == [f"ns-auto-{nsid}"]
+    sub.remove_namespace(nsid)
+    sub.notify("namespace-deleted", nsid, ns, None)
+    assert m.find_object(f"ns-auto-{nsid}") is None
+
+
+def test_events_from_server(m):
+    events = []
+    m.subscribe(lambda n, d: events.append((n, d)))
+    m.device_add("x-nvme-ctrl", "c0", {})
+    srv = m.find_device("c0").server
+    srv.on_event("connected", {})
+    srv.on_event("disconnected", {})
+    assert [e[0] for e in events] == ["X_NVME_CLIENT_CONNECTED", "X_NVME_CLIENT_DISCONNECTED"]
+    assert events[0][1] == {"device": "c0", "socket": srv.path}
+
+
+def test_shutdown_closes_everything(m):
+    m.object_add("x-nvme-subsystem", "s", {})
+    m.device_add("x-nvme-ctrl", "c0", {"subsys": "s"})
+    m.object_add("x-nvme-ns-nvm", "n", {"subsys": "s", "size": "1M", "attached-to": "all"})
+    srv = m.find_device("c0").server
+    m.shutdown()
+    assert srv.closed and m.objects() == [] and m.devices() == []
+    with pytest.raises(ObjectError, match="shutting down"):
+        m.object_add("x-nvme-subsystem", "s2", {})
