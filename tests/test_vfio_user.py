@@ -561,3 +561,34 @@ def test_stale_socket_replaced_live_one_refused(tmp_path: Any) -> None:
         server.close()
         io.stop()
         dev.close()
+
+
+def test_many_messages_in_one_write(env: Env, client: VfioUserClient) -> None:
+    burst = b"".join(P.pack_header(1000 + i, P.Command.REGION_WRITE, 20, P.MsgFlag.NO_REPLY)
+                     + P.REGION_RW.pack(offset=0x200, region=0, count=4) + i.to_bytes(4, "little")
+                     for i in range(300))
+    client.send_raw(burst)
+    assert client.read32(RegionIndex.BAR0, 0x200) == 299
+
+
+def test_random_messages_never_kill_the_server(env: Env, client: VfioUserClient,
+                                               caplog: pytest.LogCaptureFixture) -> None:
+    import random
+    rng = random.Random(1234)
+    for _ in range(400):
+        command = rng.choice([1, 2, 3, 4, 5, 7, 8, 9, 10, 13, rng.randrange(0, 0x10000)])
+        if command in (2, 3) and rng.random() < 0.7:
+            continue  # keep the DMA state small; random maps without fds are fine too
+        payload = bytes(rng.randrange(256) for _ in range(rng.choice([0, 4, 8, 16, 20, 24, 32, 40, 64])))
+        if command in (9, 10) and len(payload) >= 16 and rng.random() < 0.8:
+            # mostly plausible accesses so the device is really reached
+            count = rng.choice([1, 2, 4, 8])
+            rw = P.REGION_RW.pack(offset=rng.randrange(0, 0x4100), region=rng.choice([0, 4, 7, 9]), count=count)
+            payload = rw + (bytes(count) if command == 10 else b"")
+        msg_id = client.send(command, payload)
+        header, _, fds = client.receive()
+        for fd in fds:
+            os.close(fd)
+        assert header.msg_id == msg_id and header.flags & P.TYPE_MASK == P.MsgFlag.REPLY
+    still_serving(client)
+    assert not [r for r in caplog.records if r.name == "device.iothread"]
