@@ -220,3 +220,25 @@ def test_shutdown_closes_everything(m):
     assert srv.closed and m.objects() == [] and m.devices() == []
     with pytest.raises(ObjectError, match="shutting down"):
         m.object_add("x-nvme-subsystem", "s2", {})
+
+
+def test_zoned_and_qmp_style_values(m):
+    m.object_add("x-nvme-subsystem", "s", {})
+    try:
+        import device.nvme.namespace as nsmod
+        has_zoned = hasattr(nsmod, "ZonedNamespace")
+    except ImportError:
+        has_zoned = False
+    if not has_zoned:
+        with pytest.raises(ObjectError, match="zoned namespaces are not implemented yet"):
+            m.object_add("x-nvme-ns-zoned", "z", {"subsys": "s", "size": "1G", "zone-size": "64M"})
+        assert m.find_object("z") is None
+    with pytest.raises(PropertyError, match="Parameter 'zone-size' expects a size"):
+        m.object_add("x-nvme-ns-zoned", "z", {"subsys": "s", "size": "1G", "zone-size": "big"})
+    # qmp-shell sends ints/bools where strings are expected; sizes may be ints or suffixed strings
+    m.object_add("x-nvme-ns-nvm", "n", {"subsys": "s", "size": 1048576, "eui64": 1, "attached-to": []})
+    assert m.qom_get("/objects/n", "eui64") == "0000000000000001"
+    with pytest.raises(PropertyError, match="controller ids or 'all'"):
+        m.qom_set("/objects/n", "attached-to", ["bad id"])
+    with pytest.raises(PropertyError, match="Invalid parameter type for 'size', expected: size"):
+        m.object_add("x-nvme-ns-nvm", "n2", {"subsys": "s", "size": {"x": 1}})
