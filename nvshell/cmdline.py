@@ -315,8 +315,12 @@ def _type_props(typename: str, registry: TypeRegistry) -> str:
         left = f"  {p.name}=<{p.qom_type}>"
         text = p.description
         info = p.describe()
-        if "default-value" in info:
-            text += f" (default: {json.dumps(info['default-value'])})"
+        if "default-value" in info and info["default-value"] not in ("", [], None):
+            dv = info["default-value"]
+            if p.qom_type == "size" and isinstance(dv, int):
+                from device.qom import format_size
+                dv = format_size(dv)
+            text += f" (default: {json.dumps(dv) if not isinstance(dv, str) or p.qom_type != 'size' else dv})"
         lines.append(f"{left:<32} - {text}" if text else left)
     return "\n".join(lines) + "\n"
 
