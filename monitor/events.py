@@ -51,7 +51,15 @@ class EventBus:
             self._loop = loop
 
     def subscribe(self, callback: Subscriber) -> Callable[[], None]:
-        """Call ``callback(event)`` on the loop thread for each event; returns an unsubscribe function."""
+        """Call ``callback(event)`` on the loop thread for each event; returns an unsubscribe function.
+
+        Subscribing from inside a running loop attaches that loop, so that events emitted
+        by device threads never reach the subscriber on a foreign thread."""
+        if self._loop is None:
+            try:
+                self.attach_loop(asyncio.get_running_loop())
+            except RuntimeError:
+                pass
         with self._lock:
             self._subscribers.append(callback)
 

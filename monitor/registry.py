@@ -171,6 +171,15 @@ def _validate_type(typ: Any) -> None:
         raise ValueError(f"unknown type {typ!r} in a command declaration")
 
 
+def _stringify_scalars(arguments: dict, members: Iterable[Arg]) -> None:
+    """Flattened commands (device_add, object-add) take ints/bools for string members, as
+    QEMU's option parsing does (qmp-shell sends ``id=1`` as an int): 1 -> "1", True -> "on"."""
+    for member in members:
+        value = arguments.get(member.name)
+        if member.type == "str" and isinstance(value, (int, bool)):
+            arguments[member.name] = ("on" if value else "off") if isinstance(value, bool) else str(value)
+
+
 def run_sync(awaitable: Awaitable[Any]) -> Any:
     """Drive a coroutine that never suspends to completion, without an event loop.
 
@@ -238,6 +247,8 @@ class Registry:
             arguments = {}
         if not isinstance(arguments, dict):
             raise GenericError("QMP input member 'arguments' must be an object")
+        if command.flatten:
+            _stringify_scalars(arguments, command.args)
         check_members(arguments, command.args, allow_extra=command.flatten)
         return command
 
