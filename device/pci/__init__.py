@@ -1,0 +1,1 @@
+"""PCI function model: config space and BARs served over vfio-user."""

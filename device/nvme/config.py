@@ -1,0 +1,83 @@
+"""Controller configuration: every knob of an ``x-nvme-ctrl`` device, validated once.
+
+The object model (``device/objects.py``) turns ``-device x-nvme-ctrl,...``
+properties into a ``ControllerConfig``; the controller, the PCI function and
+the Identify handler read it. Validation lives here so that a bad value is
+refused when the device is created, with a message naming the property, and
+never surfaces later as a guest-visible oddity.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+#: SPDK's vfio-user NVMe IDs: the Linux driver binds by class code and applies
+#: no quirks for this vendor/device pair.
+PCI_VENDOR_ID = 0x4E58
+PCI_DEVICE_ID = 0x0001
+
+
+@dataclass
+class ControllerConfig:
+    """Static parameters of one NVMe controller (one PCIe function)."""
+
+    serial: str = ""
+    model: str = "nvshell NVMe Ctrl"
+    firmware: str = "1.0"
+    #: Controller ID; 0 = picked by the subsystem (or 1 without a subsystem).
+    cntlid: int = 0
+    #: I/O queue pairs the host may create (QIDs 1..max_ioqpairs).
+    max_ioqpairs: int = 64
+    #: MSI-X vectors, admin queue's vector 0 included.
+    max_intr_vectors: int = 65
+    #: CAP.MQES: largest queue size minus one (0-based), for I/O queues.
+    mqes: int = 0x7FF
+    #: Asynchronous events kept while no AER command is outstanding.
+    max_aer_retention: int = 100
+    #: Identify AERL: outstanding AER commands allowed, minus one.
+    aerl: int = 3
+    #: Identify MDTS (power of two of the minimum page size; 0 = no limit).
+    mdts: int = 7
+    #: "mmap": doorbell page shared through a memfd and polled; "trap": every
+    #: doorbell write is a vfio-user REGION_WRITE message.
+    doorbells: str = "mmap"
+    vendor_id: int = PCI_VENDOR_ID
+    device_id: int = PCI_DEVICE_ID
+    #: Identify VID / SSVID (PCI vendor and subsystem vendor IDs).
+    vid: int = PCI_VENDOR_ID
+    ssvid: int = PCI_VENDOR_ID
+    #: IEEE OUI for Identify IEEE (3 bytes).
+    oui: int = 0x000000
+    #: Commands fetched from one SQ per processing round (fairness between
+    #: queues, and a bound on how long the socket waits behind the data path).
+    sq_batch: int = 64
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first out-of-range parameter."""
+        if self.doorbells not in ("mmap", "trap"):
+            raise ValueError(f"Parameter 'doorbells' expects 'mmap' or 'trap', not {self.doorbells!r}")
+        if not 0 <= self.cntlid <= 0xFFEF:
+            raise ValueError("Parameter 'cntlid' expects a value between 0 and 0xffef")
+        if not 1 <= self.max_ioqpairs <= 0xFFFE:
+            raise ValueError("Parameter 'max-ioqpairs' expects a value between 1 and 65534")
+        if not 1 <= self.max_intr_vectors <= 2048:
+            raise ValueError("Parameter 'max-intr-vectors' expects a value between 1 and 2048")
+        if not 1 <= self.mqes <= 0xFFFF:
+            raise ValueError("Parameter 'mqes' expects a value between 1 and 65535")
+        if not 0 <= self.aerl <= 0xFF:
+            raise ValueError("Parameter 'aerl' expects a value between 0 and 255")
+        if not 1 <= self.max_aer_retention <= 0xFFFF:
+            raise ValueError("Parameter 'max-aer-retention' expects a value between 1 and 65535")
+        if not 0 <= self.mdts <= 0xFF:
+            raise ValueError("Parameter 'mdts' expects a value between 0 and 255")
+        if len(self.serial.encode()) > 20:
+            raise ValueError("Parameter 'serial' expects at most 20 characters")
+        if len(self.model.encode()) > 40:
+            raise ValueError("Parameter 'model' expects at most 40 characters")
+        if len(self.firmware.encode()) > 8:
+            raise ValueError("Parameter 'firmware' expects at most 8 characters")
+        if self.sq_batch < 1:
+            raise ValueError("Parameter 'sq-batch' expects a positive value")
