@@ -496,6 +496,12 @@ class Controller:
         return (end - 1) in memory
 
     def _start(self) -> None:
+        if self._db_map is not None:
+            # Watch the slots of every valid QID (a write to a queue that does not
+            # exist must raise an AEN), capped at the page: one small slice per poll.
+            self._db_bytes = min(8 * len(self._sqs), DOORBELL_PAGE_SIZE)
+            self._db_map[DOORBELL_PAGE_OFFSET:DOORBELL_PAGE_OFFSET + DOORBELL_PAGE_SIZE] = bytes(DOORBELL_PAGE_SIZE)
+            self._db_last = bytearray(self._db_bytes)
         acq = CompletionQueue(0, self.acq, ((self.aqa >> 16) & 0xFFF) + 1, True, 0)
         asq = SubmissionQueue(0, self.asq, (self.aqa & 0xFFF) + 1, acq)
         self._add_queues(acq, asq)
@@ -603,15 +609,6 @@ class Controller:
 
     def _rebuild(self) -> None:
         self._sq_order = tuple(q for q in self._sqs if q is not None)
-        top = max([q.qid for q in self._sq_order] + [q.qid for q in self._cqs if q is not None] + [-1])
-        nbytes = 8 * (top + 1)
-        if self._db_map is not None:
-            # Keep the snapshot of slots we already watch (a change there may not be
-            # processed yet); new slots start from what the page holds (zeroed).
-            cur = self._db_map[DOORBELL_PAGE_OFFSET:DOORBELL_PAGE_OFFSET + nbytes]
-            keep = min(nbytes, len(self._db_last))
-            self._db_last = bytearray(self._db_last[:keep]) + bytearray(cur[keep:])
-        self._db_bytes = nbytes
 
     def _zero_doorbells(self, qid: int, is_cq: bool) -> None:
         """A new or deleted queue's doorbell starts at 0 (stale values would be lost writes)."""
