@@ -1,0 +1,182 @@
+"""PCI function: config space contents, capability chain, BAR sizing, masks, regions."""
+
+from __future__ import annotations
+
+import pytest
+
+from device.pci.config import MSIX_OFFSET, PCIE_OFFSET, PM_OFFSET
+from device.pci.function import PciFunction
+from device.vfio_user.interface import IrqIndex, RegionAccessError, RegionFlag, RegionIndex
+
+CFG = RegionIndex.CONFIG
+
+
+class FakeBar0:
+    def __init__(self):
+        self.regs: dict[int, int] = {}
+        self.accesses: list[tuple] = []
+        self.resets = 0
+
+    def read(self, offset, size):
+        self.accesses.append(("r", offset, size))
+        return self.regs.get(offset, 0)
+
+    def write(self, offset, size, value):
+        self.accesses.append(("w", offset, size, value))
+        self.regs[offset] = value
+
+    def reset(self):
+        self.resets += 1
+
+    def bind(self, memory, interrupts):
+        pass
+
+    def client_connected(self):
+        pass
+
+    def client_disconnected(self):
+        pass
+
+    def dma_unmapping(self, addr, size):
+        pass
+
+
+@pytest.fixture
+def fn():
+    return PciFunction(FakeBar0(), msix_vectors=65, doorbell_fd=None)
+
+
+def rd(fn, off, n=4):
+    return int.from_bytes(fn.region_read(CFG, off, n), "little")
+
+
+def wr(fn, off, value, n=4):
+    fn.region_write(CFG, off, value.to_bytes(n, "little"))
+
+
+def test_header(fn):
+    assert rd(fn, 0, 2) == 0x4E58 and rd(fn, 2, 2) == 0x0001
+    assert rd(fn, 0x09, 1) == 0x02 and rd(fn, 0x0A, 1) == 0x08 and rd(fn, 0x0B, 1) == 0x01
+    assert rd(fn, 0x06, 2) & 0x10
+    assert rd(fn, 0x34, 1) == 0x40
+    assert rd(fn, 0x3D, 1) == 0                  # no INTx
+    assert rd(fn, 0x0E, 1) == 0                  # type 0 header
+    assert rd(fn, 0x2C, 2) == 0x4E58
+    assert len(fn.region_read(CFG, 0, 4096)) == 4096
+
+
+def test_capability_chain(fn):
+    caps = []
+    ptr = rd(fn, 0x34, 1)
+    while ptr:
+        caps.append((ptr, rd(fn, ptr, 1)))
+        ptr = rd(fn, ptr + 1, 1)
+    assert caps == [(0x40, 0x01), (0x48, 0x10), (0x84, 0x11)]
+    assert fn.config.capabilities() == caps
+    assert rd(fn, PCIE_OFFSET + 2, 2) & 0xF == 2            # version 2
+    assert (rd(fn, PCIE_OFFSET + 2, 2) >> 4) & 0xF == 0     # endpoint
+    assert rd(fn, PCIE_OFFSET + 4) & (1 << 28)              # FLR
+    assert rd(fn, MSIX_OFFSET + 2, 2) & 0x7FF == 64          # table size N-1
+    assert rd(fn, MSIX_OFFSET + 4) == 4                      # BIR 4, offset 0
+    assert rd(fn, MSIX_OFFSET + 8) == 5                      # BIR 5, offset 0
+    assert rd(fn, PM_OFFSET + 2, 2) & 7 == 3
+
+
+def test_bar_sizing_and_rom(fn):
+    for bar, size in ((0, 0x4000), (4, fn.msix_table_size), (5, fn.msix_pba_size)):
+        wr(fn, 0x10 + 4 * bar, 0xFFFFFFFF)
+        assert rd(fn, 0x10 + 4 * bar) == (~(size - 1)) & 0xFFFFFFFF
+        wr(fn, 0x10 + 4 * bar, 0xFEB00000)
+        assert rd(fn, 0x10 + 4 * bar) == 0xFEB00000
+    assert fn.msix_table_size >= 65 * 16
+    for bar in (1, 2, 3):
+        wr(fn, 0x10 + 4 * bar, 0xFFFFFFFF)
+        assert rd(fn, 0x10 + 4 * bar) == 0
+    wr(fn, 0x30, 0xFFFFFFFF)
+    assert rd(fn, 0x30) == 0
+
+
+def test_read_only_bits_ignored(fn):
+    before = fn.region_read(CFG, 0, 4096)
+    wr(fn, 0x00, 0x12345678)                    # IDs
+    wr(fn, 0x08, 0xFFFFFFFF)                    # revision/class
+    wr(fn, 0x34, 0xFF, 1)
+    wr(fn, MSIX_OFFSET + 4, 0xFFFFFFFF)         # table offset/BIR
+    wr(fn, PCIE_OFFSET + 4, 0)                  # DEVCAP
+    wr(fn, 0x100, 0xFFFFFFFF)                   # extended space: nothing there
+    wr(fn, 0x06, 0xFFFF, 2)                     # status: W1C of zero bits, cap bit RO
+    assert fn.region_read(CFG, 0, 4096) == before
+
+
+def test_writable_registers(fn):
+    wr(fn, 0x04, 0xFFFF, 2)
+    assert rd(fn, 0x04, 2) == 0x0547
+    wr(fn, 0x3C, 0x0B, 1)
+    assert rd(fn, 0x3C, 1) == 0x0B
+    wr(fn, MSIX_OFFSET + 2, 0xFFFF, 2)
+    assert rd(fn, MSIX_OFFSET + 2, 2) == 0xC000 | 64
+    assert fn.config.msix_enabled
+    wr(fn, PM_OFFSET + 4, 0x0003, 2)
+    assert rd(fn, PM_OFFSET + 4, 2) & 3 == 3
+
+
+def test_flr_resets(fn):
+    wr(fn, 0x04, 0x6, 2)
+    wr(fn, PCIE_OFFSET + 8, 0x8000, 2)
+    assert fn.bar0.resets == 1
+    assert rd(fn, 0x04, 2) == 0
+    assert rd(fn, PCIE_OFFSET + 8, 2) & 0x8000 == 0
+
+
+def test_regions_trap_and_mmap():
+    trap = PciFunction(FakeBar0(), msix_vectors=4)
+    regs = trap.regions()
+    assert len(regs) == 9
+    assert regs[0].size == 0x4000 and not regs[0].flags & RegionFlag.MMAP and regs[0].mmap_fd is None
+    assert regs[4].size == 0x1000 and regs[5].size == 0x1000
+    assert regs[7].size == 4096
+    assert all(regs[i].size == 0 for i in (1, 2, 3, 6, 8))
+    mm = PciFunction(FakeBar0(), msix_vectors=4, doorbell_fd=99).regions()[0]
+    assert mm.flags == RegionFlag.READ | RegionFlag.WRITE | RegionFlag.MMAP | RegionFlag.CAPS
+    assert (mm.mmap_fd, mm.file_offset, mm.mmap_areas) == (99, 0, [(0x1000, 0x1000)])
+    assert trap.irq_count(IrqIndex.MSIX) == 4 and trap.irq_count(IrqIndex.INTX) == 0
+
+
+def test_bar0_forwarding_splits_accesses(fn):
+    fn.region_write(RegionIndex.BAR0, 0x28, (0x1122334455667000).to_bytes(8, "little"))
+    assert fn.bar0.accesses[-1] == ("w", 0x28, 8, 0x1122334455667000)
+    fn.region_write(RegionIndex.BAR0, 0x13, b"\x01\x02\x03")
+    assert fn.bar0.accesses[-2:] == [("w", 0x13, 1, 1), ("w", 0x14, 2, 0x0302)]
+    fn.bar0.regs[0x1C] = 0xFFFFFFFF01
+    assert fn.region_read(RegionIndex.BAR0, 0x1C, 4) == b"\x01\xff\xff\xff"   # masked to the width
+
+
+def test_bad_accesses(fn):
+    for index, off, n in ((CFG, 4095, 2), (RegionIndex.BAR0, 0x3FFF, 2), (RegionIndex.BAR4, 1 << 20, 4),
+                          (RegionIndex.BAR1, 0, 4), (RegionIndex.ROM, 0, 4), (99, 0, 4)):
+        with pytest.raises(RegionAccessError):
+            fn.region_read(index, off, n)
+        with pytest.raises(RegionAccessError):
+            fn.region_write(index, off, bytes(n))
+
+
+def test_msix_table_and_pba(fn):
+    assert fn.region_read(RegionIndex.BAR4, 12, 4) == b"\x01\x00\x00\x00"   # masked at reset
+    fn.region_write(RegionIndex.BAR4, 16, b"\xaa" * 16)
+    assert fn.region_read(RegionIndex.BAR4, 16, 16) == b"\xaa" * 16
+    fn.region_write(RegionIndex.BAR5, 0, b"\xff" * 8)
+    assert fn.region_read(RegionIndex.BAR5, 0, 8) == bytes(8)
+    fn.reset()
+    assert fn.region_read(RegionIndex.BAR4, 16, 16) == bytes(12) + b"\x01\x00\x00\x00"
+
+
+def test_trigger_range(fn):
+    fired = []
+
+    class Sink:
+        def trigger(self, v):
+            fired.append(v)
+            return True
+    assert fn.trigger(0) is False               # nothing bound yet
+    fn.bind(None, Sink())
+    assert fn.trigger(3) and not fn.trigger(65) and fired == [3]
