@@ -137,3 +137,37 @@ def test_effects_log(ctrl: FakeController) -> None:
     d = effects_log(CSI.NVM, io=io)
     assert struct.unpack_from("<I", d, 1024 + 4)[0] == EFFECT_CSUPP | EFFECT_LBCC
     assert struct.unpack_from("<I", d, 1024)[0] == 0
+
+
+def test_real_controller_stats_and_error_log() -> None:
+    """SMART and Error Information from the controller's own SmartStats/ErrorLog."""
+    controller = pytest.importorskip("device.nvme.controller")
+    from device.nvme.config import ControllerConfig
+    s = Subsystem()
+    ctrl = controller.Controller(ControllerConfig(serial="X", doorbells="trap"), s, None)
+    fake = FakeController()           # borrow its transfer/recording
+    ctrl.transfer = fake.transfer     # type: ignore[method-assign]
+    ctrl.stats.add_read(1_024_000)
+    ctrl.stats.host_read_commands = 3
+    ctrl.error_log.record(1, 7, Status.LBA_OUT_OF_RANGE, True, nsid=1, lba=5)
+    ctrl.error_log.record(0, 8, Status.INVALID_FIELD, False, param_loc=0)
+
+    def read(lid: int, length: int) -> bytes:
+        numd = length // 4 - 1
+        run_admin(ctrl, GET_LOG, 0xFFFFFFFF, cdw10=lid | (numd << 16))
+        return fake.out
+    d = read(LogPage.SMART, 512)
+    assert int.from_bytes(d[32:48], "little") == 2 and int.from_bytes(d[64:80], "little") == 3
+    assert struct.unpack_from("<H", d, 1)[0] == ctrl.stats.temperature
+    assert int.from_bytes(d[176:192], "little") == 2
+    d = read(LogPage.ERROR, 128)
+    count, sqid, cid, sf, loc = struct.unpack_from("<QHHHH", d, 0)
+    assert (count, cid, loc, sf >> 1) == (2, 8, 0, Status.INVALID_FIELD)
+    count, sqid, cid, sf, loc, lba, nsid = struct.unpack_from("<QHHHHQI", d, 64)
+    assert (count, cid, loc, lba, nsid) == (1, 7, 0xFFFF, 5, 1) and sf & 0x8000
+    ctrl.note_changed_namespace(3)
+    assert struct.unpack_from("<2I", read(LogPage.CHANGED_NS_LIST, 4096)) == (3, 0)
+    assert ctrl.changed_namespaces == []
+    from device.nvme.admin_identify import identify_controller
+    assert identify_controller(ctrl)[262] == ctrl.error_log.capacity - 1
+    ctrl.shutdown()

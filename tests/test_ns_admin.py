@@ -189,3 +189,82 @@ def test_default_factory_uses_real_namespace() -> None:
         assert ns.identify_ns()[30] == 0
     finally:
         ns.close()
+
+
+# ------------------------------------------------- with the real controller
+@pytest.fixture
+def two_hosts(monkeypatch: pytest.MonkeyPatch):
+    """Two real Controllers (own IOThreads, own guest RAM) in one Subsystem."""
+    monkeypatch.setattr(admin_ns, "namespace_factory", admin_ns._default_factory)
+    tc = pytest.importorskip("tests.test_controller")
+    s = Subsystem()
+    hosts = []
+    for _ in range(2):
+        h = tc.Host("trap")
+        h.ctrl.subsystem = s
+        h.io.run(s.add_controller, h.ctrl)
+        h.enable()
+        hosts.append(h)
+    yield s, hosts[0], hosts[1], tc.status
+    for h in hosts:
+        h.close()
+
+
+def test_end_to_end_create_attach_aen_delete(two_hosts) -> None:
+    import time
+
+    s, a, b, status = two_hosts
+    assert (a.ctrl.cntlid, b.ctrl.cntlid) == (1, 2)
+    buf_a, buf_b = a.alloc(4096), b.alloc(4096)
+
+    # Identify Controller over the admin queue.
+    e = a.cmd(0x06, dptr1=buf_a, cdw10=0x01)
+    assert status(e) == 0
+    d = a.read(buf_a, 4096)
+    assert struct.unpack_from("<H", d, 78)[0] == 1 and d[768:768 + len(s.subnqn)] == s.subnqn.encode()
+
+    # Create a namespace (8 MiB, 4 KiB blocks) from A.
+    a.write(buf_a, create_data(2048, flbas=1))
+    e = a.cmd(0x0D, dptr1=buf_a, cdw10=0)
+    assert status(e) == 0 and e.dw0 == 1
+    assert s.namespaces[1].lba_size == 4096 and s.namespaces[1].nlbas == 2048
+
+    # AERs outstanding on both; attach to both from A: both get the notice.
+    aer_a = a.submit(0, 0x0C)
+    aer_b = b.submit(0, 0x0C)
+    time.sleep(0.01)
+    a.write(buf_a, struct.pack("<3H", 2, 1, 2))
+    cid = a.submit(0, 0x15, nsid=1, dptr1=buf_a, cdw10=0)
+    notice = 2 | (0 << 8) | (4 << 16)
+    got = {}
+    for _ in range(2):
+        e = a.reap(0)
+        got[e.cid] = e
+    assert status(got[cid]) == 0 and got[aer_a].dw0 == notice
+    e = b.reap(0)
+    assert e.cid == aer_b and e.dw0 == notice
+    assert 1 in b.io.run(lambda: dict(b.ctrl.namespaces))
+
+    # B reads the Changed NS List (clears it) and sees nsid 1 in its active list.
+    e = b.cmd(0x02, nsid=0xFFFFFFFF, dptr1=buf_b, cdw10=0x04 | (1023 << 16))
+    assert status(e) == 0 and struct.unpack_from("<2I", b.read(buf_b, 8)) == (1, 0)
+    assert b.io.run(b.ctrl.take_changed_namespaces, False) == []
+    e = b.cmd(0x06, dptr1=buf_b, cdw10=0x02)
+    assert struct.unpack_from("<2I", b.read(buf_b, 8)) == (1, 0)
+    e = b.cmd(0x06, nsid=1, dptr1=buf_b, cdw10=0x12)
+    assert struct.unpack_from("<3H", b.read(buf_b, 6)) == (2, 1, 2)
+
+    # Errors travel as statuses.
+    e = a.cmd(0x15, nsid=1, dptr1=buf_a, cdw10=0)
+    assert status(e) == Status.NS_ALREADY_ATTACHED
+    e = a.cmd(0x06, dptr1=buf_a, cdw10=0x09)
+    assert status(e) == Status.INVALID_FIELD
+
+    # B deletes it: B's notice type is unmasked (it read log 04), so its new AER fires.
+    aer_b = b.submit(0, 0x0C)
+    cid = b.submit(0, 0x0D, nsid=1, cdw10=1)
+    got = {e.cid: e for e in (b.reap(0), b.reap(0))}   # AER completes first: same IOThread
+    assert status(got[cid]) == 0 and got[aer_b].dw0 == notice
+    assert s.namespaces == {}
+    assert a.io.run(lambda: dict(a.ctrl.namespaces)) == {}
+    assert a.io.run(a.ctrl.take_changed_namespaces, False) == [1]

@@ -65,8 +65,10 @@ def u128(value: int) -> bytes:
 def _stat(stats: Any, *names: str, default: int = 0) -> int:
     """First of ``names`` present on the controller's stats (attribute or dict key)."""
     for name in names:
-        if isinstance(stats, dict) and name in stats:
-            return int(stats[name])
+        if isinstance(stats, dict):
+            if name in stats:
+                return int(stats[name])
+            continue
         value = getattr(stats, name, None)
         if value is not None and not callable(value):
             return int(value)
@@ -105,12 +107,12 @@ def _error_entry(entry: Any) -> tuple[int, bytes]:
     else:
         get = lambda name: getattr(entry, name, None)  # noqa: E731
 
-    def field(*names: str) -> int:
+    def field(*names: str, default: int = 0) -> int:
         for name in names:
             value = get(name)
             if value is not None:
                 return int(value)
-        return 0
+        return default
     count = field("error_count", "count", "seq")
     status = field("status")
     status_field = field("status_field")
@@ -119,8 +121,8 @@ def _error_entry(entry: Any) -> tuple[int, bytes]:
         status_field = ((status & 0x7FF) << 1) | (int(bool(get("dnr"))) << 15)
     raw = ERROR_ENTRY.pack(
         error_count=count, sqid=field("sqid"), cid=field("cid"), status=status_field & 0xFFFF,
-        param_loc=field("param_loc", "parameter_error_location") or 0xFFFF,
-        lba=field("lba"), nsid=field("nsid"), cs=field("cs", "command_specific"))
+        param_loc=field("param_loc", "parameter_error_location", default=0xFFFF),
+        lba=field("lba"), nsid=field("nsid"), cs=field("cmd_specific", "cs", "command_specific"))
     return count, raw
 
 
