@@ -239,8 +239,6 @@ def get_log_page(ctrl: Any, cmd: Command) -> None:
         size = FW_SLOT_LOG.size
     elif lid == LogPage.CHANGED_NS_LIST:
         size = CHANGED_NS_LIST_SIZE
-        if offset >= size:
-            raise NvmeError(Status.INVALID_FIELD)
         # Peek now, clear only once the data reached the host.
         page = changed_ns_list(_changed_namespaces(ctrl, clear=False))
     elif lid == LogPage.CMD_EFFECTS:
