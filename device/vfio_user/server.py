@@ -192,6 +192,10 @@ class VfioUserServer:
                 log.warning("vfio-user %s: accept failed: %s", self.name, exc)
                 return
             if self._conn is not None:
+                # The current client may already be gone with its EOF not yet
+                # read (a quick probe, a QEMU restart): look before refusing.
+                self._on_readable()
+            if self._conn is not None:
                 log.warning("vfio-user %s: refusing a second client (pid %s) while one is connected",
                             self.name, _peer_pid(conn))
                 conn.close()
