@@ -1,0 +1,200 @@
+"""The ``nvshell`` program: command line, process wiring, and how it stops.
+
+One asyncio loop runs the control plane (QMP servers, the shell); every
+controller serves its vfio-user socket on its own IOThread (see
+``device.iothread``). This module only wires those pieces together: it parses
+the QEMU-style command line, builds the machine (or the default topology),
+starts the monitors, then hands the terminal to the shell, runs a script from
+stdin, or serves headless until SIGTERM or QMP ``quit``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+from device.errors import NvshellError
+from device.machine import Machine
+from monitor.context import MonitorContext
+from monitor.qmp.address import parse_qmp_address
+from monitor.qmp.server import QMPServer
+from nvshell import cmdline
+
+log = logging.getLogger("nvshell")
+
+DESCRIPTION = """\
+nvshell: an NVMe controller emulator for virtual machines, served over vfio-user.
+Boot QEMU (>= 10.1) with
+  -object memory-backend-memfd,id=mem,size=1G,share=on -machine q35,memory-backend=mem
+  -device '{"driver":"vfio-user-pci","socket":{"type":"unix","path":"RUN_DIR/ctrl0.sock"}}'
+and inspect or change the device from the shell, or remotely over QMP.
+
+Without -object/-device/-readconfig nvshell creates the default topology:
+subsystem subsys0, controller ctrl0 (socket RUN_DIR/ctrl0.sock) and a 1 GiB
+in-memory NVM namespace ns1 attached to all controllers.
+"""
+
+EPILOG = """\
+examples:
+  nvshell                                   default topology, interactive shell
+  nvshell --no-shell                        serve headless until SIGTERM or QMP quit
+  nvshell -object x-nvme-subsystem,id=subsys0 \\
+          -device x-nvme-ctrl,id=ctrl0,subsys=subsys0 \\
+          -object x-nvme-ns-nvm,id=ns1,subsys=subsys0,size=1G,attached-to=all
+  nvshell -object help | -device help | -object x-nvme-ns-nvm,help
+  echo 'info qtree' | nvshell               run shell commands from stdin, then exit
+  nvshell --connect unix:/run/user/0/nvshell/qmp.sock   shell on a running nvshell
+"""
+
+
+def default_run_dir() -> Path:
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime:
+        return Path(runtime) / "nvshell"
+    return Path(f"/tmp/nvshell-{os.getuid()}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nvshell", description=DESCRIPTION, epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-object", action="append", default=[], metavar="TYPE,id=ID[,PROP=VALUE...]",
+                        help="create a user-creatable object (x-nvme-subsystem, x-nvme-ns-nvm, "
+                             "x-nvme-ns-zoned); 'help' lists types, 'TYPE,help' its properties")
+    parser.add_argument("-device", action="append", default=[], metavar="DRIVER,id=ID[,PROP=VALUE...]",
+                        help="create a device (x-nvme-ctrl: one NVMe controller on its own vfio-user "
+                             "socket); 'help' lists drivers, 'DRIVER,help' its properties")
+    parser.add_argument("-readconfig", action="append", default=[], metavar="FILE",
+                        help="read objects and devices from a configuration file (see README)")
+    parser.add_argument("-qmp", action="append", default=[], metavar="unix:PATH|tcp:HOST:PORT[,server=on,wait=off]",
+                        help="also serve QMP on this address (repeatable); RUN_DIR/qmp.sock is always served")
+    parser.add_argument("-trace", action="append", default=[], metavar="PATTERN|file=PATH",
+                        help="enable trace events matching PATTERN, or record them to a file")
+    parser.add_argument("--run-dir", type=Path, default=None, metavar="DIR",
+                        help="directory for sockets (default $XDG_RUNTIME_DIR/nvshell or /tmp/nvshell-$UID, "
+                             "created owner-only)")
+    parser.add_argument("--no-shell", action="store_true",
+                        help="no interactive shell: serve until SIGTERM or QMP 'quit' (commands on a "
+                             "non-terminal stdin still run first)")
+    parser.add_argument("--keep-going", action="store_true",
+                        help="in script mode, go on after a failing command (exit status stays non-zero)")
+    parser.add_argument("--history-file", type=Path, default=None, metavar="FILE",
+                        help="shell history file (default $XDG_STATE_HOME/nvshell/history)")
+    parser.add_argument("--connect", metavar="unix:PATH|tcp:HOST:PORT",
+                        help="run the shell against a running nvshell over QMP instead of starting one")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output on stderr")
+    return parser
+
+
+def prepare_run_dir(path: Path) -> Path:
+    """Create the run directory owner-only; refuse one that others can write to."""
+    path = path.expanduser()
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    st = path.stat()
+    if st.st_uid != os.getuid():
+        raise NvshellError(f"run directory {path} belongs to another user")
+    if st.st_mode & 0o077:
+        os.chmod(path, 0o700)
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING - 10 * min(args.verbose, 2),
+                        format="nvshell: %(levelname)s: %(name)s: %(message)s")
+    try:
+        if args.connect:
+            from nvshell.remote import run_remote
+            return asyncio.run(run_remote(args.connect, history_file=args.history_file))
+        help_text = cmdline.help_request(args.object, args.device)
+        if help_text is not None:
+            print(help_text)
+            return 0
+        specs = cmdline.parse(objects=args.object, devices=args.device, readconfig=args.readconfig)
+        qmp_addresses = [parse_qmp_address(a) for a in args.qmp]
+        run_dir = prepare_run_dir(args.run_dir or default_run_dir())
+        return asyncio.run(serve(args, run_dir, specs, qmp_addresses))
+    except NvshellError as exc:
+        print(f"nvshell: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+async def serve(args: argparse.Namespace, run_dir: Path, specs: "cmdline.Specs", qmp_addresses: list) -> int:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    machine = Machine(run_dir)
+    servers: list[QMPServer] = []
+    try:
+        if specs.empty:
+            cmdline.default_topology(machine)
+        else:
+            cmdline.apply(machine, specs)
+        ctx = MonitorContext(machine=machine, request_shutdown=stop.set)
+        _apply_trace_options(ctx, args.trace)
+        for address in [parse_qmp_address(f"unix:{run_dir / 'qmp.sock'},server=on,wait=off"), *qmp_addresses]:
+            server = QMPServer(ctx)
+            await server.listen(address)
+            servers.append(server)
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            loop.add_signal_handler(sig, stop.set)
+        _announce(machine, servers, quiet=not sys.stdin.isatty() and not args.no_shell)
+        return await _run_frontend(args, ctx, stop)
+    finally:
+        for server in servers:
+            await server.close()
+        machine.shutdown()
+
+
+async def _run_frontend(args: argparse.Namespace, ctx: MonitorContext, stop: asyncio.Event) -> int:
+    """Shell, script or headless, each ending on its own condition or on ``stop``."""
+    from nvshell.shell import run_script, run_shell
+
+    if sys.stdin.isatty() and not args.no_shell:
+        work = asyncio.ensure_future(run_shell(ctx, history_file=args.history_file))
+    else:
+        work = asyncio.ensure_future(_script_then_serve(args, ctx, stop, run_script))
+    stopper = asyncio.ensure_future(stop.wait())
+    done, _ = await asyncio.wait({work, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    if work in done:
+        stopper.cancel()
+        return work.result()
+    work.cancel()
+    try:
+        await work
+    except (asyncio.CancelledError, Exception):
+        pass
+    return 0
+
+
+async def _script_then_serve(args: argparse.Namespace, ctx: MonitorContext, stop: asyncio.Event, run_script) -> int:
+    rc = 0
+    if not sys.stdin.isatty():
+        rc = await run_script(ctx, sys.stdin, keep_going=args.keep_going)
+    if args.no_shell:
+        await stop.wait()
+    return rc
+
+
+def _apply_trace_options(ctx: MonitorContext, options: list[str]) -> None:
+    if not options:
+        return
+    from monitor.trace_options import apply_trace_options
+    apply_trace_options(ctx, options)
+
+
+def _announce(machine: Machine, servers: list[QMPServer], *, quiet: bool) -> None:
+    """Tell the user where to point QEMU and QMP clients (stderr in script mode)."""
+    out = sys.stderr if quiet else sys.stdout
+    for line in machine.describe_sockets():
+        print(line, file=out)
+    for server in servers:
+        print(f"QMP monitor: {server.describe()}", file=out)
+    out.flush()
