@@ -539,14 +539,12 @@ class ControllerDevice(Object):
             raise PropertyError(str(e)) from None
         iothread = IOThread(self.id or self.name or "ctrl")
         ctrl = None
-        added = False
         server = None
         try:
             try:
+                # The controller registers itself with its subsystem (and
+                # leaves it in shutdown()).
                 ctrl = Controller(config, sub.model, iothread)
-                if not any(c is ctrl for c in sub.model.controllers.values()):
-                    sub.model.add_controller(ctrl, config.cntlid)
-                added = True
             except SubsystemError as e:
                 raise PropertyError(f"Parameter 'cntlid': {e}") from None
             except ValueError as e:
@@ -570,8 +568,6 @@ class ControllerDevice(Object):
                 _quiet(server.close)
             if ctrl is not None:
                 _quiet(ctrl.shutdown)
-                if added:
-                    _quiet(sub.model.remove_controller, ctrl)
             _quiet(iothread.stop)
             if isinstance(e, OSError):
                 raise ObjectError(f"{self.id}: cannot listen on '{self.socket_path}': {e.strerror or e}") from None
@@ -590,9 +586,11 @@ class ControllerDevice(Object):
         if self.server is not None:
             _quiet(self.server.close)
         if self.model is not None:
-            _quiet(self.model.shutdown)
-            if sub is not None and sub.model is not None:
-                _quiet(sub.model.remove_controller, self.model)
+            # Controller state belongs to its IOThread: shut it down there.
+            if self.iothread is not None and self.iothread.running:
+                _quiet(self.iothread.run, self.model.shutdown)
+            else:
+                _quiet(self.model.shutdown)
         if self.iothread is not None:
             _quiet(self.iothread.stop)
         self.server = self.model = self.iothread = None

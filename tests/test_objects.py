@@ -22,6 +22,8 @@ class FakeController:
         self.namespaces = {}
         self.events = []
         self.down = False
+        if subsystem is not None:          # as the real controller: it registers itself
+            subsystem.add_controller(self, config.cntlid)
 
     def attach_namespace(self, ns):
         self.namespaces[ns.nsid] = ns
@@ -37,6 +39,8 @@ class FakeController:
 
     def shutdown(self):
         self.down = True
+        if self.subsystem is not None and self in self.subsystem.controllers.values():
+            self.subsystem.remove_controller(self)
 
 
 class FakeServer:
@@ -52,9 +56,8 @@ class FakeServer:
 
 @pytest.fixture
 def m(tmp_path, monkeypatch):
-    mod = types.ModuleType("device.nvme.controller")
-    mod.Controller = FakeController
-    monkeypatch.setitem(sys.modules, "device.nvme.controller", mod)
+    import device.nvme.controller as controller_mod
+    monkeypatch.setattr(controller_mod, "Controller", FakeController)
     monkeypatch.setattr(server_mod, "VfioUserServer", FakeServer, raising=False)
     machine = Machine(str(tmp_path))
     yield machine
