@@ -545,6 +545,7 @@ class ControllerDevice(Object):
                 # The controller registers itself with its subsystem (and
                 # leaves it in shutdown()).
                 ctrl = Controller(config, sub.model, iothread)
+                ctrl.name = self.id or self.name or ctrl.name
             except SubsystemError as e:
                 raise PropertyError(f"Parameter 'cntlid': {e}") from None
             except ValueError as e:

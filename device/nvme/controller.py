@@ -32,14 +32,31 @@ from device.nvme.commands import ADMIN, DEFERRED, NVM, Command
 from device.nvme.config import ControllerConfig
 from device.nvme.queues import CompletionQueue, SubmissionQueue
 from device.nvme.spec import BAR0_SIZE, DOORBELL_PAGE_OFFSET, DOORBELL_PAGE_SIZE, SQE, AsyncEventType, LogPage, Reg
-from device.nvme.status import NvmeError, Status, status_field
+from device.nvme.spec import AdminOpcode, NvmOpcode
+from device.nvme.status import NvmeError, Status, status_field, status_name
 from device.pci.function import PciFunction
 from device.vfio_user.dma import DmaError
+from device import trace as T
 
 if TYPE_CHECKING:
     from device.iothread import IOThread
     from device.vfio_user.dma import GuestMemory
     from device.vfio_user.interface import InterruptSink
+
+
+#: Opcode names for traces, derived from the opcode enums ("read", "create-io-sq").
+_IO_NAMES = {int(op): op.name.lower().replace("_", "-") for op in NvmOpcode}
+_ADMIN_NAMES = {int(op): op.name.lower().replace("_", "-") for op in AdminOpcode}
+_AEN_TYPE_NAMES = {int(t): t.name.lower().replace("_", "-") for t in AsyncEventType}
+
+
+
+def _reg_name(offset: int) -> str:
+    """'CC', 'ASQ+4', ... for register traces."""
+    for reg in sorted(Reg, key=int, reverse=True):
+        if reg <= offset < reg + 8 and reg != Reg.DOORBELLS:
+            return reg.name if offset == reg else f"{reg.name}+{offset - reg}"
+    return f"{offset:#x}"
 
 log = logging.getLogger(__name__)
 
@@ -254,6 +271,8 @@ class Controller:
         self.iothread = iothread
         #: Controller ID; the subsystem overwrites it in ``add_controller``.
         self.cntlid = config.cntlid or 1
+        #: Name in traces, events and fault rules (the device id, set by the object model).
+        self.name = config.serial or f"cntlid{self.cntlid}"
         #: Attached and active namespaces of THIS controller, by NSID.
         self.namespaces: dict[int, Any] = {}
         self.hooks = ControllerHooks()
@@ -348,6 +367,8 @@ class Controller:
 
     def reset(self) -> None:
         """Function reset (DEVICE_RESET, FLR, client gone): registers to power-on values."""
+        if T.NVME_CTRL_RESET.enabled:
+            T.NVME_CTRL_RESET.emit(ctrl=self.name, kind="device")
         self._controller_reset()
         self.cc = self.csts = self.aqa = self.asq = self.acq = self.intms = 0
 
@@ -385,10 +406,15 @@ class Controller:
         value = 0
         for i, off in enumerate(range(start, offset + size, 4)):
             value |= self._reg32(off) << (32 * i)
-        return (value >> (8 * (offset - start))) & ((1 << (8 * size)) - 1)
+        value = (value >> (8 * (offset - start))) & ((1 << (8 * size)) - 1)
+        if T.NVME_REG_READ.enabled and offset < DOORBELL_PAGE_OFFSET:
+            T.NVME_REG_READ.emit(ctrl=self.name, reg=_reg_name(offset), offset=offset, size=size, value=value)
+        return value
 
     def write(self, offset: int, size: int, value: int) -> None:
         """BAR0 write: registers or doorbells; a guest mistake is ignored, never raised."""
+        if T.NVME_REG_WRITE.enabled and offset < DOORBELL_PAGE_OFFSET:
+            T.NVME_REG_WRITE.emit(ctrl=self.name, reg=_reg_name(offset), offset=offset, size=size, value=value)
         if offset >= DOORBELL_PAGE_OFFSET:
             if offset < DOORBELL_PAGE_OFFSET + DOORBELL_PAGE_SIZE:
                 self._doorbell_region_write(offset, size, value)
@@ -445,7 +471,11 @@ class Controller:
             else:
                 self._start()
                 self.csts = CSTS_RDY
+                if T.NVME_CTRL_ENABLE.enabled:
+                    T.NVME_CTRL_ENABLE.emit(ctrl=self.name, cc=value)
         elif not value & CC_EN and old & CC_EN:
+            if T.NVME_CTRL_DISABLE.enabled:
+                T.NVME_CTRL_DISABLE.emit(ctrl=self.name, reason="cc.en")
             self._controller_reset()
             self.cc = value
             self.csts = 0
@@ -548,6 +578,8 @@ class Controller:
     def fatal(self, reason: str) -> None:
         """Controller Fatal Status: stop processing until the host resets us."""
         log.error("controller %d: fatal: %s", self.cntlid, reason)
+        if T.NVME_CTRL_FATAL.enabled:
+            T.NVME_CTRL_FATAL.emit(ctrl=self.name, reason=reason)
         self.fatal_reason = reason
         self.csts |= CSTS_CFS
         self._ready = False
@@ -573,11 +605,15 @@ class Controller:
     def create_cq(self, qid: int, base: int, size: int, ien: bool, vector: int) -> CompletionQueue:
         cq = CompletionQueue(qid, base, size, ien, vector)
         self._add_queues(cq)
+        if qid and T.NVME_CREATE_CQ.enabled:
+            T.NVME_CREATE_CQ.emit(ctrl=self.name, qid=qid, size=size, vector=vector, ien=bool(ien))
         return cq
 
     def create_sq(self, qid: int, base: int, size: int, cq: CompletionQueue, qprio: int = 0) -> SubmissionQueue:
         sq = SubmissionQueue(qid, base, size, cq, qprio)
         self._add_queues(sq)
+        if qid and T.NVME_CREATE_SQ.enabled:
+            T.NVME_CREATE_SQ.emit(ctrl=self.name, qid=qid, cqid=cq.qid, size=size, prio=qprio)
         return sq
 
     def delete_sq(self, qid: int) -> None:
@@ -585,6 +621,8 @@ class Controller:
         sq = self._sqs[qid]
         if sq is None:
             return
+        if T.NVME_DELETE_SQ.enabled:
+            T.NVME_DELETE_SQ.emit(ctrl=self.name, qid=qid)
         for cmd in list(sq.deferred.values()):
             self.complete(cmd, Status.SQ_DELETION_ABORT)
         sq.deleted = True
@@ -600,6 +638,8 @@ class Controller:
         cq = self._cqs[qid]
         if cq is None:
             return
+        if T.NVME_DELETE_CQ.enabled:
+            T.NVME_DELETE_CQ.emit(ctrl=self.name, qid=qid)
         self._cqs[qid] = None
         cq.pending.clear()
         if cq in self._irq_cqs:
@@ -672,6 +712,8 @@ class Controller:
         if not self._ready:
             return
         qid = index >> 1
+        if T.NVME_DOORBELL.enabled:
+            T.NVME_DOORBELL.emit(ctrl=self.name, qid=qid, kind="cq" if index & 1 else "sq", value=value)
         if index & 1:
             cq = self._cqs[qid] if qid < len(self._cqs) else None
             if cq is None:
@@ -773,6 +815,8 @@ class Controller:
             cq.irq_pending = False
             if cq.ien and self._cqs[cq.qid] is cq:
                 if hook is None or hook(cq.qid, cq.vector) is not False:
+                    if T.NVME_IRQ.enabled:
+                        T.NVME_IRQ.emit(ctrl=self.name, vector=cq.vector)
                     trigger(cq.vector)
         self._irq_cqs.clear()
 
@@ -790,16 +834,32 @@ class Controller:
         sq.fetched += 1
         cmd = Command(sq.qid, raw[2], raw[0], raw[1], raw[3], raw[6], raw[7], raw[8],
                       raw[9], raw[10], raw[11], raw[12], raw[13], raw[14])
-        status = 0
-        dnr = False
         hooks = self.hooks
-        try:
-            if hooks.on_complete is not None:
-                cmd.fetched_ns = time.monotonic_ns()
-            if hooks.on_submit is not None and hooks.on_submit(cmd) is DEFERRED:
-                self._defer(sq, cmd)
+        if hooks.on_complete is not None or T.NVME_CMD_COMPLETE.enabled:
+            cmd.fetched_ns = time.monotonic_ns()
+        if T.NVME_CMD_SUBMIT.enabled:
+            self._trace_submit(cmd)
+        if hooks.on_submit is not None:
+            try:
+                if hooks.on_submit(cmd) is DEFERRED:
+                    self._defer(sq, cmd)
+                    return
+            except NvmeError as exc:
+                self._post(sq, cmd, exc.status, exc.dnr, exc.more)
                 return
-            if sq.qid:
+            except Exception:
+                log.exception("controller %d: on_submit hook failed", self.cntlid)
+        outcome = self._dispatch(cmd)
+        if outcome is None:
+            self._defer(sq, cmd)
+        else:
+            self._post(sq, cmd, *outcome)
+
+    def _dispatch(self, cmd: Command) -> tuple[int, bool, bool] | None:
+        """Look up and run the command's handler: (status, dnr, more), or None when the
+        handler keeps the command (DEFERRED). Never raises."""
+        try:
+            if cmd.sqid:
                 ns = self.namespaces.get(cmd.nsid)
                 info = (NVM if ns is None else ns.commands).get(cmd.opcode)
                 if info is None:
@@ -819,21 +879,46 @@ class Controller:
             if cmd.flags & 0x3:
                 raise NvmeError(Status.INVALID_FIELD)   # fused operations unsupported
             if info.handler(self, cmd) is DEFERRED:
-                self._defer(sq, cmd)
-                return
+                return None
         except NvmeError as exc:
-            status = exc.status
-            dnr = exc.dnr
             if exc.result:
                 cmd.result = exc.result
+            return exc.status, exc.dnr, exc.more
         except DmaError:
-            status = _DMA_ERROR
+            return _DMA_ERROR, False, False
         except Exception:
             log.exception("controller %d: command %#x on SQ %d (cid %d) failed", self.cntlid, cmd.opcode,
-                          sq.qid, cmd.cid)
-            status = _INTERNAL_ERROR
-            dnr = True
-        self._post(sq, cmd, status, dnr)
+                          cmd.sqid, cmd.cid)
+            return _INTERNAL_ERROR, True, False
+        return 0, False, False
+
+    def run_deferred(self, cmd: Command) -> bool:
+        """Execute a command an ``on_submit`` hook held back (a delay fault), and complete
+        it; False if it is gone already (aborted, SQ deleted, controller reset)."""
+        sq = self._sqs[cmd.sqid] if 0 <= cmd.sqid < len(self._sqs) else None
+        if sq is None or sq.deferred.get(cmd.cid) is not cmd:
+            return False
+        outcome = self._dispatch(cmd)
+        if outcome is None:
+            return True             # the handler keeps it (an AER): it completes later
+        return self.complete(cmd, outcome[0], outcome[1], outcome[2])
+
+    def _trace_submit(self, cmd: Command) -> None:
+        if cmd.sqid:
+            name = _IO_NAMES.get(cmd.opcode) or f"{cmd.opcode:#04x}"
+            slba, nlb = cmd.cdw10 | (cmd.cdw11 << 32), (cmd.cdw12 & 0xFFFF) + 1
+        else:
+            name = _ADMIN_NAMES.get(cmd.opcode) or f"{cmd.opcode:#04x}"
+            slba = nlb = 0
+        T.NVME_CMD_SUBMIT.emit(ctrl=self.name, qid=cmd.sqid, cid=cmd.cid, opcode=name, nsid=cmd.nsid,
+                               slba=slba, nlb=nlb, cdw10=cmd.cdw10, cdw11=cmd.cdw11)
+
+    def _trace_complete(self, cmd: Command, status: int) -> None:
+        names = _IO_NAMES if cmd.sqid else _ADMIN_NAMES
+        lat = (time.monotonic_ns() - cmd.fetched_ns) / 1000 if cmd.fetched_ns else 0.0
+        T.NVME_CMD_COMPLETE.emit(ctrl=self.name, qid=cmd.sqid, cid=cmd.cid,
+                                 opcode=names.get(cmd.opcode) or f"{cmd.opcode:#04x}",
+                                 status=status_name(status), lat_us=lat, result=cmd.result)
 
     def _lookup_admin_ns(self, cmd: Command, mode: str) -> None:
         nsid = cmd.nsid
@@ -851,7 +936,7 @@ class Controller:
             self._deliver_pending = False
             self._deliver_events()
 
-    def _post(self, sq: SubmissionQueue, cmd: Command, status: int, dnr: bool) -> None:
+    def _post(self, sq: SubmissionQueue, cmd: Command, status: int, dnr: bool, more: bool = False) -> None:
         if status:
             if status not in (Status.ABORT_REQUESTED, Status.SQ_DELETION_ABORT):
                 lba = cmd.cdw10 | (cmd.cdw11 << 32) if sq.qid and cmd.opcode in LBA_OPCODES else 0
@@ -866,8 +951,10 @@ class Controller:
                 self.hooks.on_complete(cmd, status)
             except Exception:
                 log.exception("controller %d: on_complete hook failed", self.cntlid)
+        if T.NVME_CMD_COMPLETE.enabled:
+            self._trace_complete(cmd, status)
         cq = sq.cq
-        sf = status_field(status, dnr) << 1
+        sf = status_field(status, dnr, more) << 1
         if cq.pending or cq.full():
             cq.pending.append((cmd.result, cmd.result_dw1, sq.head, sq.qid, cmd.cid, sf))
             return
@@ -878,7 +965,7 @@ class Controller:
         except (DmaError, AttributeError) as exc:
             self.fatal(f"CQ {cq.qid} not in guest memory: {exc}")
 
-    def complete(self, cmd: Command, status: int = 0, dnr: bool = False) -> bool:
+    def complete(self, cmd: Command, status: int = 0, dnr: bool = False, more: bool = False) -> bool:
         """Complete a command a handler kept (DEFERRED). False if it is gone already
         (aborted, its SQ deleted, or the controller reset since)."""
         sq = self._sqs[cmd.sqid] if 0 <= cmd.sqid < len(self._sqs) else None
@@ -890,7 +977,7 @@ class Controller:
                 if aer is cmd:
                     del self._aer_cmds[i]
                     break
-        self._post(sq, cmd, int(status), dnr)
+        self._post(sq, cmd, int(status), dnr, more)
         if not self._in_round:
             self._fire_irqs()
         return True
@@ -930,6 +1017,9 @@ class Controller:
             log.debug("controller %d: async event %s dropped (retention full)", self.cntlid, event)
             return
         self._events.append(event)
+        if T.NVME_AEN_QUEUED.enabled:
+            T.NVME_AEN_QUEUED.emit(ctrl=self.name, aen_type=_AEN_TYPE_NAMES.get(event[0], str(event[0])),
+                                   info=event[1], log_page=event[2])
         self._deliver_events()
 
     def _deliver_events(self) -> None:
@@ -943,6 +1033,9 @@ class Controller:
             self._masked[etype] = page
             cmd = self._aer_cmds.popleft()
             cmd.result = etype | (info << 8) | (page << 16)
+            if T.NVME_AEN_COMPLETE.enabled:
+                T.NVME_AEN_COMPLETE.emit(ctrl=self.name, cid=cmd.cid, aen_type=_AEN_TYPE_NAMES.get(etype, str(etype)),
+                                         info=info, log_page=page)
             self.complete(cmd, Status.SUCCESS)
 
     def log_page_read(self, log_id: int, rae: bool = False) -> None:
@@ -979,9 +1072,12 @@ class Controller:
     def attach_namespace(self, ns: Any) -> None:
         """Make ``ns`` active on this controller (IOThread only; no AEN here)."""
         self.namespaces[ns.nsid] = ns
+        if T.NVME_NS_ATTACH.enabled:
+            T.NVME_NS_ATTACH.emit(ctrl=self.name, nsid=ns.nsid)
 
     def detach_namespace(self, nsid: int) -> None:
-        self.namespaces.pop(nsid, None)
+        if self.namespaces.pop(nsid, None) is not None and T.NVME_NS_DETACH.enabled:
+            T.NVME_NS_DETACH.emit(ctrl=self.name, nsid=nsid)
 
     # ---------------------------------------------------------------- info
     def queue_info(self) -> list[dict[str, Any]]:

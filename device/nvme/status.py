@@ -136,8 +136,10 @@ class NvmeError(Exception):
     retrying; handlers pass ``dnr=False`` for transient conditions.
     """
 
-    def __init__(self, status: Status | int, dnr: bool = True, result: int = 0, msg: str = ""):
+    def __init__(self, status: Status | int, dnr: bool = True, result: int = 0, msg: str = "",
+                 more: bool = False):
         self.status = int(status)
         self.dnr = dnr
+        self.more = more
         self.result = result
         super().__init__(msg or status_name(self.status))

@@ -17,6 +17,8 @@ fire vectors through the ``InterruptSink`` the server binds.
 
 from __future__ import annotations
 
+from device import trace as T
+
 import logging
 from typing import TYPE_CHECKING, Protocol
 
@@ -150,7 +152,11 @@ class PciFunction:
     def region_read(self, index: int, offset: int, count: int) -> bytes:
         if index == RegionIndex.CONFIG:
             self._check(self.config.size, offset, count)
-            return self.config.read(offset, count)
+            data = self.config.read(offset, count)
+            if T.VFU_CONFIG_READ.enabled:
+                T.VFU_CONFIG_READ.emit(ctrl=getattr(self.bar0, "name", ""), offset=offset, size=count,
+                                       value=int.from_bytes(data[:8], "little"))
+            return data
         if index == RegionIndex.BAR0:
             self._check(self.bar0_size, offset, count)
             out = bytearray()
@@ -169,6 +175,9 @@ class PciFunction:
         count = len(data)
         if index == RegionIndex.CONFIG:
             self._check(self.config.size, offset, count)
+            if T.VFU_CONFIG_WRITE.enabled:
+                T.VFU_CONFIG_WRITE.emit(ctrl=getattr(self.bar0, "name", ""), offset=offset, size=count,
+                                        value=int.from_bytes(data[:8], "little"))
             self.config.write(offset, data)
             return
         if index == RegionIndex.BAR0:

@@ -34,6 +34,7 @@ import struct
 import time
 from typing import Any, Callable, NamedTuple
 
+from device import trace as T
 from device.iothread import IOThread
 from device.vfio_user import protocol as P
 from device.vfio_user.dma import DmaMapError, GuestMemory
@@ -239,6 +240,10 @@ class VfioUserServer:
             log.exception("vfio-user %s: device callback %s failed", self.name, getattr(fn, "__name__", fn))
 
     def _emit(self, kind: str, extra: dict[str, Any]) -> None:
+        if kind == "connected" and T.VFU_CLIENT_CONNECT.enabled:
+            T.VFU_CLIENT_CONNECT.emit(ctrl=self.name)
+        elif kind == "disconnected" and T.VFU_CLIENT_DISCONNECT.enabled:
+            T.VFU_CLIENT_DISCONNECT.emit(ctrl=self.name, reason=str(extra.get("reason", "")))
         if self.on_event is None:
             return
         data = {"name": self.name, "path": self.path, "pid": self.client_pid, **extra}
@@ -330,6 +335,8 @@ class VfioUserServer:
         command = header.command
         if self.trace is not None:
             self.trace("rx", command, header.size)
+        if T.VFU_MSG_IN.enabled:
+            T.VFU_MSG_IN.emit(ctrl=self.name, cmd=P.command_name(command), msg_id=header.msg_id, size=header.size)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("vfio-user %s: rx %s id=%d size=%d flags=%#x fds=%d", self.name, P.command_name(command),
                       header.msg_id, header.size, header.flags, len(fds))
@@ -340,32 +347,33 @@ class VfioUserServer:
                 _close(fd)
             return
         no_reply = bool(header.flags & P.MsgFlag.NO_REPLY)
+        failure: tuple[int, str] | None = None
         try:
-            try:
-                if fds_truncated:
-                    raise _Reject(E.EINVAL, f"more than {P.MAX_MSG_FDS} file descriptors")
-                if not self._negotiated and command != P.Command.VERSION:
-                    raise _Reject(E.EINVAL, "request before VERSION negotiation")
-                handler = self._handlers.get(command)
-                if handler is None:
-                    raise _Reject(E.ENOSYS, "unsupported command")
-                if fds and command not in _FD_COMMANDS:
-                    raise _Reject(E.EINVAL, f"{len(fds)} unexpected file descriptor(s)")
-                reply = handler(header, payload, fds)
-            except _Reject as exc:
-                self._error(header, no_reply, exc.errno, str(exc))
-                return
-            except (RegionAccessError, DmaMapError) as exc:
-                self._error(header, no_reply, getattr(exc, "errno", E.EINVAL), str(exc))
-                return
-            except Exception as exc:
-                log.exception("vfio-user %s: %s failed", self.name, P.command_name(command))
-                self._error(header, no_reply, E.EINVAL, f"internal error: {exc}")
-                return
+            if fds_truncated:
+                raise _Reject(E.EINVAL, f"more than {P.MAX_MSG_FDS} file descriptors")
+            if not self._negotiated and command != P.Command.VERSION:
+                raise _Reject(E.EINVAL, "request before VERSION negotiation")
+            handler = self._handlers.get(command)
+            if handler is None:
+                raise _Reject(E.ENOSYS, "unsupported command")
+            if fds and command not in _FD_COMMANDS:
+                raise _Reject(E.EINVAL, f"{len(fds)} unexpected file descriptor(s)")
+            reply = handler(header, payload, fds)
+        except _Reject as exc:
+            failure = exc.errno, str(exc)
+        except (RegionAccessError, DmaMapError) as exc:
+            failure = getattr(exc, "errno", E.EINVAL), str(exc)
+        except Exception as exc:
+            log.exception("vfio-user %s: %s failed", self.name, P.command_name(command))
+            failure = E.EINVAL, f"internal error: {exc}"
         finally:
-            for fd in fds:  # whatever the handler did not take ownership of
+            # Whatever the handler did not take ownership of, closed before any
+            # reply so a client that counts its fds sees them gone.
+            for fd in fds:
                 _close(fd)
-        if not no_reply:
+        if failure is not None:
+            self._error(header, no_reply, *failure)
+        elif not no_reply:
             self._send(header.msg_id, command, P.MsgFlag.REPLY, 0, reply.payload, reply.fds)
 
     def _error(self, header: Any, no_reply: bool, errno: int, why: str) -> None:
@@ -383,6 +391,9 @@ class VfioUserServer:
         data = P.pack_header(msg_id, command, len(payload), flags, error) + payload
         if self.trace is not None:
             self.trace("tx", command, len(data))
+        if T.VFU_MSG_OUT.enabled:
+            T.VFU_MSG_OUT.emit(ctrl=self.name, cmd=P.command_name(command), msg_id=msg_id, size=len(data),
+                               error=error)
         view = memoryview(data)
         anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())] if fds else []
         deadline = 0.0
@@ -468,6 +479,9 @@ class VfioUserServer:
         if len(self.memory.regions) >= P.MAX_DMA_MAPS:
             raise _Reject(E.ENOSPC, "too many DMA mappings")
         self.memory.map(req.addr, req.size, fds[0] if fds else None, req.offset, req.flags)
+        if T.VFU_DMA_MAP.enabled:
+            prot = ("r" if req.flags & P.DmaMapFlag.READ else "") + ("w" if req.flags & P.DmaMapFlag.WRITE else "")
+            T.VFU_DMA_MAP.emit(ctrl=self.name, addr=req.addr, size=req.size, offset=req.offset, prot=prot)
         # the mapping holds its own reference: the fd is closed by _dispatch
         return _EMPTY
 
@@ -477,6 +491,8 @@ class VfioUserServer:
             raise _Reject(E.EINVAL, f"DMA_UNMAP argsz {req.argsz}")
         if req.flags & ~P.DmaUnmapFlag.ALL:
             raise _Reject(E.EINVAL, f"DMA_UNMAP flags {req.flags:#x} (dirty page tracking unsupported)")
+        if T.VFU_DMA_UNMAP.enabled:
+            T.VFU_DMA_UNMAP.emit(ctrl=self.name, addr=req.addr, size=req.size)
         if req.flags & P.DmaUnmapFlag.ALL:
             if req.addr or req.size:
                 raise _Reject(E.EINVAL, "DMA_UNMAP all with a nonzero range")
