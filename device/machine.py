@@ -227,7 +227,8 @@ class Machine(ObjectTree):
                 nss = [n.id for n in sub.namespace_objects()] if sub else []
                 lines.append(f"{dev.id or dev.path()}: vfio-user socket {dev.socket_path} "
                              f"(subsystem {sub.id if sub else '?'}, namespaces: {', '.join(nss) or 'none'}); "
-                             f"QEMU: -device vfio-user-pci,socket={dev.socket_path}")
+                             f"QEMU: -device '{{\"driver\":\"vfio-user-pci\",\"socket\":"
+                             f"{{\"type\":\"unix\",\"path\":\"{dev.socket_path}\"}}}}'")
         return lines
 
     def _check_open(self) -> None:
