@@ -36,11 +36,11 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 #: After the last useful poll, keep spinning (timeout 0) for this long.
-BUSY_SPIN = 0.0002
+BUSY_SPIN = 0.002
 #: First sleep once spinning stops; doubles up to IDLE_POLL_MAX.
 IDLE_POLL_MIN = 0.00005
 #: Longest sleep between polls of shared memory when idle.
-IDLE_POLL_MAX = 0.004
+IDLE_POLL_MAX = 0.002
 
 
 class TimerHandle:
