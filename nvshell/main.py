@@ -184,8 +184,7 @@ async def _script_then_serve(args: argparse.Namespace, ctx: MonitorContext, stop
 
 
 def _apply_trace_options(ctx: MonitorContext, options: list[str]) -> None:
-    if not options:
-        return
+    # Called even without -trace: it installs the tracing sinks (latency statistics).
     from monitor.trace_options import apply_trace_options
     apply_trace_options(ctx, options)
 

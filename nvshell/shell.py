@@ -226,6 +226,7 @@ async def shell_loop(backend: ShellBackend, *, history_file: Path | str | None =
 
     with patch_stdout(raw=True):
         unsubscribe = backend.subscribe(on_event)
+        detach_trace = _attach_trace_view(backend)
         bar_task = loop.create_task(bar.run(lambda: session.app.invalidate())) if bar else None
         try:
             while True:
@@ -243,9 +244,21 @@ async def shell_loop(backend: ShellBackend, *, history_file: Path | str | None =
                     break
         finally:
             unsubscribe()
+            detach_trace()
             if bar_task:
                 bar_task.cancel()
     return 0
+
+
+def _attach_trace_view(backend: ShellBackend) -> Callable[[], None]:
+    """Live trace lines above the prompt for what ``trace-event`` enables in this shell
+    (local monitor only; see ``monitor.hmp_tracing``).  Returns the detach function."""
+    ctx = getattr(backend, "ctx", None)
+    if ctx is None or getattr(ctx, "extra", None) is None:
+        return lambda: None
+    from monitor.hmp_tracing import attach_shell_trace
+
+    return attach_shell_trace(ctx, lambda text: print(text, flush=True))  # patch_stdout: above the prompt
 
 
 async def _execute_interruptible(backend: ShellBackend, line: str, loop: asyncio.AbstractEventLoop) -> HMPResult:

@@ -18,6 +18,7 @@ that goes away mid-command lets the command finish; its reply is dropped.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import enum
 import json
 import logging
@@ -34,6 +35,13 @@ READ_SIZE = 65536
 #: A client that does not read its events is dropped once this much output is queued.
 MAX_OUTPUT_BUFFER = 64 * 1024 * 1024
 NEGOTIATION_EXPECTED = "Expecting capabilities negotiation with 'qmp_capabilities'"
+
+
+#: The session whose command is running (None outside a QMP command: shell, HMP script).
+#: Why a context variable: handlers get only ``(ctx, args)``, and ``ctx`` is shared by every
+#: client; a command that must act for *its* client (``x-trace-subscribe``) reads this.
+CURRENT_SESSION: contextvars.ContextVar[Optional["QMPSession"]] = contextvars.ContextVar(
+    "qmp_current_session", default=None)
 
 
 class SessionState(enum.Enum):
@@ -93,6 +101,7 @@ class QMPSession:
         self._busy = False
         self._held_events: list[dict] = []
         self._on_close = on_close
+        self._close_callbacks: list[Callable[["QMPSession"], None]] = []
 
     # -- output ---------------------------------------------------------------
     def _write(self, message: dict) -> bool:
@@ -124,6 +133,19 @@ class QMPSession:
             self._held_events.append(event)
         else:
             self._write(event)
+
+    def add_close_callback(self, callback: Callable[["QMPSession"], None]) -> None:
+        """Call ``callback(session)`` once when the client goes away (per-client state cleanup)."""
+        if self.state is SessionState.CLOSED:
+            callback(self)
+        else:
+            self._close_callbacks.append(callback)
+
+    def remove_close_callback(self, callback: Callable[["QMPSession"], None]) -> None:
+        try:
+            self._close_callbacks.remove(callback)
+        except ValueError:
+            pass
 
     def _reply(self, has_id: bool, ident: Any, *, result: Any = None, error: Optional[QMPError] = None) -> None:
         message: dict[str, Any] = {"error": error.to_json()} if error is not None else {"return": result}
@@ -204,7 +226,11 @@ class QMPSession:
             return {}
         if name == "qmp_capabilities":
             raise CommandNotFound(ALREADY_NEGOTIATED)
-        return await self.registry.execute(name, arguments, self.ctx)
+        token = CURRENT_SESSION.set(self)
+        try:
+            return await self.registry.execute(name, arguments, self.ctx)
+        finally:
+            CURRENT_SESSION.reset(token)
 
     # -- teardown ---------------------------------------------------------------
     def close(self) -> None:
@@ -218,6 +244,12 @@ class QMPSession:
             pass
         if self._on_close is not None:
             self._on_close(self)
+        callbacks, self._close_callbacks = self._close_callbacks, []
+        for callback in callbacks:
+            try:
+                callback(self)
+            except Exception:  # cleanup of one feature must not stop the others
+                log.exception("QMP session %s: close callback failed", self.peer)
 
     def abort(self) -> None:
         """Drop the connection at once (dead or unresponsive peer)."""
