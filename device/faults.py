@@ -16,16 +16,23 @@ wrong with a bad one.
 
 from __future__ import annotations
 
+import logging
 import random
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from device.errors import PropertyError
 from device.nvme.spec import AdminOpcode, NvmOpcode
 from device.nvme.status import Status
 
-ACTIONS = ("status", "delay", "drop", "corrupt", "dma-error", "fatal", "ns-not-ready", "aen", "irq-loss")
+log = logging.getLogger(__name__)
+
+ACTIONS = ("status", "delay", "drop", "corrupt", "dma-error", "fatal", "ns-not-ready", "ns-remove", "aen",
+           "irq-loss")
+
+#: QMP event sent for every hit of a rule whose ``event`` is on.
+FAULT_EVENT = "X_NVME_FAULT_INJECTED"
 
 #: Opcode names users type: NVM I/O names and admin names, lower-case, hyphenated.
 IO_OPCODES = {op.name.lower().replace("_", "-"): int(op) for op in NvmOpcode}
@@ -38,6 +45,17 @@ AEN_KINDS = {
     "spare": (1, 0x02, 0x02),               # SMART / health: spare below threshold
     "ns-changed": (2, 0x00, 0x04),          # notice: namespace attribute changed
 }
+
+#: SMART Critical Warning bits an AEN kind sets (what ``nvme smart-log`` then shows).
+AEN_WARNING_BITS = {"smart-critical": 0x04, "temperature": 0x02, "spare": 0x01, "ns-changed": 0}
+
+#: Opcode number -> user name, per queue kind (for events and ``info faults``).
+OPCODE_NAMES = {"io": {v: k for k, v in IO_OPCODES.items()}, "admin": {v: k for k, v in ADMIN_OPCODES.items()}}
+
+
+def opcode_label(qid: int, opcode: int) -> str:
+    """'read', 'identify', or '0x99' for an opcode without a name."""
+    return OPCODE_NAMES["admin" if qid == 0 else "io"].get(opcode) or f"{opcode:#04x}"
 
 LBA_OPCODES = {int(NvmOpcode.READ), int(NvmOpcode.WRITE), int(NvmOpcode.COMPARE),
                int(NvmOpcode.WRITE_ZEROES), int(NvmOpcode.VERIFY), int(NvmOpcode.WRITE_UNCORRECTABLE)}
@@ -125,13 +143,17 @@ class FaultRule:
     bits: int = 1
     duration_ms: int = 1000
     aen: str = "smart-critical"
+    #: Send X_NVME_FAULT_INJECTED for each hit (off for high-rate probabilistic rules).
+    event: bool = True
     # counters
     matched: int = 0
     hits: int = 0
     _rng: random.Random = field(default_factory=random.Random, repr=False)
+    #: Chooses the bits action=corrupt flips (seeded apart from ``_rng``: reproducible).
+    bit_rng: random.Random = field(default_factory=random.Random, repr=False)
 
     ARGUMENTS = ("id", "action", "ctrl", "qid", "opcode", "queue", "nsid", "slba", "nlb", "count", "skip",
-                 "probability", "seed", "status", "dnr", "more", "delay", "bits", "duration", "aen")
+                 "probability", "seed", "status", "dnr", "more", "delay", "bits", "duration", "aen", "event")
 
     @classmethod
     def from_args(cls, args: dict[str, Any]) -> "FaultRule":
@@ -143,6 +165,9 @@ class FaultRule:
         rule_id = args.get("id")
         if not rule_id or not isinstance(rule_id, str):
             raise PropertyError("Parameter 'id' is missing")
+        if not all(c.isalnum() or c in "-_." for c in rule_id) or not rule_id[0].isalpha():
+            raise PropertyError(f"Parameter 'id' expects an identifier (a letter, then letters, digits, "
+                                f"'-', '_' or '.'), got '{rule_id}'")
         action = str(args.get("action", "status"))
         if action not in ACTIONS:
             raise PropertyError(f"Parameter 'action' expects one of {', '.join(ACTIONS)}, got '{action}'")
@@ -173,6 +198,7 @@ class FaultRule:
                 raise PropertyError(f"Parameter 'probability' must be between 0 and 1, got {rule.probability}")
         rule.seed = _int(args, "seed", 0, (1 << 63) - 1) or 0
         rule._rng = random.Random(rule.seed)
+        rule.bit_rng = random.Random(rule.seed ^ 0x5EED)
         if "status" in args:
             rule.status = parse_status(args["status"])
         elif action == "status" and rule.opcode is not None and rule.opcode != int(NvmOpcode.READ):
@@ -184,6 +210,7 @@ class FaultRule:
             raise PropertyError("Parameter 'delay' is missing (milliseconds, for action=delay)")
         rule.bits = _int(args, "bits", 1, 64) or 1
         rule.duration_ms = _int(args, "duration", 0, 3_600_000) if "duration" in args else 1000  # type: ignore[assignment]
+        rule.event = _bool(args, "event") if "event" in args else True
         rule.aen = str(args.get("aen", "smart-critical"))
         if rule.aen not in AEN_KINDS:
             raise PropertyError(f"Parameter 'aen' expects one of {', '.join(AEN_KINDS)}, got '{rule.aen}'")
@@ -266,13 +293,18 @@ class FaultRule:
             out["seed"] = self.seed
         if self.action == "status":
             out["status"] = f"{self.status:#05x}"
+            out["status-name"] = Status(self.status).label if self.status in Status._value2member_map_ else "?"
             out["dnr"], out["more"] = self.dnr, self.more
         if self.action == "delay":
             out["delay"] = self.delay_ms
         if self.action == "corrupt":
             out["bits"] = self.bits
-        if self.action == "ns-not-ready":
+        if self.action in ("ns-not-ready", "ns-remove"):
             out["duration"] = self.duration_ms
+        if self.action == "dma-error" and self.dnr:
+            out["dnr"] = True
+        if not self.event:
+            out["event"] = False
         if self.action == "aen":
             out["aen"] = self.aen
         return out
@@ -282,19 +314,33 @@ class FaultSet:
     """All fault rules of one nvshell process; shared by every controller.
 
     ``rules`` is replaced, never mutated, so a controller thread iterating it
-    needs no lock; ``listeners`` are told about every hit (QMP events, traces).
+    needs no lock.  ``listeners`` are told about every hit (tests, tools);
+    ``publish(event, data)`` (the machine's) sends ``X_NVME_FAULT_INJECTED`` for
+    rules with ``event`` on; ``watchers`` are called after every change of the
+    rule set, so each controller's injector can install its hooks only while a
+    rule concerns it (the data path pays nothing otherwise).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, publish: Callable[[str, dict[str, Any]], None] | None = None) -> None:
         self.rules: tuple[FaultRule, ...] = ()
         self._lock = threading.Lock()
         self.listeners: list[Callable[[FaultRule, str, dict[str, Any]], None]] = []
+        self.watchers: list[Callable[[], None]] = []
+        self.publish = publish
+
+    def _changed(self) -> None:
+        for watcher in list(self.watchers):
+            try:
+                watcher()
+            except Exception:  # one controller's trouble must not stop the others
+                log.exception("fault rule watcher %r failed", watcher)
 
     def add(self, rule: FaultRule) -> FaultRule:
         with self._lock:
             if any(r.id == rule.id for r in self.rules):
                 raise PropertyError(f"Fault rule '{rule.id}' already exists")
             self.rules = self.rules + (rule,)
+        self._changed()
         return rule
 
     def remove(self, rule_id: str) -> FaultRule:
@@ -302,12 +348,19 @@ class FaultSet:
             for rule in self.rules:
                 if rule.id == rule_id:
                     self.rules = tuple(r for r in self.rules if r is not rule)
-                    return rule
-        raise PropertyError(f"Fault rule '{rule_id}' not found")
+                    break
+            else:
+                raise PropertyError(f"Fault rule '{rule_id}' not found")
+        self._changed()
+        return rule
 
     def clear(self) -> None:
         with self._lock:
             self.rules = ()
+        self._changed()
+
+    def get(self, rule_id: str) -> FaultRule | None:
+        return next((r for r in self.rules if r.id == rule_id), None)
 
     def check(self, ctrl: str, qid: int, opcode: int, nsid: int, cdw10: int, cdw11: int,
               cdw12: int, cid: int = 0) -> FaultRule | None:
@@ -320,11 +373,28 @@ class FaultSet:
                         listener(rule, rule.action, detail)
                     except Exception:  # a broken listener must not break the data path
                         pass
+                if self.publish is not None and rule.event:
+                    data: dict[str, Any] = {"id": rule.id, "action": rule.action, "device": ctrl, "qid": qid,
+                                            "cid": cid, "opcode": opcode_label(qid, opcode), "nsid": nsid,
+                                            "hits": rule.hits}
+                    if qid and opcode in LBA_OPCODES:
+                        data["slba"], data["nlb"] = cdw10 | (cdw11 << 32), (cdw12 & 0xFFFF) + 1
+                    try:
+                        self.publish(FAULT_EVENT, data)
+                    except Exception:
+                        log.exception("publishing %s failed", FAULT_EVENT)
                 return rule
         return None
+
+    def concerns(self, ctrl: str) -> list[FaultRule]:
+        """The rules that may hit commands of controller ``ctrl``."""
+        return [r for r in self.rules if r.ctrl is None or r.ctrl == ctrl]
 
     def __bool__(self) -> bool:
         return bool(self.rules)
 
-    def __iter__(self):
+    def __len__(self) -> int:
+        return len(self.rules)
+
+    def __iter__(self) -> Iterator[FaultRule]:
         return iter(self.rules)

@@ -28,6 +28,7 @@ import threading
 from typing import Any, Callable
 
 from device import objects as nvme_objects
+from device.faults import FaultSet
 from device.errors import NvshellError, ObjectError, ObjectNotFound, PropertyError
 from device.qom import TYPES, Object, ObjectTree, TypeRegistry
 
@@ -48,6 +49,8 @@ class Machine(ObjectTree):
         self._sub_lock = threading.Lock()
         self._deferred: collections.deque[Callable[[], None]] = collections.deque()
         self._closed = False
+        #: Fault injection rules, applied by an injector on every controller (device/faults.py).
+        self.faults = FaultSet(publish=self.publish)
 
     # ---------------------------------------------------------------- events
     def subscribe(self, callback: EventCallback) -> Callable[[], None]:

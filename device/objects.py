@@ -463,6 +463,7 @@ class ControllerDevice(Object):
     server: Any = None
     iothread: Any = None
     machine: Any = None
+    injector: Any = None
     socket_path: str | None = None
 
     def subsys_obj(self) -> SubsystemObject | None:
@@ -552,6 +553,10 @@ class ControllerDevice(Object):
                 raise ObjectError(f"{self.id}: {e}") from None
             self.model = ctrl
             self.iothread = iothread
+            faults = getattr(m, "faults", None)
+            if faults is not None:
+                from device.nvme.fault_injector import install as install_faults
+                self.injector = install_faults(ctrl, faults)
             for ns in sub.namespace_objects():
                 if ns.model is None or sub.model.is_attached(ns.model.nsid, ctrl):
                     continue
@@ -565,6 +570,9 @@ class ControllerDevice(Object):
             self.server = server
         except BaseException as e:
             self.model = None
+            if self.injector is not None:
+                _quiet(self.injector.uninstall)
+                self.injector = None
             if server is not None:
                 _quiet(server.close)
             if ctrl is not None:
@@ -586,6 +594,9 @@ class ControllerDevice(Object):
         sub = self.subsys_obj()
         if self.server is not None:
             _quiet(self.server.close)
+        if self.injector is not None:
+            _quiet(self.injector.uninstall)
+            self.injector = None
         if self.model is not None:
             # Controller state belongs to its IOThread: shut it down there.
             if self.iothread is not None and self.iothread.running:

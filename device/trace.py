@@ -571,6 +571,10 @@ NVME_CTRL_FATAL = _p("nvme_ctrl_fatal", ctrl=str, reason=str, doc="controller fa
 NVME_NS_ATTACH = _p("nvme_ns_attach", ctrl=str, nsid=int, doc="namespace attached to the controller")
 NVME_NS_DETACH = _p("nvme_ns_detach", ctrl=str, nsid=int, doc="namespace detached from the controller")
 
+# Fault injection
+NVME_FAULT_HIT = _p("nvme_fault_hit", ctrl=str, rule=str, action=str, qid=int, cid=int, opcode=str,
+                    doc="a fault rule hit a command (device/faults.py)")
+
 del _p
 
 __all__ = [

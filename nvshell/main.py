@@ -75,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also serve QMP on this address (repeatable); RUN_DIR/qmp.sock is always served")
     parser.add_argument("-trace", action="append", default=[], metavar="PATTERN|file=PATH",
                         help="enable trace events matching PATTERN, or record them to a file")
+    parser.add_argument("-fault", action="append", default=[], metavar="id=ID[,MATCH...],action=ACTION[,...]",
+                        help="add a fault injection rule, as the shell's fault_add (repeatable; see README)")
     parser.add_argument("--run-dir", type=Path, default=None, metavar="DIR",
                         help="directory for sockets (default $XDG_RUNTIME_DIR/nvshell or /tmp/nvshell-$UID, "
                              "created owner-only)")
@@ -139,6 +141,9 @@ async def serve(args: argparse.Namespace, run_dir: Path, specs: "cmdline.Specs",
             cmdline.apply(machine, specs)
         ctx = MonitorContext(machine=machine, request_shutdown=stop.set)
         _apply_trace_options(ctx, args.trace)
+        if args.fault:
+            from monitor.commands_faults import apply_fault_options
+            apply_fault_options(machine, args.fault)
         for address in [parse_qmp_address(f"unix:{run_dir / 'qmp.sock'},server=on,wait=off"), *qmp_addresses]:
             server = QMPServer(ctx)
             await server.listen(address)
