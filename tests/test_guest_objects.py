@@ -223,3 +223,34 @@ def test_guest_namespace_management_and_attachment(tmp_path: Path) -> None:
     assert sorted(tree["attached"]["attached"]) == ["ctrla", "ctrlb"], tree
     assert len(tree["detached"]["attached"]) == 1, tree
     assert "ns-auto-2" not in tree["deleted"]["objects"], tree
+
+
+# ------------------------------------------------------------ controller removal
+def test_device_del_one_controller_keeps_namespace_and_other_path(tmp_path: Path) -> None:
+    """device_del of one of two controllers while fio verify runs on the shared namespace:
+    the guest drops that path (AEN) and sees the controller die (reset finds no device),
+    fio fails over without an error, and the namespace object survives."""
+    results: dict[str, Any] = {}
+
+    async def remove(qmp: Any) -> None:
+        await qmp.execute("device_del", {"id": "ctrlb"})
+        results["attached"] = await qmp.execute("qom-get", {"path": "/objects/ns1", "property": "attached"})
+        results["controllers"] = await qmp.execute("qom-get", {"path": "/objects/subsys0",
+                                                               "property": "controllers"})
+
+    with NvshellProcess(tmp_path / "run", *TWO_CTRLS).start(wait_for=SOCKETS) as nv:
+        rc, out, events = asyncio.run(drive_guest(nv, "obj-ctrl-remove.sh", {"remove-b": remove},
+                                                  env={"SIZE": "16M"}))
+        log = nv.log()
+    assert rc == 0, out + log
+    assert "HOST-ERROR" not in out and "TIMEOUT" not in out, out
+    line = seen(out, "remove-b")
+    t0, t1 = map(float, re.search(r"after ([\d.]+)\.\.([\d.]+)", line).groups())
+    assert t1 - t0 < 5, out                          # no I/O timeout (30 s) involved
+    assert "paths=1" in line, out
+    assert re.search(r"states=(dead live|live dead)", out), out
+    assert "resetting controller due to persistent internal error" in out, out
+    assert re.search(r"### fio during removal: \d+ passes, 0 failures", out), out
+    assert "ok" in seen(out, "fio-after"), out
+    assert results["attached"] == ["ctrla"] and results["controllers"] == ["ctrla"], results
+    assert any(e["event"] == "DEVICE_DELETED" and e["data"].get("device") == "ctrlb" for e in events), events

@@ -283,6 +283,9 @@ class Controller:
         self.changed_namespaces: list[int] = []
         self.memory: "GuestMemory | None" = None
         self.fatal_reason: str | None = None
+        #: Set by ``surprise_remove``: BAR0 reads all ones and ignores writes, as a
+        #: PCIe function gone from the bus.
+        self.removed = False
 
         self.cap = (config.mqes & 0xFFFF) | (1 << 16) | (CAP_TO << 24) \
             | ((CAP_CSS_NVM | CAP_CSS_IOCS) << 37)
@@ -402,6 +405,8 @@ class Controller:
 
     def read(self, offset: int, size: int) -> int:
         """BAR0 read of 1/2/4/8 bytes; any alignment works (combined from dwords)."""
+        if self.removed:
+            return (1 << (8 * size)) - 1
         start = offset & ~3
         value = 0
         for i, off in enumerate(range(start, offset + size, 4)):
@@ -413,6 +418,8 @@ class Controller:
 
     def write(self, offset: int, size: int, value: int) -> None:
         """BAR0 write: registers or doorbells; a guest mistake is ignored, never raised."""
+        if self.removed:
+            return
         if T.NVME_REG_WRITE.enabled and offset < DOORBELL_PAGE_OFFSET:
             T.NVME_REG_WRITE.emit(ctrl=self.name, reg=_reg_name(offset), offset=offset, size=size, value=value)
         if offset >= DOORBELL_PAGE_OFFSET:
@@ -574,6 +581,16 @@ class Controller:
             self._db_map[DOORBELL_PAGE_OFFSET:DOORBELL_PAGE_OFFSET + DOORBELL_PAGE_SIZE] = bytes(DOORBELL_PAGE_SIZE)
         self._db_bytes = 0
         self._db_last = bytearray()
+
+    def surprise_remove(self) -> None:
+        """device_del while a host runs (IOThread only): a Persistent Internal Error AEN makes
+        Linux reset the controller at once; the reset then finds the function gone (reads all
+        ones) and the host removes the device, failing its I/O over to other paths, instead of
+        hanging until an I/O timeout."""
+        self.post_async_event(AsyncEventType.ERROR, 0x03, LogPage.ERROR)
+        self.removed = True
+        self._ready = False
+        self._more = False
 
     def fatal(self, reason: str) -> None:
         """Controller Fatal Status: stop processing until the host resets us."""
@@ -866,6 +883,11 @@ class Controller:
                     raise NvmeError(Status.INVALID_OPCODE)
                 if ns is None:
                     if info.nsid == "required":
+                        # Shared and still reachable through another controller (detached
+                        # here while I/O was in flight): a path error, which a multipath host
+                        # fails over, instead of an error it returns to the application.
+                        if self.subsystem is not None and self.subsystem.attached_controllers(cmd.nsid):
+                            raise NvmeError(Status.INTERNAL_PATH_ERROR, dnr=False)
                         raise NvmeError(Status.INVALID_NSID)
                 elif not ns.ready:
                     raise NvmeError(Status.NS_NOT_READY, dnr=False)
