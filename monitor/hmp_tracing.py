@@ -101,6 +101,7 @@ class ShellTraceView:
         elif not want and self._registered:
             self.tracing.registry.remove_sink(self)
             self._registered = False
+            self.flush()  # what was queued before 'off' is still shown
 
     # -- printing (shell loop) ----------------------------------------------------------
     def _schedule(self) -> None:

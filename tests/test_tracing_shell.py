@@ -56,6 +56,7 @@ def shell(tmp_path: Path) -> Iterator[pexpect.spawn]:
     child = pexpect.spawn(sys.executable, ["-m", "nvshell", "--run-dir", str(tmp_path / "run"),
                                            "--history-file", str(tmp_path / "hist")],
                           env=env, cwd=str(REPO), encoding="utf-8", timeout=15, dimensions=(40, 200))
+    child.logfile_read = open(tmp_path / "pty.log", "w")  # the whole session, for failures
     child.expect(PROMPT)
     yield child
     if child.isalive():
@@ -72,45 +73,45 @@ def in_thread(fn) -> threading.Thread:  # type: ignore[no-untyped-def]
     return t
 
 
+def command(shell: pexpect.spawn, *lines: str, expect: str) -> None:
+    """Type ``lines``, then wait for ``expect`` in the output.
+
+    Why not just the prompt: prompt_toolkit redraws "(nvshell)" while a line is typed,
+    so only a command's own output proves that it (and the lines before it) ran."""
+    for line in lines:
+        shell.sendline(line)
+    shell.expect(expect)
+
+
 def test_shell_shows_records_live_and_prompt_stays_usable(shell: pexpect.spawn, tmp_path: Path) -> None:
     g = SocketGuest(tmp_path / "run" / "ctrl0.sock")
     try:
-        # Enabled by nobody in this shell: the set-up commands print nothing.
+        # Nothing enabled in this shell yet: the set-up commands print nothing.
         buf = g.setup_io_queue()
-        shell.sendline("trace-event nvme_cmd_* on")
-        shell.expect(PROMPT)
-        shell.sendline("trace-filter qid=1,opcode=write")
-        shell.expect(PROMPT)
+        command(shell, "trace-event nvme_cmd_* on", "trace-filter qid=1,opcode=write", "trace-filter",
+                expect=r"filter: qid=1,opcode=write")
         t = in_thread(lambda: (g.io(buf, 3, 0x02), g.io(buf, 5, 0x01)))
         for _ in range(5):
             shell.expect(r"nvme_cmd_submit \d\d:\d\d:\d\d\.\d{6} ctrl=ctrl0 qid=1 cid=\d+ opcode=write nsid=1")
         t.join(10)
+        assert "opcode=read" not in shell.before
         # The prompt still works while records arrive and after.
-        shell.sendline("info trace-events nvme_cmd_submit")
-        shell.expect("nvme_cmd_submit : state 1")
-        shell.expect(PROMPT)
-        before = shell.before
-        assert "opcode=read" not in before
+        command(shell, "info trace-events nvme_cmd_submit", expect="nvme_cmd_submit : state 1")
         # Rate limit: at most 5 lines a second, then a count of what was dropped.
-        shell.sendline("trace-filter rate=5")
-        shell.expect(PROMPT)
+        command(shell, "trace-filter rate=5", "trace-filter", expect=r"rate: 5 lines/s")
         t = in_thread(lambda: g.io(buf, 60))
         shell.expect(r"\.\.\. (\d+) trace lines dropped", timeout=20)
         assert int(shell.match.group(1)) > 0
         t.join(20)
-        shell.sendline("trace-filter")
-        shell.expect(r"filter: qid=1,opcode=write")
-        shell.expect(r"rate: 5 lines/s \((\d+) dropped so far\)")
+        command(shell, "trace-filter", expect=r"rate: 5 lines/s \((\d+) dropped so far\)")
         assert int(shell.match.group(1)) >= 50
-        shell.expect(PROMPT)
-        # Off: no more lines.
-        shell.sendline("trace-event nvme_cmd_* off")
-        shell.expect(PROMPT)
+        # Off: no more lines; the latency statistics kept what was traced.
+        command(shell, "trace-event nvme_cmd_* off", "info trace-events nvme_cmd_submit",
+                expect="nvme_cmd_submit : state 0")
         g.io(buf, 3)
-        shell.sendline("info latency ctrl0")
-        shell.expect(r"ctrl0 write: n=\d+ errors=0")
-        shell.expect(PROMPT)
+        command(shell, "info latency ctrl0", expect=r"ctrl0 write: n=65 errors=0")
         assert "nvme_cmd_submit" not in shell.before
+        shell.expect(r"\|#+\|")                       # the histogram bars
         shell.sendline("quit")
         shell.expect(pexpect.EOF)
     finally:
