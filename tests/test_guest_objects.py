@@ -117,7 +117,7 @@ def test_two_controllers_one_subsystem_multipath(tmp_path: Path) -> None:
     assert re.search(r"^### subsystems: nvme-subsys\d+ $", first, re.M), out
     assert len(re.findall(r"^  ctrl nvme\d+ cntlid=\d+ state=live", first, re.M)) == 2, out
     assert len(re.findall(r"^  head nvme\d+n1$", first, re.M)) == 1, out
-    nqns = set(re.findall(r"nqn=(\S+)", first))
+    nqns = set(re.findall(r"\bnqn=(\S+)", first))
     assert len(nqns) == 1, out
     assert "cmic : 0x2" in out, out            # multi-controller subsystem
     assert "nmic : 0x1" in out, out            # shared namespace
