@@ -24,6 +24,7 @@ from monitor.context import MonitorContext
 from monitor.qmp.address import parse_qmp_address
 from monitor.qmp.server import QMPServer
 from nvshell import cmdline
+from nvshell.shell import route_sigint, unroute_sigint
 
 log = logging.getLogger("nvshell")
 
@@ -150,9 +151,12 @@ async def serve(args: argparse.Namespace, run_dir: Path, specs: "cmdline.Specs",
             servers.append(server)
         for sig in (signal.SIGTERM, signal.SIGHUP):
             loop.add_signal_handler(sig, stop.set)
+        # SIGINT: cancel the shell's running command, else stop cleanly like SIGTERM (status 0).
+        route_sigint(loop, stop.set)
         _announce(machine, servers, quiet=not sys.stdin.isatty() and not args.no_shell)
         return await _run_frontend(args, ctx, stop)
     finally:
+        unroute_sigint(loop)
         for server in servers:
             await server.close()
         machine.shutdown()

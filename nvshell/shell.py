@@ -12,10 +12,13 @@ prompt; only asynchronous output (events, trace lines printed by other code) goe
 from __future__ import annotations
 
 import asyncio
+import codecs
 import json
 import os
 import signal
+import stat
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Protocol, TextIO
@@ -78,10 +81,10 @@ async def script_loop(backend: ShellBackend, stream: TextIO, *, keep_going: bool
     loop (device sockets, QMP clients) keeps running while stdin blocks."""
     out = out or sys.stdout
     err = err or sys.stderr
-    loop = asyncio.get_running_loop()
     status = 0
+    lines = LineReader(stream)
     while True:
-        line = await loop.run_in_executor(None, stream.readline)
+        line = await lines.readline()
         if not line:
             break
         line = line.strip()
@@ -97,6 +100,74 @@ async def script_loop(backend: ShellBackend, stream: TextIO, *, keep_going: bool
         if result.quit:
             break
     return status
+
+
+class LineReader:
+    """Lines of a script stream, read without blocking the loop and abandoned on cancel.
+
+    Why not ``run_in_executor(stream.readline)``: a worker blocked in ``readline`` on a pipe
+    that never closes keeps ``asyncio.run`` from returning (it joins the default executor),
+    so SIGTERM or QMP ``quit`` would hang until the writer closed the pipe; and a thread
+    inside ``sys.stdin``'s buffered reader holds its lock at interpreter shutdown.  Pipes,
+    terminals and sockets are therefore read with ``os.read`` on the raw descriptor in a
+    daemon thread that holds no Python lock; regular files and in-memory streams never
+    block, so they are read directly."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self._queue: asyncio.Queue[str | None] | None = None
+        self._fd: int | None = None
+        try:
+            fd = stream.fileno()
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                self._fd = fd
+        except (AttributeError, OSError, ValueError):  # StringIO and friends: no descriptor
+            pass
+
+    async def readline(self) -> str:
+        """The next line with its newline, or ``""`` at end of input."""
+        if self._fd is None:
+            return self.stream.readline()
+        if self._queue is None:
+            self._queue = asyncio.Queue()
+            loop = asyncio.get_running_loop()
+            threading.Thread(target=self._pump, args=(self._fd, loop, self._queue),
+                             name="nvshell-stdin", daemon=True).start()
+        line = await self._queue.get()
+        if line is None:
+            self._queue.put_nowait(None)  # stay at EOF for later calls
+            return ""
+        return line
+
+    @staticmethod
+    def _pump(fd: int, loop: asyncio.AbstractEventLoop, queue: "asyncio.Queue[str | None]") -> None:
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        pending = ""
+
+        def put(item: str | None) -> bool:
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+                return True
+            except RuntimeError:  # the loop is gone: nobody wants the rest
+                return False
+
+        while True:
+            try:
+                chunk = os.read(fd, 65536)
+            except InterruptedError:
+                continue
+            except OSError:
+                chunk = b""
+            pending += decoder.decode(chunk, final=not chunk)
+            while "\n" in pending:
+                line, pending = pending.split("\n", 1)
+                if not put(line + "\n"):
+                    return
+            if not chunk:
+                if pending:
+                    put(pending)
+                put(None)
+                return
 
 
 # ---------------------------------------------------------------------------------------
@@ -169,9 +240,23 @@ def format_toolbar(ctrls: list[dict[str, Any]], namespaces: int, iops: float) ->
 
 
 def format_event(event: dict[str, Any]) -> str:
-    """One line per QMP event, shown above the prompt."""
+    """One line per QMP event, shown above the prompt.
+
+    Guest connects/disconnects and device removal read as sentences
+    (``[event] ctrl0: guest connected (pid 4242)``) because they are what a user watches
+    for; any other event shows its name and compact JSON data."""
+    name = str(event.get("event"))
     data = event.get("data") or {}
-    return f"[event] {event.get('event')}" + (f" {json.dumps(data, separators=(',', ':'))}" if data else "")
+    if name in ("X_NVME_CLIENT_CONNECTED", "X_NVME_CLIENT_DISCONNECTED") and isinstance(data, dict):
+        who = data.get("device") or data.get("name") or "?"
+        what = "connected" if name.endswith("_CONNECTED") and not name.endswith("DISCONNECTED") else "disconnected"
+        details = [f"pid {data['pid']}"] if data.get("pid") else []
+        if data.get("reason"):
+            details.append(str(data["reason"]))
+        return f"[event] {who}: guest {what}" + (f" ({', '.join(details)})" if details else "")
+    if name == "DEVICE_DELETED" and isinstance(data, dict) and data.get("device"):
+        return f"[event] {data['device']}: device deleted"
+    return f"[event] {name}" + (f" {json.dumps(data, separators=(',', ':'))}" if data else "")
 
 
 def make_session(backend: ShellBackend, *, history_file: Path | str | None = None,
@@ -231,7 +316,10 @@ async def shell_loop(backend: ShellBackend, *, history_file: Path | str | None =
         try:
             while True:
                 try:
-                    line = await session.prompt_async()
+                    # With the program's SIGINT routing in place, prompt_toolkit must not
+                    # install (and on return remove) a SIGINT handler of its own: that would
+                    # drop ours.  The Ctrl-C key still cancels the line (it is a key in raw mode).
+                    line = await session.prompt_async(handle_sigint=not _Sigint.routed)
                 except KeyboardInterrupt:
                     continue
                 except EOFError:
@@ -261,21 +349,68 @@ def _attach_trace_view(backend: ShellBackend) -> Callable[[], None]:
     return attach_shell_trace(ctx, lambda text: print(text, flush=True))  # patch_stdout: above the prompt
 
 
+class _Sigint:
+    """Where SIGINT goes while the program runs.
+
+    Why one process-wide handler: asyncio keeps a single handler per signal, so if the shell
+    installed its own around each command, removing it afterwards would drop the program's
+    (SIGINT would then kill the process with a traceback and leave its sockets behind).
+    ``route_sigint`` installs the program's handler once: it cancels the command the shell
+    is running, if any, and otherwise stops the program cleanly."""
+
+    routed: bool = False
+    running: "asyncio.Future[Any] | None" = None
+
+
+def route_sigint(loop: asyncio.AbstractEventLoop, fallback: Callable[[], None]) -> bool:
+    """Install the program's SIGINT handler on ``loop``: cancel the running shell command,
+    else call ``fallback()``.  Returns False where signals cannot be handled (not the main
+    thread)."""
+
+    def on_sigint() -> None:
+        task = _Sigint.running
+        if task is not None and not task.done():
+            task.cancel()
+        else:
+            fallback()
+
+    try:
+        loop.add_signal_handler(signal.SIGINT, on_sigint)
+    except (RuntimeError, ValueError, NotImplementedError):
+        return False
+    _Sigint.routed = True
+    return True
+
+
+def unroute_sigint(loop: asyncio.AbstractEventLoop) -> None:
+    """Undo ``route_sigint`` (the default SIGINT behaviour comes back)."""
+    if _Sigint.routed:
+        _Sigint.routed = False
+        try:
+            loop.remove_signal_handler(signal.SIGINT)
+        except (RuntimeError, ValueError, NotImplementedError):
+            pass
+
+
 async def _execute_interruptible(backend: ShellBackend, line: str, loop: asyncio.AbstractEventLoop) -> HMPResult:
     """Run a line; Ctrl-C while it runs cancels it (one error line) instead of killing the program."""
     task = asyncio.ensure_future(backend.execute(line))
     installed = False
-    try:
-        loop.add_signal_handler(signal.SIGINT, task.cancel)
-        installed = True
-    except (RuntimeError, ValueError, NotImplementedError):  # not the main thread, or no signals
-        pass
+    _Sigint.running = task
+    if not _Sigint.routed:  # remote shell, tests: no program handler, install our own for the command
+        try:
+            loop.add_signal_handler(signal.SIGINT, task.cancel)
+            installed = True
+        except (RuntimeError, ValueError, NotImplementedError):  # not the main thread, or no signals
+            pass
     try:
         return await task
     except asyncio.CancelledError:
-        if asyncio.current_task() is not None and asyncio.current_task().cancelling():  # type: ignore[union-attr]
+        current = asyncio.current_task()
+        if current is not None and current.cancelling():
             raise
         return HMPResult("Error: interrupted\n", False)
     finally:
+        _Sigint.running = None
         if installed:
             loop.remove_signal_handler(signal.SIGINT)
