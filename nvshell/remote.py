@@ -9,6 +9,8 @@ Works against QEMU too, minus the ``x-nvme-*`` parts.
 from __future__ import annotations
 
 import asyncio
+import logging
+import signal
 import sys
 from pathlib import Path
 from typing import Any, Callable, TextIO
@@ -68,12 +70,23 @@ class RemoteBackend:
             text = await self.query("human-monitor-command", {"command-line": line})
         except QMPError as exc:
             return HMPResult(f"Error: {exc.desc}\n", False)
-        except Exception as exc:  # connection lost: the shell must say so and go on
+        except Exception as exc:
+            if not self.connected():  # the remote nvshell went away: say so once and end the shell
+                return HMPResult("Error: connection to the nvshell monitor lost\n", False, True)
             return HMPResult(f"Error: {type(exc).__name__}: {exc}\n", False)
         text = str(text).replace("\r\n", "\n")
         # HMP over QMP has no status; a failed command's whole output is one Error line.
         ok = not text.startswith("Error: ")
         return HMPResult(text, ok)
+
+    def connected(self) -> bool:
+        """Whether the QMP connection is still up (``QMPClient.runstate`` is ``RUNNING``)."""
+        try:
+            from qemu.qmp import Runstate
+
+            return bool(self.client.runstate == Runstate.RUNNING)
+        except Exception:
+            return False
 
     def subscribe(self, callback: Callable[[dict[str, Any]], None]) -> Callable[[], None]:
         """Forward the server's events (QMPClient's default listener) to ``callback``."""
@@ -112,8 +125,12 @@ async def run_remote(address: str, *, history_file: Path | str | None = None, in
     """Connect and run the shell (stdin a TTY) or the script reader (otherwise).
 
     Returns the exit status: 1 when the connection fails or a script command fails."""
-    from nvshell.shell import script_loop, shell_loop
+    from nvshell.shell import route_sigint, script_loop, shell_loop, unroute_sigint
 
+    # qemu.qmp logs connection failures at ERROR on stderr, which would repeat our own error
+    # line and, mid-session, garble the prompt: keep it quiet unless -v asked for logs.
+    if logging.getLogger().getEffectiveLevel() >= logging.WARNING:
+        logging.getLogger("qemu.qmp").setLevel(logging.CRITICAL)
     try:
         client = await connect(address)
     except Exception as exc:
@@ -122,11 +139,41 @@ async def run_remote(address: str, *, history_file: Path | str | None = None, in
     backend = RemoteBackend(client)
     if interactive is None:
         interactive = stream is None and sys.stdin.isatty()
+    # SIGINT cancels a running command, else ends this shell cleanly (status 0), as locally.
+    loop = asyncio.get_running_loop()
+    me = asyncio.current_task()
+    interrupted = False
+
+    def on_interrupt() -> None:
+        nonlocal interrupted
+        interrupted = True
+        if me is not None:
+            me.cancel()
+
+    routed = route_sigint(loop, on_interrupt) if me is not None else False
+    # SIGTERM/SIGHUP end the shell the same way, so prompt_toolkit restores the terminal.
+    stoppers: list[signal.Signals] = []
+    if routed:
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            try:
+                loop.add_signal_handler(sig, on_interrupt)
+                stoppers.append(sig)
+            except (RuntimeError, ValueError, NotImplementedError):
+                pass
     try:
         if interactive:
             return await shell_loop(backend, history_file=history_file, input=input, output=output, out=out)
         return await script_loop(backend, stream or sys.stdin, keep_going=keep_going, out=out)
+    except asyncio.CancelledError:
+        if not interrupted or me is None:
+            raise
+        me.uncancel()
+        return 0
     finally:
+        if routed:
+            unroute_sigint(loop)
+        for sig in stoppers:
+            loop.remove_signal_handler(sig)
         try:
             await client.disconnect()
         except Exception:

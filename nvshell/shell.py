@@ -309,6 +309,7 @@ async def shell_loop(backend: ShellBackend, *, history_file: Path | str | None =
     def on_event(event: dict[str, Any]) -> None:
         print(format_event(event), flush=True)  # through patch_stdout: above the prompt
 
+    status = 0
     with patch_stdout(raw=True):
         unsubscribe = backend.subscribe(on_event)
         detach_trace = _attach_trace_view(backend)
@@ -328,14 +329,15 @@ async def shell_loop(backend: ShellBackend, *, history_file: Path | str | None =
                 if result.text:
                     result_out.write(result.text)
                     result_out.flush()
-                if result.quit:
+                if result.quit:  # `quit` (status 0), or a lost connection (its error line, status 1)
+                    status = 0 if result.ok else 1
                     break
         finally:
             unsubscribe()
             detach_trace()
             if bar_task:
                 bar_task.cancel()
-    return 0
+    return status
 
 
 def _attach_trace_view(backend: ShellBackend) -> Callable[[], None]:

@@ -596,11 +596,12 @@ def test_connect_to_a_headless_nvshell(tmp: Path) -> None:
             remote.type(",id=ns7,si\t")
             remote.child.expect("ze=")
             assert remote.run("1M,attached-to=all").strip() == ""
-            remote.type("qom-get /objects/n\t")
-            remote.child.expect("s7")
-            remote.type(" ns\t")
-            remote.child.expect("id")
-            assert remote.run("").strip() == "2"
+            remote.type("qom-get /objects/su\t")
+            remote.child.expect("bsys0")
+            remote.type(" names\t")
+            remote.child.expect("paces")
+            assert "ns7" in remote.run("")
+            assert remote.line == "qom-get /objects/subsys0 namespaces"
             tree = remote.run("info qtree -b")
             assert 'dev: x-nvme-ns-nvm, id "ns7"' in tree and 'attached: x-nvme-ns-nvm, id "ns7", nsid 2' in tree
 
@@ -661,3 +662,37 @@ def test_connect_failure_is_one_error_line(tmp: Path) -> None:
     assert done.returncode == 1
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("nvshell: error:"), done.stderr
+
+
+def test_connect_when_the_server_goes_away(tmp: Path) -> None:
+    run_dir = tmp / "run"
+    with NvshellProcess(run_dir) as nv:
+        remote = Shell(tmp, "--connect", f"unix:{run_dir}/qmp.sock", run_dir=run_dir)
+        try:
+            remote.prompt()
+            assert _qmp_execute(run_dir / "qmp.sock", "quit") == {}
+            assert nv.proc is not None and nv.proc.wait(TIMEOUT) == 0
+            remote.child.expect(r"\[event\] SHUTDOWN")
+            remote.type("info status\r")
+            remote.child.expect(r"Error: connection to the nvshell monitor lost\r\n")
+            assert remote.wait_exit() == 1
+        finally:
+            remote.close()
+    assert sockets(run_dir) == []
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=lambda s: s.name)
+def test_connect_signals_end_the_remote_shell(tmp: Path, sig: signal.Signals) -> None:
+    run_dir = tmp / "run"
+    with NvshellProcess(run_dir) as nv:
+        remote = Shell(tmp, "--connect", f"unix:{run_dir}/qmp.sock", run_dir=run_dir)
+        try:
+            remote.prompt()
+            remote.type("info st")
+            remote.child.expect("st")
+            remote.child.kill(sig)
+            status = remote.wait_exit()
+        finally:
+            remote.close()
+        assert status == 0
+        assert nv.proc is not None and nv.proc.poll() is None  # the served nvshell is untouched
