@@ -180,7 +180,9 @@ def format_type_properties(typename: str, props: list[dict[str, Any]]) -> str:
     for p in sorted(props, key=lambda p: p["name"]):
         head = f"  {p['name']}=<{p.get('type', '?')}>"
         tail = p.get("description") or ""
-        if "default-value" in p:
+        # Like ``-object TYPE,help``: an empty default says nothing, and a description that
+        # already explains its default must not get a second, contradicting one.
+        if "default-value" in p and p["default-value"] not in ("", [], None) and "(default" not in tail:
             tail = (tail + " " if tail else "") + f"(default: {format_value(p['default-value'])})"
         lines.append(f"{head:<28} - {tail}" if tail else head)
     if len(lines) == 1:

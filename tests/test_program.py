@@ -448,6 +448,48 @@ def test_guest_connect_event_appears_above_a_half_typed_line(shell: Shell) -> No
     assert shell.wait_exit() == 0
 
 
+def test_bottom_toolbar_shows_live_state(tmp: Path) -> None:
+    """With cursor position reports answered (as a real terminal does), the toolbar is drawn
+    and follows the device: controllers waiting/connected, namespaces, IOPS."""
+    import time
+
+    from device.vfio_user.client import VfioUserClient
+
+    env = program_env(tmp)
+    del env["PROMPT_TOOLKIT_NO_CPR"]
+    child = pexpect.spawn(sys.executable, ["-m", "nvshell", "--run-dir", str(tmp / "run"),
+                                           "--history-file", str(tmp / "history")],
+                          cwd=str(REPO), env=env, encoding="utf-8", timeout=TIMEOUT, dimensions=(30, 120))
+    log: list[str] = []
+    child.logfile_read = _Collect(log)
+
+    def screen_shows(text: str) -> bool:
+        """Read output (answering every CPR request) until ``text`` is on the screen."""
+        deadline = time.monotonic() + TIMEOUT
+        while time.monotonic() < deadline:
+            if child.expect([pexpect.TIMEOUT, r"\x1b\[6n"], timeout=0.5) == 1:
+                child.send("\x1b[5;1R")  # "the cursor is on row 5": the rows below are known
+            if any(text in line for line in Screen(120).feed("".join(log)).text()):
+                return True
+        return False
+
+    try:
+        assert screen_shows(" ctrl0: waiting | 1 namespace | 0 IOPS")
+        with VfioUserClient(timeout=TIMEOUT).connect(tmp / "run" / "ctrl0.sock") as client:
+            client.negotiate()
+            assert screen_shows(" ctrl0: connected | 1 namespace | 0 IOPS")
+            child.send("object_add x-nvme-ns-nvm,id=ns2,size=1M\r")
+            assert screen_shows(" ctrl0: connected | 2 namespaces | ")
+        child.sendcontrol("d")
+        child.expect(pexpect.EOF)
+        child.close()
+        assert child.exitstatus == 0
+    finally:
+        if child.isalive():
+            child.terminate(force=True)
+    assert sockets(tmp / "run") == []
+
+
 # ---------------------------------------------------------------------------------------
 # Script mode (stdin not a terminal) and headless
 
