@@ -738,3 +738,67 @@ def test_connect_signals_end_the_remote_shell(tmp: Path, sig: signal.Signals) ->
             remote.close()
         assert status == 0
         assert nv.proc is not None and nv.proc.poll() is None  # the served nvshell is untouched
+
+
+def test_ctrl_c_interrupts_a_running_command(tmp: Path) -> None:
+    """A command that never finishes (here: a QMP server that never answers
+    ``human-monitor-command``) is cancelled by Ctrl-C with one error line; the shell goes on."""
+    import json
+    import socket
+    import threading
+
+    path = tmp / "slow.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen(1)
+    conns: list[socket.socket] = []
+
+    def serve() -> None:
+        try:
+            conn, _ = listener.accept()
+        except OSError:
+            return
+        conns.append(conn)
+        conn.sendall(b'{"QMP": {"version": {"qemu": {"major": 10, "minor": 1, "micro": 0}, "package": ""}, '
+                     b'"capabilities": []}}\r\n')
+        decoder = json.JSONDecoder()
+        buf = ""
+        while True:
+            try:
+                data = conn.recv(65536)
+            except OSError:
+                return
+            if not data:
+                return
+            buf += data.decode()
+            while buf.strip():
+                try:
+                    msg, end = decoder.raw_decode(buf.lstrip())
+                except ValueError:
+                    break
+                buf = buf.lstrip()[end:]
+                if msg.get("execute") == "human-monitor-command":
+                    continue  # never answer: the command "runs" until interrupted
+                reply: dict[str, Any] = {"return": [] if msg.get("execute", "").startswith(("x-", "qom")) else {}}
+                if "id" in msg:
+                    reply["id"] = msg["id"]
+                conn.sendall(json.dumps(reply).encode() + b"\r\n")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    remote = Shell(tmp, "--connect", f"unix:{path}", run_dir=tmp / "run")
+    try:
+        remote.prompt()
+        remote.type("info status\r")
+        remote.child.expect(DONE_RE)
+        remote.type("\x03")  # the terminal is in cooked mode while a command runs: SIGINT
+        remote.child.expect(r"Error: interrupted\r\n")
+        remote.prompt()
+        remote.type("quit\r")
+        assert remote.wait_exit() == 0
+    finally:
+        remote.close()
+        listener.close()
+        for conn in conns:
+            conn.close()
+        thread.join(TIMEOUT)
