@@ -43,7 +43,7 @@ in-memory NVM namespace ns1 attached to all controllers.
 EPILOG = """\
 examples:
   nvshell                                   default topology, interactive shell
-  nvshell --no-shell                        serve headless until SIGTERM or QMP quit
+  nvshell --no-shell                        serve headless until SIGTERM/SIGINT or QMP quit
   nvshell -object x-nvme-subsystem,id=subsys0 \\
           -device x-nvme-ctrl,id=ctrl0,subsys=subsys0 \\
           -object x-nvme-ns-nvm,id=ns1,subsys=subsys0,size=1G,attached-to=all
@@ -82,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="directory for sockets (default $XDG_RUNTIME_DIR/nvshell or /tmp/nvshell-$UID, "
                              "created owner-only)")
     parser.add_argument("--no-shell", action="store_true",
-                        help="no interactive shell: serve until SIGTERM or QMP 'quit' (commands on a "
+                        help="no interactive shell: serve until SIGTERM, SIGINT or QMP 'quit' (commands on a "
                              "non-terminal stdin still run first)")
     parser.add_argument("--keep-going", action="store_true",
                         help="in script mode, go on after a failing command (exit status stays non-zero)")
