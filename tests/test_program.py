@@ -330,10 +330,13 @@ def test_tab_completes_command_subcommand_and_property(shell: Shell) -> None:
     shell.child.expect("trl")
     shell.type(",id=ctrl9,subsys=subsys0,mq\t")
     shell.child.expect("es=")
-    out = shell.run("1023")
+    shell.type("1023,doorbells=t\t")  # an enum value
+    shell.child.expect("rap")
+    out = shell.run("")
     assert out.strip() == "", out
-    assert shell.line == "device_add x-nvme-ctrl,id=ctrl9,subsys=subsys0,mqes=1023"
+    assert shell.line == "device_add x-nvme-ctrl,id=ctrl9,subsys=subsys0,mqes=1023,doorbells=trap"
     assert shell.run("qom-get /machine/peripheral/ctrl9 mqes").strip() == "1023"
+    assert "trap" in shell.run("qom-get /machine/peripheral/ctrl9 doorbells")
     # An info sub-command and a device id.
     shell.type("info qt\t")
     shell.child.expect("ree")
