@@ -68,7 +68,8 @@ class Screen:
                     if ch < " ":
                         continue
                     line = self._line()
-                    line.extend(" " * (self.col - len(line) + 1)) if self.col >= len(line) else None
+                    if self.col >= len(line):
+                        line.extend(" " * (self.col - len(line) + 1))
                     line[self.col] = ch
                     self.col = min(self.col + 1, self.width - 1)
             elif ctl == "\r":
@@ -172,9 +173,6 @@ class Shell:
         if self.child.exitstatus is None:
             return -int(self.child.signalstatus)
         return int(self.child.exitstatus)
-
-    def transcript(self) -> str:
-        return clean("".join(self.log))
 
     def close(self) -> None:
         if self.child.isalive():
