@@ -588,7 +588,12 @@ class ControllerDevice(Object):
             return
         name = {"connected": "X_NVME_CLIENT_CONNECTED", "disconnected": "X_NVME_CLIENT_DISCONNECTED"}.get(kind)
         if name:
-            m.publish(name, {"device": self.id or self.path(), "socket": self.socket_path or ""})
+            event = {"device": self.id or self.path(), "socket": self.socket_path or ""}
+            if isinstance(data, dict) and data.get("pid"):
+                event["pid"] = data["pid"]
+            if kind == "disconnected" and isinstance(data, dict) and data.get("reason"):
+                event["reason"] = str(data["reason"])
+            m.publish(name, event)
 
     #: How long device_del waits for the host to take in the namespace detach (seconds).
     REMOVAL_GRACE = 2.0
