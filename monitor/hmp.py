@@ -16,6 +16,7 @@ import inspect
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Iterator
 
+from device.keyval import split_items
 from monitor.errors import QMPError
 
 
@@ -201,22 +202,7 @@ def parse_opts(text: str, implied: str) -> dict[str, str]:
 
     The first item may omit ``implied=`` (the type or driver).  Values stay strings: the
     object model converts them exactly as it does for ``-object``/``-device``."""
-    items: list[str] = []
-    cur: list[str] = []
-    i = 0
-    while i < len(text):
-        ch = text[i]
-        if ch == ",":
-            if text[i + 1 : i + 2] == ",":
-                cur.append(",")
-                i += 2
-                continue
-            items.append("".join(cur))
-            cur = []
-        else:
-            cur.append(ch)
-        i += 1
-    items.append("".join(cur))
+    items = split_items(text)
     out: dict[str, str] = {}
     for n, item in enumerate(items):
         if not item:

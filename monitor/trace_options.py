@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from device.keyval import split_items
 from device.trace import TraceError
 
 KEYS = ("enable", "events", "file")
@@ -34,22 +35,7 @@ class TraceOptions:
 
 def _split(text: str) -> list[str]:
     """Split on commas; ``,,`` is a literal comma (QemuOpts), so paths may contain one."""
-    items: list[str] = []
-    cur: list[str] = []
-    i = 0
-    while i < len(text):
-        if text[i] == ",":
-            if text[i + 1:i + 2] == ",":
-                cur.append(",")
-                i += 2
-                continue
-            items.append("".join(cur))
-            cur = []
-        else:
-            cur.append(text[i])
-        i += 1
-    items.append("".join(cur))
-    return items
+    return split_items(text)
 
 
 def _pattern(text: str, where: str) -> tuple[str, bool]:

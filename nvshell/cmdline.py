@@ -41,6 +41,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
+from device.keyval import split_items
 from device.errors import NvshellError, PropertyError
 from device.qom import TYPE_DEVICE, TYPES, USER_CREATABLE, ListType, TypeRegistry
 from device.qom.properties import LinkType
@@ -59,22 +60,7 @@ def parse_keyval(text: str, implied_key: str | None = None) -> dict[str, Any]:
     """
     if not isinstance(text, str):
         raise PropertyError("expected a string of key=value pairs")
-    items: list[str] = []
-    cur: list[str] = []
-    i = 0
-    while i < len(text):
-        ch = text[i]
-        if ch == ",":
-            if i + 1 < len(text) and text[i + 1] == ",":
-                cur.append(",")
-                i += 2
-                continue
-            items.append("".join(cur))
-            cur = []
-        else:
-            cur.append(ch)
-        i += 1
-    items.append("".join(cur))
+    items = split_items(text)
     out: dict[str, Any] = {}
     for n, item in enumerate(items):
         if item in ("help", "?"):

@@ -18,6 +18,8 @@ from typing import Any, AsyncGenerator, Awaitable, Callable, Iterable, Iterator
 from prompt_toolkit.completion import CompleteEvent, Completer, Completion
 from prompt_toolkit.document import Document
 
+from device.keyval import split_items
+
 from monitor.hmp import COMMANDS, INFO, CommandTable, HMPCommand, HMPError, Param, split_word
 
 Query = Callable[[str, dict[str, Any]], Awaitable[Any]]
@@ -39,20 +41,7 @@ def tokenize(text: str) -> tuple[list[str], str]:
 
 def split_opts(text: str) -> list[str]:
     """``type,id=x,pr`` -> ``["type", "id=x", "pr"]`` (``,,`` is a literal comma)."""
-    pieces, cur, i = [], [], 0
-    while i < len(text):
-        if text[i] == ",":
-            if text[i + 1 : i + 2] == ",":
-                cur.append(",")
-                i += 2
-                continue
-            pieces.append("".join(cur))
-            cur = []
-        else:
-            cur.append(text[i])
-        i += 1
-    pieces.append("".join(cur))
-    return pieces
+    return split_items(text)
 
 
 def _matching(prefix: str, candidates: Iterable[str], meta: dict[str, str] | None = None,

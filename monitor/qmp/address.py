@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
+from device.keyval import split_items
 from monitor.errors import AddressError
 
 _TRUE = {"on", "yes", "true", "y"}
@@ -37,20 +38,7 @@ class QMPAddress:
 
 def _split_options(text: str) -> list[str]:
     """Split on single commas; ``,,`` stands for a literal comma."""
-    parts, current, i = [], [], 0
-    while i < len(text):
-        if text[i] == ",":
-            if text[i + 1:i + 2] == ",":
-                current.append(",")
-                i += 2
-                continue
-            parts.append("".join(current))
-            current = []
-        else:
-            current.append(text[i])
-        i += 1
-    parts.append("".join(current))
-    return parts
+    return split_items(text)
 
 
 def _flag(name: str, value: Optional[str], text: str) -> bool:
