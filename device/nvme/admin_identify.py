@@ -20,6 +20,7 @@ import struct
 from typing import Any, Iterable
 
 from device.layout import Layout
+from device.nvme.admin_log import error_log_capacity
 from device.nvme.commands import ADMIN, NVM, Command
 from device.nvme.spec import CSI, NvmOpcode, PAGE_SIZE
 from device.nvme.status import NvmeError, Status
@@ -202,14 +203,6 @@ def oncs(table: Any = NVM) -> int:
     return bits
 
 
-def _error_log_entries(ctrl: Any) -> int:
-    log = getattr(ctrl, "error_log", None)
-    for name in ("capacity", "size", "maxlen"):
-        value = getattr(log, name, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return 64
-
 
 def identify_controller(ctrl: Any) -> bytes:
     """The 4096-byte Identify Controller data structure of ``ctrl``."""
@@ -238,7 +231,7 @@ def identify_controller(ctrl: Any) -> bytes:
         aerl=int(getattr(cfg, "aerl", 3)),
         frmw=FRMW_SLOT1_RO | FRMW_ONE_SLOT,
         lpa=LPA_CMD_EFFECTS | LPA_EXTENDED_DATA,
-        elpe=_error_log_entries(ctrl) - 1,
+        elpe=error_log_capacity(ctrl) - 1,
         npss=0,
         wctemp=0x157,
         cctemp=0x175,

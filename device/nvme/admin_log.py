@@ -228,7 +228,7 @@ def get_log_page(ctrl: Any, cmd: Command) -> None:
 
     if lid == LogPage.ERROR:
         page = error_log(ctrl)
-        size = 64 * max(1, _capacity(ctrl))
+        size = 64 * max(1, error_log_capacity(ctrl))
     elif lid == LogPage.SMART:
         if cmd.nsid not in (0, BROADCAST_NSID):  # LPA bit 0 clear: no per-namespace SMART
             raise NvmeError(Status.INVALID_FIELD)
@@ -258,7 +258,8 @@ def get_log_page(ctrl: Any, cmd: Command) -> None:
         ctrl.log_page_read(lid)
 
 
-def _capacity(ctrl: Any) -> int:
+def error_log_capacity(ctrl: Any) -> int:
+    """Entries the Error Information log holds (Identify reports ELPE = this - 1)."""
     log = getattr(ctrl, "error_log", None)
     for name in ("capacity", "size", "maxlen"):
         value = getattr(log, name, None)
