@@ -115,15 +115,21 @@ def flush(ctrl: Any, cmd: Command) -> None:
     flush_ns(cmd.ns)
 
 
-@NVM.command(NvmOpcode.WRITE, "write", nsid="required", effects=EFFECT_LBCC, direction="from-host")
-def write(ctrl: Any, cmd: Command) -> None:
+def map_blocks(ctrl: Any, cmd: Command) -> tuple[Any, int, int, Any]:
+    """The checks every data-moving block command makes, in QEMU's order (MDTS, LBA
+    range, data pointer): ``(namespace, byte offset, byte count, DataMap)``."""
     ns = cmd.ns
     slba, nlb = rw_fields(cmd)
     nbytes = nlb << ns.lbads
     check_mdts(ctrl, nbytes)
     check_range(ns, slba, nlb)
-    data = ctrl.transfer(cmd, nbytes)
-    write_blocks(ns, slba << ns.lbads, data)
+    return ns, slba << ns.lbads, nbytes, ctrl.transfer(cmd, nbytes)
+
+
+@NVM.command(NvmOpcode.WRITE, "write", nsid="required", effects=EFFECT_LBCC, direction="from-host")
+def write(ctrl: Any, cmd: Command) -> None:
+    ns, offset, nbytes, data = map_blocks(ctrl, cmd)
+    write_blocks(ns, offset, data)
     if cmd.cdw12 & CDW12_FUA:
         flush_ns(ns)
     ctrl.stats.add_write(nbytes)
@@ -131,26 +137,15 @@ def write(ctrl: Any, cmd: Command) -> None:
 
 @NVM.command(NvmOpcode.READ, "read", nsid="required", direction="to-host")
 def read(ctrl: Any, cmd: Command) -> None:
-    ns = cmd.ns
-    slba, nlb = rw_fields(cmd)
-    nbytes = nlb << ns.lbads
-    check_mdts(ctrl, nbytes)
-    check_range(ns, slba, nlb)
-    data = ctrl.transfer(cmd, nbytes)
-    read_blocks(ns, slba << ns.lbads, data)
+    ns, offset, nbytes, data = map_blocks(ctrl, cmd)
+    read_blocks(ns, offset, data)
     ctrl.stats.add_read(nbytes)
 
 
 @NVM.command(NvmOpcode.COMPARE, "compare", nsid="required", direction="from-host")
 def compare(ctrl: Any, cmd: Command) -> None:
     """Compare host data with the media; Compare Failure on the first difference."""
-    ns = cmd.ns
-    slba, nlb = rw_fields(cmd)
-    nbytes = nlb << ns.lbads
-    check_mdts(ctrl, nbytes)
-    check_range(ns, slba, nlb)
-    data = ctrl.transfer(cmd, nbytes)
-    offset = slba << ns.lbads
+    ns, offset, nbytes, data = map_blocks(ctrl, cmd)
     scratch = bytearray(min(nbytes, VERIFY_CHUNK))
     media = memoryview(scratch)
     try:
