@@ -20,7 +20,7 @@ from device.iothread import IOThread
 from device.nvme.commands import ADMIN, DEFERRED
 from device.nvme.config import ControllerConfig
 from device.nvme.controller import Controller
-from device.nvme.spec import CQE, SQE, AdminOpcode
+from device.nvme.spec import CQE, SQE, AdminOpcode, Reg
 from device.nvme.status import NvmeError, Status
 from device.vfio_user.dma import GuestMemory
 
@@ -691,3 +691,40 @@ def test_config_validation():
         ControllerConfig(doorbells="shadow")
     with pytest.raises(ValueError, match="max-ioqpairs"):
         ControllerConfig(max_ioqpairs=0)
+
+
+class _OtherPathSubsystem:
+    """A subsystem stand-in in which nsid 1 is still attached to another controller."""
+
+    subnqn = "nqn.2014-08.org.nvmexpress:uuid:test"
+
+    def add_controller(self, ctrl, cntlid=0):
+        return 1
+
+    def remove_controller(self, ctrl):
+        pass
+
+    def attached_controllers(self, nsid):
+        return [2] if nsid == 1 else []
+
+
+def test_io_to_namespace_detached_here_but_shared_is_a_path_error(trap_host):
+    h = trap_host
+    h.ctrl.subsystem = _OtherPathSubsystem()
+    h.enable()
+    h.create_queue_pair(1)
+    e = h.cmd(0x02, qid=1, nsid=1)               # reachable through controller 2: retry elsewhere
+    assert status(e) == Status.INTERNAL_PATH_ERROR and not dnr(e)
+    e = h.cmd(0x02, qid=1, nsid=5)               # attached nowhere: the host's mistake
+    assert status(e) == Status.INVALID_NSID and dnr(e)
+
+
+def test_surprise_remove_reports_an_error_event_and_reads_all_ones(trap_host):
+    h = trap_host
+    h.enable()
+    aer = h.submit(0, AdminOpcode.ASYNC_EVENT_REQUEST)
+    h.io.run(h.ctrl.surprise_remove)
+    e = h.reap(0)
+    assert e.cid == aer and status(e) == 0
+    assert e.dw0 & 0x7 == 0 and (e.dw0 >> 8) & 0xFF == 0x03   # error event: persistent internal error
+    assert h.rd(Reg.CSTS) == 0xFFFFFFFF and h.rd(Reg.VS) == 0xFFFFFFFF
