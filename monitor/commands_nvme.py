@@ -131,17 +131,11 @@ def query_namespaces(ctx: Any, args: dict) -> list[dict[str, Any]]:
 
 
 def io_commands(model: Any) -> int:
-    """Read + write (+ other I/O) commands completed so far, from the controller's SMART stats."""
+    """Read and write commands completed so far (the controller's SMART counters)."""
     stats = getattr(model, "stats", None)
-    if stats is None:
+    if stats is None:          # the device is being created or removed
         return 0
-    if hasattr(stats, "io_commands"):
-        value = stats.io_commands
-        return int(value() if callable(value) else value)
-    total = 0
-    for name in ("host_read_commands", "host_write_commands", "read_commands", "write_commands"):
-        total += int(getattr(stats, name, 0) or 0)
-    return total
+    return int(stats.host_read_commands) + int(stats.host_write_commands)
 
 
 @qmp_command("x-nvme-query-controllers", returns=["any"])
