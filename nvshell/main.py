@@ -114,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.connect:
             from nvshell.remote import run_remote
-            return asyncio.run(run_remote(args.connect, history_file=args.history_file))
+            return asyncio.run(run_remote(args.connect, history_file=args.history_file,
+                                          keep_going=args.keep_going))
         help_text = cmdline.help_request(args.object, args.device)
         if help_text is not None:
             print(help_text)
