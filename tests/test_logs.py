@@ -7,7 +7,7 @@ import struct
 import pytest
 
 from device.nvme.admin_log import effects_log
-from device.nvme.commands import ADMIN, EFFECT_CSUPP, EFFECT_LBCC, CommandTable
+from device.nvme.commands import ADMIN, EFFECT_CSUPP, EFFECT_LBCC, NVM, CommandTable
 from device.nvme.spec import CSI, LogPage
 from device.nvme.status import NvmeError, Status
 from device.nvme.subsystem import Subsystem
@@ -58,10 +58,8 @@ def test_smart(ctrl: FakeController) -> None:
 
 
 def test_error_log_newest_first(ctrl: FakeController) -> None:
-    ctrl.error_log = [
-        dict(error_count=1, sqid=1, cid=10, status=Status.LBA_OUT_OF_RANGE, dnr=True, nsid=1, lba=99),
-        dict(error_count=2, sqid=0, cid=11, status=Status.INVALID_FIELD, nsid=0),
-    ]
+    ctrl.error_log.record(1, 10, Status.LBA_OUT_OF_RANGE, True, nsid=1, lba=99)
+    ctrl.error_log.record(0, 11, Status.INVALID_FIELD)
     d = get_log(ctrl, LogPage.ERROR, 4096)
     count, sqid, cid, sf, loc, lba, nsid = struct.unpack_from("<QHHHHQI", d, 0)
     assert (count, sqid, cid) == (2, 0, 11) and sf >> 1 == Status.INVALID_FIELD
@@ -134,9 +132,25 @@ def test_effects_log(ctrl: FakeController) -> None:
     assert acs[0x03] == 0
     io = CommandTable("io")
     io.command(0x01, "write", effects=EFFECT_LBCC)(lambda c, m: None)
-    d = effects_log(CSI.NVM, io=io)
+    d = effects_log(io)
     assert struct.unpack_from("<I", d, 1024 + 4)[0] == EFFECT_CSUPP | EFFECT_LBCC
     assert struct.unpack_from("<I", d, 1024)[0] == 0
+
+
+def test_effects_log_io_table_by_csi(ctrl: FakeController) -> None:
+    """IOCS: NVM's table for CSI NVM, else the commands of an active namespace of that set."""
+    d = get_log(ctrl, LogPage.CMD_EFFECTS, 4096, csi=CSI.NVM)
+    assert d[1024:] == effects_log(NVM)[1024:] and d[1024:] != bytes(3072)
+    assert get_log(ctrl, LogPage.CMD_EFFECTS, 4096, csi=CSI.ZONED)[1024:] == bytes(3072)
+    zoned = CommandTable("zoned")
+    zoned.command(0x79, "zone-append", effects=EFFECT_LBCC)(lambda c, m: None)
+    ns = FakeNamespace(csi=CSI.ZONED)
+    ns.commands = zoned
+    ctrl.subsystem.add_namespace(ns)
+    ctrl.subsystem.attach(ns.nsid, ctrl, notify=False)
+    d = get_log(ctrl, LogPage.CMD_EFFECTS, 4096, csi=CSI.ZONED)
+    assert struct.unpack_from("<256I", d, 1024) == struct.unpack_from("<256I", effects_log(zoned), 1024)
+    assert struct.unpack_from("<I", d, 1024 + 4 * 0x79)[0] == EFFECT_CSUPP | EFFECT_LBCC
 
 
 def test_real_controller_stats_and_error_log() -> None:

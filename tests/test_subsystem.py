@@ -3,21 +3,23 @@
 Also hosts the small fake controller and namespace the admin-command tests
 share (tests/test_identify.py, test_logs.py, test_ns_admin.py): they model only
 the controller API those handlers use (docs/internals.md), so the handlers can
-be tested without a VM or a vfio-user client.
+be tested without a VM or a vfio-user client. The fake controller's state
+objects (config, SMART counters, error log, features) are the real ones.
 """
 
 from __future__ import annotations
 
 import struct
 import threading
-from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
 import pytest
 
 from device.iothread import IOThread
-from device.nvme.commands import ADMIN, Command
+from device.nvme.commands import ADMIN, NVM, Command
+from device.nvme.config import ControllerConfig
+from device.nvme.controller import ErrorLog, Features, SmartStats
 from device.nvme.spec import AsyncEventType, CSI, LogPage, NoticeInfo
 from device.nvme.status import NvmeError, Status
 from device.nvme.subsystem import Subsystem, SubsystemError
@@ -27,6 +29,8 @@ NOTICE = (AsyncEventType.NOTICE, NoticeInfo.NS_ATTRIBUTE_CHANGED, LogPage.CHANGE
 
 # ------------------------------------------------------------------ fakes
 class FakeNamespace:
+    commands = NVM
+
     def __init__(self, nlbas: int = 1024, lba_size: int = 512, csi: int = CSI.NVM, shared: bool = True):
         self.nsid = 0
         self.nlbas = nlbas
@@ -35,6 +39,10 @@ class FakeNamespace:
         self.shared = shared
         self.ready = True
         self.closed = 0
+
+    @property
+    def size(self) -> int:
+        return self.nlbas * self.lba_size
 
     def identify_ns(self) -> bytes:
         data = bytearray(4096)
@@ -53,20 +61,6 @@ class FakeNamespace:
         self.closed += 1
 
 
-@dataclass
-class FakeConfig:
-    serial: str = "SER123"
-    model: str = "nvshell NVMe Ctrl"
-    firmware: str = "1.0"
-    mdts: int = 7
-    aerl: int = 3
-    mqes: int = 0x7FF
-    vid: int = 0x4E58
-    ssvid: int = 0x4E58
-    oui: int = 0x525400
-    max_ioqpairs: int = 64
-
-
 class FakeTransfer:
     def __init__(self, ctrl: "FakeController", length: int):
         self.ctrl = ctrl
@@ -80,19 +74,10 @@ class FakeTransfer:
         return self.ctrl.host_data[:self.length].ljust(self.length, b"\0")
 
 
-@dataclass
-class FakeStats:
-    bytes_read: int = 0
-    bytes_written: int = 0
-    host_read_commands: int = 0
-    host_write_commands: int = 0
-    power_cycles: int = 1
-
-
 class FakeController:
     def __init__(self, subsystem: Subsystem | None = None, iothread: IOThread | None = None,
                  cntlid: int = 0):
-        self.config = FakeConfig()
+        self.config = ControllerConfig(serial="SER123", oui=0x525400)
         self.subsystem = subsystem
         self.iothread = iothread
         self.cntlid = 0
@@ -100,8 +85,9 @@ class FakeController:
         self.changed_namespaces: set[int] = set()
         self.events: list[tuple[int, int, int]] = []
         self.logs_read: list[int] = []
-        self.stats = FakeStats()
-        self.error_log: list[Any] = []
+        self.stats = SmartStats()
+        self.error_log = ErrorLog()
+        self.features = Features()
         self.out = b""
         self.host_data = b""
         self.threads: list[threading.Thread] = []
@@ -129,8 +115,15 @@ class FakeController:
         self._check_thread()
         self.events.append((event_type, info, log_page))
 
-    def log_page_read(self, log_id: int) -> None:
-        self.logs_read.append(log_id)
+    def take_changed_namespaces(self, clear: bool = True) -> list[int]:
+        changed = sorted(self.changed_namespaces)
+        if clear:
+            self.changed_namespaces.clear()
+        return changed
+
+    def log_page_read(self, log_id: int, rae: bool = False) -> None:
+        if not rae:
+            self.logs_read.append(log_id)
 
     def transfer(self, cmd: Command, length: int, *, allow_sgl: bool = True) -> FakeTransfer:
         assert not allow_sgl, "admin data must use PRPs"

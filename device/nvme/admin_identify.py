@@ -20,10 +20,10 @@ import struct
 from typing import Any, Iterable
 
 from device.layout import Layout
-from device.nvme.admin_log import error_log_capacity
 from device.nvme.commands import ADMIN, NVM, Command
 from device.nvme.spec import CSI, NvmOpcode, PAGE_SIZE
 from device.nvme.status import NvmeError, Status
+from device.nvme.subsystem import DEFAULT_MAX_NSID
 
 IDENTIFY_SIZE = 4096
 BROADCAST_NSID = 0xFFFFFFFF
@@ -143,7 +143,10 @@ def subsystem_of(ctrl: Any) -> Any:
 
 
 def max_nsid(ctrl: Any) -> int:
-    return int(getattr(subsystem_of(ctrl), "max_nsid", 256))
+    subsys = subsystem_of(ctrl)
+    # A Controller may be built without a subsystem (controller unit tests); the
+    # NSID range is then the subsystem default.
+    return subsys.max_nsid if subsys is not None else DEFAULT_MAX_NSID
 
 
 def check_nsid(ctrl: Any, nsid: int, *, broadcast: bool = False) -> None:
@@ -184,11 +187,9 @@ def _pad(data: bytes) -> bytes:
     return bytes(data[:IDENTIFY_SIZE]).ljust(IDENTIFY_SIZE, b"\0")
 
 
-def _oui_bytes(oui: Any) -> bytes:
+def _oui_bytes(oui: int) -> bytes:
     """IEEE OUI, least significant byte first (as QEMU stores 52:54:00)."""
-    if isinstance(oui, (bytes, bytearray)):
-        return bytes(oui[:3]).ljust(3, b"\0")
-    return int(oui or 0).to_bytes(3, "little")
+    return oui.to_bytes(3, "little")
 
 
 def _u128(value: int) -> bytes:
@@ -208,30 +209,29 @@ def identify_controller(ctrl: Any) -> bytes:
     """The 4096-byte Identify Controller data structure of ``ctrl``."""
     cfg = ctrl.config
     subsys = subsystem_of(ctrl)
-    allocated = subsys.allocated_bytes() if hasattr(subsys, "allocated_bytes") else 0
-    unallocated = subsys.unallocated_bytes() if hasattr(subsys, "unallocated_bytes") else 0
-    mqes = int(getattr(cfg, "mqes", 0x7FF))
+    allocated = subsys.allocated_bytes()
+    unallocated = subsys.unallocated_bytes()
     psd0 = PSD.pack(mp=2500, enlat=16, exlat=4)  # MP in 0.01 W units: 25 W
     return ID_CTRL.pack(
-        vid=int(getattr(cfg, "vid", 0x4E58)),
-        ssvid=int(getattr(cfg, "ssvid", 0x4E58)),
-        sn=fixed(str(cfg.serial), 20),
-        mn=fixed(str(getattr(cfg, "model", "nvshell NVMe Ctrl")), 40),
-        fr=fixed(str(getattr(cfg, "firmware", "1.0")), 8),
+        vid=cfg.vid,
+        ssvid=cfg.ssvid,
+        sn=fixed(cfg.serial, 20),
+        mn=fixed(cfg.model, 40),
+        fr=fixed(cfg.firmware, 8),
         rab=6,
-        ieee=_oui_bytes(getattr(cfg, "oui", 0)),
+        ieee=_oui_bytes(cfg.oui),
         cmic=CMIC_MULTI_CONTROLLER,
-        mdts=int(getattr(cfg, "mdts", 7)),
-        cntlid=int(ctrl.cntlid),
+        mdts=cfg.mdts,
+        cntlid=ctrl.cntlid,
         ver=NVME_VERSION,
         oaes=OAES_NS_ATTRIBUTE,
         cntrltype=CNTRLTYPE_IO,
         oacs=OACS_FORMAT | OACS_NS_MANAGEMENT,
         acl=3,
-        aerl=int(getattr(cfg, "aerl", 3)),
+        aerl=cfg.aerl,
         frmw=FRMW_SLOT1_RO | FRMW_ONE_SLOT,
         lpa=LPA_CMD_EFFECTS | LPA_EXTENDED_DATA,
-        elpe=error_log_capacity(ctrl) - 1,
+        elpe=ctrl.error_log.capacity - 1,
         npss=0,
         wctemp=0x157,
         cctemp=0x175,
@@ -239,14 +239,14 @@ def identify_controller(ctrl: Any) -> bytes:
         unvmcap=_u128(unallocated),
         sqes=0x66,
         cqes=0x44,
-        maxcmd=min(mqes + 1, 0xFFFF),
+        maxcmd=min(cfg.mqes + 1, 0xFFFF),
         nn=max_nsid(ctrl),
         oncs=oncs(),
         vwc=VWC_PRESENT | VWC_FLUSH_BROADCAST,
         ocfs=1 if NvmOpcode.COPY in NVM else 0,
         sgls=SGLS_SUPPORTED | SGLS_BIT_BUCKET,
         mnan=max_nsid(ctrl),
-        subnqn=str(subsys.subnqn).encode()[:255],
+        subnqn=subsys.subnqn.encode()[:255],
         psd0=psd0,
     )
 
@@ -268,11 +268,10 @@ def common_namespace_capabilities() -> bytes:
 def independent_namespace(ns: Any) -> bytes:
     """CNS 08, derived from the namespace's own Identify Namespace so both agree."""
     full = ID_NS_COMMON.unpack(_pad(ns.identify_ns()))
-    nmic = full.nmic | (1 if getattr(ns, "shared", False) else 0)
-    ready = bool(getattr(ns, "ready", True))
+    nmic = full.nmic | int(ns.shared)
     return ID_NS_INDEPENDENT.pack(nmic=nmic, rescap=full.rescap, fpi=full.fpi,
                                   anagrpid=full.anagrpid, nsattr=full.nsattr,
-                                  nvmsetid=full.nvmsetid, endgid=full.endgid, nstat=int(ready))
+                                  nvmsetid=full.nvmsetid, endgid=full.endgid, nstat=int(ns.ready))
 
 
 def io_command_sets() -> bytes:
@@ -322,7 +321,7 @@ def _cns_descriptors(ctrl: Any, cmd: Command, cntid: int, csi: int) -> bytes:
 def _cs_ns(ns: Any, csi: int) -> bytes:
     if ns is None:
         return b""
-    if csi != getattr(ns, "csi", CSI.NVM):
+    if csi != ns.csi:
         raise NvmeError(Status.INVALID_FIELD)
     return ns.identify_ns_csi()
 
@@ -347,8 +346,7 @@ def _cns_cs_active_list(ctrl: Any, cmd: Command, cntid: int, csi: int) -> bytes:
     if cmd.nsid >= 0xFFFFFFFE:
         raise NvmeError(Status.INVALID_NSID)
     _check_csi(csi)
-    return nsid_list((n for n, ns in ctrl.namespaces.items() if getattr(ns, "csi", CSI.NVM) == csi),
-                     cmd.nsid)
+    return nsid_list((n for n, ns in ctrl.namespaces.items() if ns.csi == csi), cmd.nsid)
 
 
 def _cns_independent(ctrl: Any, cmd: Command, cntid: int, csi: int) -> bytes:
@@ -383,7 +381,7 @@ def _cns_cs_allocated_list(ctrl: Any, cmd: Command, cntid: int, csi: int) -> byt
         raise NvmeError(Status.INVALID_NSID)
     _check_csi(csi)
     namespaces = dict(subsystem_of(ctrl).namespaces)
-    return nsid_list((n for n, ns in namespaces.items() if getattr(ns, "csi", CSI.NVM) == csi), cmd.nsid)
+    return nsid_list((n for n, ns in namespaces.items() if ns.csi == csi), cmd.nsid)
 
 
 def _cns_cs_allocated_ns(ctrl: Any, cmd: Command, cntid: int, csi: int) -> bytes:

@@ -114,10 +114,7 @@ class Subsystem:
                 if not cntlid:
                     raise SubsystemError("no free controller ID", Status.INVALID_CONTROLLER_ID)
             self.controllers[cntlid] = ctrl
-            try:
-                ctrl.cntlid = cntlid
-            except AttributeError:  # a read-only property computed elsewhere
-                pass
+            ctrl.cntlid = cntlid
             todo = []
             for nsid in sorted(self.attach_policy_all):
                 ns = self.namespaces.get(nsid)
@@ -199,7 +196,7 @@ class Subsystem:
     def allocated_bytes(self) -> int:
         """Sum of the sizes of all allocated namespaces (for TNVMCAP/UNVMCAP)."""
         with self._lock:
-            return sum(_ns_bytes(ns) for ns in self.namespaces.values())
+            return sum(ns.size for ns in self.namespaces.values())
 
     def unallocated_bytes(self) -> int:
         return max(0, self.capacity - self.allocated_bytes())
@@ -278,8 +275,10 @@ class Subsystem:
 
         Returns None when done synchronously, else the pending Future.
         """
-        iothread = getattr(ctrl, "iothread", None)
-        if iothread is None or iothread.in_thread() or not getattr(iothread, "running", True):
+        iothread = ctrl.iothread
+        # No IOThread (a controller built without one, in unit tests) or one not
+        # running (not started yet, or stopped): nothing else touches the controller.
+        if iothread is None or iothread.in_thread() or not iothread.running:
             fn(*args)
             return None
         if self._on_any_iothread():
@@ -292,7 +291,7 @@ class Subsystem:
     def _on_any_iothread(self) -> bool:
         with self._lock:
             ctrls = list(self.controllers.values())
-        return any(getattr(c, "iothread", None) is not None and c.iothread.in_thread() for c in ctrls)
+        return any(c.iothread is not None and c.iothread.in_thread() for c in ctrls)
 
 
 def _attach_on(ctrl: Any, ns: Any, notify: bool) -> None:
@@ -303,7 +302,7 @@ def _attach_on(ctrl: Any, ns: Any, notify: bool) -> None:
 
 
 def _detach_on(ctrl: Any, nsid: int, notify: bool) -> None:
-    if nsid in getattr(ctrl, "namespaces", {nsid: None}):
+    if nsid in ctrl.namespaces:
         ctrl.detach_namespace(nsid)
     if notify:
         _tell_host(ctrl, nsid)
@@ -344,12 +343,3 @@ def _safe(fn: Callable[[], Any]) -> None:
         fn()
     except Exception:
         log.exception("closing a removed namespace failed")
-
-
-def _ns_bytes(ns: Any) -> int:
-    nlbas = getattr(ns, "nlbas", None)
-    lba_size = getattr(ns, "lba_size", None)
-    if nlbas is not None and lba_size is not None:
-        return int(nlbas) * int(lba_size)
-    backend = getattr(ns, "backend", None)
-    return int(getattr(backend, "size", 0) or 0)
