@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from device.qom.properties import BoolType, EnumType, IntType, ListType
 from monitor.errors import DeviceNotFound, GenericError
 from monitor.registry import Arg, qmp_command
 
@@ -19,15 +20,10 @@ TYPE_CTRL = "x-nvme-ctrl"
 
 
 def _machine(ctx: Any) -> Any:
-    machine = getattr(ctx, "machine", None)
-    if machine is None:
+    machine = ctx.machine
+    if machine is None:  # a monitor context built without a machine
         raise GenericError("No machine is attached to this monitor")
     return machine
-
-
-def _is(obj: Any, typename: str) -> bool:
-    is_a = getattr(obj, "is_a", None)
-    return bool(is_a(typename)) if is_a else getattr(obj, "typename", "") == typename
 
 
 def _get(obj: Any, name: str, default: Any = None) -> Any:
@@ -58,13 +54,7 @@ def _name(obj: Any) -> str:
 
 def _subsystem_of(obj: Any) -> Any:
     """The subsystem object of a namespace or controller (its ``subsys`` link)."""
-    fn = getattr(obj, "subsys_obj", None)
-    if fn is not None:
-        return fn()
-    try:
-        return obj.get("subsys")
-    except Exception:
-        return None
+    return obj.get("subsys")
 
 
 # ---------------------------------------------------------------------------------------
@@ -84,9 +74,9 @@ def query_qtree(ctx: Any, args: dict) -> dict[str, Any]:
     each controller's bus references the namespaces attached to it."""
     m = _machine(ctx)
     objects, devices = m.objects(), m.devices()
-    subsystems = [o for o in objects if _is(o, TYPE_SUBSYSTEM)]
-    namespaces = [o for o in objects if _is(o, TYPE_NS)]
-    ctrls = [d for d in devices if _is(d, TYPE_CTRL)]
+    subsystems = [o for o in objects if o.is_a(TYPE_SUBSYSTEM)]
+    namespaces = [o for o in objects if o.is_a(TYPE_NS)]
+    ctrls = [d for d in devices if d.is_a(TYPE_CTRL)]
     root: list[dict[str, Any]] = []
     placed: set[int] = set()
     for sub in subsystems:
@@ -99,7 +89,7 @@ def query_qtree(ctx: Any, args: dict) -> dict[str, Any]:
                      "buses": [{"name": _name(sub), "type": "x-nvme-subsys-bus", "devices": devs}]})
     for d in devices:  # devices outside any subsystem (other device types)
         if id(d) not in placed:
-            root.append(_ctrl_node(d, []) if _is(d, TYPE_CTRL) else
+            root.append(_ctrl_node(d, []) if d.is_a(TYPE_CTRL) else
                         {"type": d.typename, "id": _name(d), "props": _props(d), "buses": []})
     return {"name": "main-system-bus", "type": "System", "devices": root}
 
@@ -111,11 +101,11 @@ def query_qtree(ctx: Any, args: dict) -> dict[str, Any]:
 def namespace_info(ns: Any) -> dict[str, Any]:
     sub = _subsystem_of(ns)
     info: dict[str, Any] = {}
-    model = getattr(ns, "model", None)
-    if model is not None and hasattr(model, "info"):
+    model = ns.model
+    if model is not None:  # None while the namespace is being created or deleted
         try:
             info.update(model.info())
-        except Exception:
+        except Exception:  # never fail a query
             pass
     info.update({"id": _name(ns), "type": ns.typename, "subsystem": _name(sub) if sub is not None else None,
                  "nsid": _get(ns, "nsid"), "attached": _get(ns, "attached") or []})
@@ -127,15 +117,14 @@ def namespace_info(ns: Any) -> dict[str, Any]:
 @qmp_command("x-nvme-query-namespaces", returns=["any"])
 def query_namespaces(ctx: Any, args: dict) -> list[dict[str, Any]]:
     """Every namespace: id, type, subsystem, nsid, size, lba-size, shared, attached controllers."""
-    return [namespace_info(o) for o in _machine(ctx).objects() if _is(o, TYPE_NS)]
+    return [namespace_info(o) for o in _machine(ctx).objects() if o.is_a(TYPE_NS)]
 
 
 def io_commands(model: Any) -> int:
     """Read and write commands completed so far (the controller's SMART counters)."""
-    stats = getattr(model, "stats", None)
-    if stats is None:          # the device is being created or removed
+    if model is None:          # the device is being created or removed
         return 0
-    return int(stats.host_read_commands) + int(stats.host_write_commands)
+    return model.stats.host_read_commands + model.stats.host_write_commands
 
 
 @qmp_command("x-nvme-query-controllers", returns=["any"])
@@ -143,20 +132,20 @@ def query_controllers(ctx: Any, args: dict) -> list[dict[str, Any]]:
     """Every controller: id, subsystem, cntlid, socket, connected, io-commands (cheap: toolbar)."""
     out = []
     for d in _machine(ctx).devices():
-        if not _is(d, TYPE_CTRL):
+        if not d.is_a(TYPE_CTRL):
             continue
         sub = _subsystem_of(d)
         out.append({"id": _name(d), "subsystem": _name(sub) if sub is not None else None,
                     "cntlid": _get(d, "cntlid"), "socket": _get(d, "socket"),
                     "connected": bool(_get(d, "connected", False)),
-                    "io-commands": io_commands(getattr(d, "model", None))})
+                    "io-commands": io_commands(d.model)})
     return out
 
 
 def _controller(m: Any, device: str) -> Any:
     for d in m.devices():
         if d.id == device:
-            if not _is(d, TYPE_CTRL):
+            if not d.is_a(TYPE_CTRL):
                 raise GenericError(f"Device '{device}' is not an NVMe controller")
             return d
     raise DeviceNotFound(f"Device '{device}' not found")
@@ -167,12 +156,12 @@ async def query_queues(ctx: Any, args: dict) -> list[dict[str, Any]]:
     """Per controller (or just ``device``): its queues from ``Controller.queue_info()``,
     run on the controller's IOThread (the only thread that may read queue state)."""
     m = _machine(ctx)
-    ctrls = [_controller(m, args["device"])] if "device" in args else [d for d in m.devices() if _is(d, TYPE_CTRL)]
+    ctrls = [_controller(m, args["device"])] if "device" in args else [d for d in m.devices() if d.is_a(TYPE_CTRL)]
     out = []
     for d in ctrls:
-        model, iothread = getattr(d, "model", None), getattr(d, "iothread", None)
+        model, iothread = d.model, d.iothread
         queues: list[dict[str, Any]] = []
-        if model is not None and iothread is not None and hasattr(model, "queue_info"):
+        if model is not None and iothread is not None:  # None while created or removed
             queues = list(await asyncio.wrap_future(iothread.submit(model.queue_info)))
         out.append({"device": _name(d), "state": "connected" if _get(d, "connected") else "waiting",
                     "queues": queues})
@@ -192,11 +181,15 @@ def query_property_values(ctx: Any, args: dict) -> list[dict[str, Any]]:
     out = []
     for p in m.registry.properties(args["typename"]).values():
         t = p.type
-        values = getattr(t, "values", None) or getattr(t, "choices", None)
-        if values is None and getattr(t, "name", "") == "bool":
+        values: Any = None
+        if isinstance(t, EnumType):
+            values = t.values
+        elif isinstance(t, IntType):
+            values = t.choices
+        elif isinstance(t, BoolType):
             values = ("on", "off")
-        if values is None and hasattr(getattr(t, "item", None), "parse") and p.name == "attached-to":
-            values = ["all"] + [d.id for d in m.devices() if _is(d, TYPE_CTRL) and d.id]
+        elif isinstance(t, ListType) and p.name == "attached-to":
+            values = ["all"] + [d.id for d in m.devices() if d.is_a(TYPE_CTRL) and d.id]
         if values:
             out.append({"name": p.name, "values": [str(v) for v in values]})
     return out
