@@ -156,7 +156,7 @@ def namespace_attachment(ctrl: Any, cmd: Command) -> None:
     if sel == SEL_ATTACH:
         if any(c in attached for c in cntlids):
             raise NvmeError(Status.NS_ALREADY_ATTACHED)
-        if not getattr(ns, "shared", True) and len(attached) + len(cntlids) > 1:
+        if not ns.shared and len(attached) + len(cntlids) > 1:
             raise NvmeError(Status.NS_IS_PRIVATE)
     elif any(c not in attached for c in cntlids):
         raise NvmeError(Status.NS_NOT_ATTACHED)
