@@ -176,14 +176,19 @@ class Machine(ObjectTree):
             raise ObjectNotFound(f"object '{ns_id}' not found")
         return obj
 
+    def _namespace_and_controller(self, ns_id: str, ctrl_id: str) -> tuple[Any, Any]:
+        """Both ends of an attach/detach request, or a clear error (machine lock held)."""
+        self._run_deferred()
+        ns = self._namespace(ns_id)
+        dev = self.lookup_device(ctrl_id)
+        if not isinstance(dev, nvme_objects.ControllerDevice):
+            raise ObjectError(f"'{ctrl_id}' is not an x-nvme-ctrl")
+        return ns, dev
+
     def attach(self, ns_id: str, ctrl_id: str) -> None:
         """Attach namespace ``ns_id`` to controller ``ctrl_id`` (adds it to ``attached-to``)."""
         with self.lock:
-            self._run_deferred()
-            ns = self._namespace(ns_id)
-            dev = self.lookup_device(ctrl_id)
-            if not isinstance(dev, nvme_objects.ControllerDevice):
-                raise ObjectError(f"'{ctrl_id}' is not an x-nvme-ctrl")
+            ns, dev = self._namespace_and_controller(ns_id, ctrl_id)
             targets = list(ns.get("attached-to"))
             if dev.id in targets or "all" in targets:
                 raise ObjectError(f"namespace '{ns_id}' is already attached to '{ctrl_id}'")
@@ -196,11 +201,7 @@ class Machine(ObjectTree):
         current controller (the 'all' policy is replaced by the explicit list).
         """
         with self.lock:
-            self._run_deferred()
-            ns = self._namespace(ns_id)
-            dev = self.lookup_device(ctrl_id)
-            if not isinstance(dev, nvme_objects.ControllerDevice):
-                raise ObjectError(f"'{ctrl_id}' is not an x-nvme-ctrl")
+            ns, dev = self._namespace_and_controller(ns_id, ctrl_id)
             targets = list(ns.get("attached-to"))
             if "all" in targets:
                 targets = [d.id for d in ns.subsystem().controller_objects() if d.id and d is not dev]
