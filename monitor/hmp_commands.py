@@ -102,15 +102,24 @@ async def info_trace_events(ctx: Any, args: dict[str, Any]) -> str:
 # objects and devices
 
 
+async def _type_help(ctx: Any, opts: dict[str, Any], key: str, kind: str, query: str) -> str | None:
+    """``TYPE=help`` lists the types, ``TYPE,help`` one type's properties; None otherwise
+    (shared by object_add and device_add, as QEMU's -object/-device help)."""
+    if opts.get(key) == "help":
+        return fmt.format_type_list(await list_types(ctx, kind))
+    if opts.pop("help", None):
+        typename = opts[key]
+        return fmt.format_type_properties(typename, await qmp(ctx, query, {"typename": typename}))
+    return None
+
+
 @hmp_command("object_add", "options*", params="[qom-type=]type,id=str[,prop=value][,...]",
              help="create QOM object", complete={"options": "object-opts"})
 async def hmp_object_add(ctx: Any, args: dict[str, Any]) -> str:
     opts = parse_opts(args["options"], "qom-type")
-    if opts.get("qom-type") == "help":
-        return fmt.format_type_list(await list_types(ctx, "object"))
-    if opts.pop("help", None):
-        typename = opts["qom-type"]
-        return fmt.format_type_properties(typename, await qmp(ctx, "qom-list-properties", {"typename": typename}))
+    text = await _type_help(ctx, opts, "qom-type", "object", "qom-list-properties")
+    if text is not None:
+        return text
     if "id" not in opts:
         raise HMPError("Parameter 'id' is missing")
     await qmp(ctx, "object-add", opts)
@@ -127,11 +136,9 @@ async def hmp_object_del(ctx: Any, args: dict[str, Any]) -> str:
              help="add device, like -device on the command line", complete={"options": "device-opts"})
 async def hmp_device_add(ctx: Any, args: dict[str, Any]) -> str:
     opts = parse_opts(args["options"], "driver")
-    if opts.get("driver") == "help":
-        return fmt.format_type_list(await list_types(ctx, "device"))
-    if opts.pop("help", None):
-        typename = opts["driver"]
-        return fmt.format_type_properties(typename, await qmp(ctx, "device-list-properties", {"typename": typename}))
+    text = await _type_help(ctx, opts, "driver", "device", "device-list-properties")
+    if text is not None:
+        return text
     await qmp(ctx, "device_add", opts)
     return ""
 
