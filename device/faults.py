@@ -22,9 +22,9 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
-from device.errors import PropertyError
-from device.nvme.spec import AdminOpcode, NvmOpcode
-from device.nvme.status import Status
+from nvshell.device.errors import PropertyError
+from nvshell.device.nvme.spec import AdminOpcode, NvmOpcode
+from nvshell.device.nvme.status import Status
 
 log = logging.getLogger(__name__)
 

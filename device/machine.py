@@ -27,10 +27,10 @@ import os
 import threading
 from typing import Any, Callable
 
-from device import objects as nvme_objects
-from device.faults import FaultSet
-from device.errors import NvshellError, ObjectError, ObjectNotFound, PropertyError
-from device.qom import TYPES, Object, ObjectTree, TypeRegistry
+from nvshell.device import objects as nvme_objects
+from nvshell.device.faults import FaultSet
+from nvshell.device.errors import NvshellError, ObjectError, ObjectNotFound, PropertyError
+from nvshell.device.qom import TYPES, Object, ObjectTree, TypeRegistry
 
 log = logging.getLogger(__name__)
 

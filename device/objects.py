@@ -36,13 +36,13 @@ import re
 import uuid as uuid_mod
 from typing import TYPE_CHECKING, Any
 
-from device.errors import NvshellError, ObjectError, PropertyError
-from device.nvme.spec import CSI
-from device.qom import (TYPE_DEVICE, TYPES, USER_CREATABLE, BoolType, EnumType, IntType, LinkType, ListType,
+from nvshell.device.errors import NvshellError, ObjectError, PropertyError
+from nvshell.device.nvme.spec import CSI
+from nvshell.device.qom import (TYPE_DEVICE, TYPES, USER_CREATABLE, BoolType, EnumType, IntType, LinkType, ListType,
                         Object, Property, SizeType, StrType, TypeInfo, TypeRegistry)
 
 if TYPE_CHECKING:  # pragma: no cover
-    from device.machine import Machine
+    from nvshell.device.machine import Machine
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +129,7 @@ class SubsystemObject(Object):
     implicit_for: str | None = None
 
     def complete(self, ctx: Any) -> None:
-        from device.nvme.subsystem import Subsystem, SubsystemError
+        from nvshell.device.nvme.subsystem import Subsystem, SubsystemError
         try:
             uid = uuid_mod.UUID(self.get("uuid"))
             self.model = Subsystem(self.get("subnqn") or None, uid)
@@ -223,7 +223,7 @@ class NamespaceObject(Object):
         raise PropertyError("Parameter 'subsys' is missing")
 
     def complete(self, ctx: Any) -> None:
-        from device.nvme.subsystem import SubsystemError
+        from nvshell.device.nvme.subsystem import SubsystemError
         m: Machine = ctx
         sub = self._pick_subsystem(m)
         if sub.model is None:
@@ -285,7 +285,7 @@ class NamespaceObject(Object):
 
     def property_changed(self, name: str, old: Any, new: Any, ctx: Any) -> None:
         if name == "attached-to" and self.model is not None:
-            from device.nvme.subsystem import SubsystemError
+            from nvshell.device.nvme.subsystem import SubsystemError
             self._check_targets(ctx, new)
             try:
                 self._apply_attachments(old, new, ctx)
@@ -318,7 +318,7 @@ class NvmNamespaceObject(NamespaceObject):
         return "file" if self.get("file") else "memory"
 
     def _open_backend(self) -> Any:
-        from device.backends import BackendError, open_backend
+        from nvshell.device.backends import BackendError, open_backend
         kind = self.backend_kind()
         size = self.get("size")
         path = self.get("file")
@@ -353,7 +353,7 @@ class NvmNamespaceObject(NamespaceObject):
         return kw
 
     def model_class(self) -> Any:
-        from device.nvme.namespace import NvmNamespace
+        from nvshell.device.nvme.namespace import NvmNamespace
         return NvmNamespace
 
     def build_model(self, m: "Machine") -> Any:
@@ -376,7 +376,7 @@ class ZonedNamespaceObject(NvmNamespaceObject):
         """The zoned command set is a later step: until ``device/nvme/zoned.py`` exists
         the type (and its inherited properties) can be listed but not created."""
         try:
-            from device.nvme.zoned import ZonedNamespace  # type: ignore[import-not-found]
+            from nvshell.device.nvme.zoned import ZonedNamespace  # type: ignore[import-not-found]
         except ImportError:
             raise ObjectError("x-nvme-ns-zoned: zoned namespaces are not implemented yet") from None
         return ZonedNamespace
@@ -509,11 +509,11 @@ class ControllerDevice(Object):
     def _realize(self, m: "Machine", sub: SubsystemObject) -> None:
         import dataclasses
 
-        from device.iothread import IOThread
-        from device.nvme.config import ControllerConfig
-        from device.nvme.controller import Controller
-        from device.nvme.subsystem import SubsystemError
-        from device.vfio_user.server import VfioUserServer
+        from nvshell.device.iothread import IOThread
+        from nvshell.device.nvme.config import ControllerConfig
+        from nvshell.device.nvme.controller import Controller
+        from nvshell.device.nvme.subsystem import SubsystemError
+        from nvshell.device.vfio_user.server import VfioUserServer
 
         path = self._socket()
         for d in m.devices():
@@ -543,7 +543,7 @@ class ControllerDevice(Object):
             self.iothread = iothread
             faults = getattr(m, "faults", None)
             if faults is not None:
-                from device.nvme.fault_injector import install as install_faults
+                from nvshell.device.nvme.fault_injector import install as install_faults
                 self.injector = install_faults(ctrl, faults)
             for ns in sub.namespace_objects():
                 if ns.model is None or sub.model.is_attached(ns.model.nsid, ctrl):

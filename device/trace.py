@@ -37,7 +37,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
-from device.errors import NvshellError
+from nvshell.device.errors import NvshellError
 
 log = logging.getLogger(__name__)
 

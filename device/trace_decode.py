@@ -20,7 +20,7 @@ from typing import IO, Any, Callable, Iterable, Iterator
 
 import msgpack
 
-from device.trace import Record, format_record, percentile
+from nvshell.device.trace import Record, format_record, percentile
 
 CHUNK = 65536
 

@@ -23,7 +23,7 @@ from typing import Any, BinaryIO
 
 import msgpack
 
-from device.trace import Record, TraceError
+from nvshell.device.trace import Record, TraceError
 
 log = logging.getLogger(__name__)
 

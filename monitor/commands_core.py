@@ -11,8 +11,8 @@ import importlib
 import inspect
 from typing import Any
 
-from monitor.errors import CommandNotFound, GenericError
-from monitor.registry import Arg, Enum, Struct, qmp_command
+from nvshell.monitor.errors import CommandNotFound, GenericError
+from nvshell.monitor.registry import Arg, Enum, Struct, qmp_command
 
 QMP_CAPABILITY = Enum("QMPCapability", ("oob",))
 VERSION_TRIPLE = Struct("VersionTriple", (Arg("major", "int"), Arg("minor", "int"), Arg("micro", "int")))
@@ -80,7 +80,7 @@ def crlf(text: str) -> str:
 async def human_monitor_command(ctx: Any, args: dict) -> str:
     """Run an HMP command line via ``monitor.hmp.run_hmp`` (imported lazily: it sits above us)."""
     try:
-        hmp = importlib.import_module("monitor.hmp")
+        hmp = importlib.import_module("nvshell.monitor.hmp")
     except ImportError as exc:
         raise GenericError(f"The human monitor is not available: {exc}") from exc
     result = hmp.run_hmp(args["command-line"], ctx)

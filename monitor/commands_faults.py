@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from device.errors import PropertyError
-from device.faults import FaultRule
-from monitor.errors import DeviceNotFound, GenericError
-from monitor.registry import Arg, qmp_command
+from nvshell.device.errors import PropertyError
+from nvshell.device.faults import FaultRule
+from nvshell.monitor.errors import DeviceNotFound, GenericError
+from nvshell.monitor.registry import Arg, qmp_command
 
 #: The rule arguments, as QMP declares them ("any": a number or a string with one).
 FAULT_ARGS = [
@@ -72,7 +72,7 @@ def add_rule(machine: Any, args: dict[str, Any]) -> FaultRule:
 
 def apply_fault_options(machine: Any, options: list[str]) -> None:
     """The ``-fault KEYVAL`` command line options (nvshell/main.py), after the machine is built."""
-    from monitor.hmp import HMPError, parse_opts
+    from nvshell.monitor.hmp import HMPError, parse_opts
 
     for text in options:
         try:
@@ -108,4 +108,4 @@ def fault_list(ctx: Any, args: dict) -> list[dict[str, Any]]:
 
 
 # The shell commands built on these register themselves on import.
-from monitor import hmp_faults as _hmp_faults  # noqa: E402,F401
+from nvshell.monitor import hmp_faults as _hmp_faults  # noqa: E402,F401

@@ -10,9 +10,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from device.qom.properties import BoolType, EnumType, IntType, ListType
-from monitor.errors import DeviceNotFound, GenericError
-from monitor.registry import Arg, qmp_command
+from nvshell.device.qom.properties import BoolType, EnumType, IntType, ListType
+from nvshell.monitor.errors import DeviceNotFound, GenericError
+from nvshell.monitor.registry import Arg, qmp_command
 
 TYPE_SUBSYSTEM = "x-nvme-subsystem"
 TYPE_NS = "x-nvme-ns"

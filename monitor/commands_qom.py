@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from monitor.errors import DeviceNotFound, GenericError
-from monitor.jsonify import jsonable
-from monitor.registry import Arg, Struct, qmp_command
+from nvshell.monitor.errors import DeviceNotFound, GenericError
+from nvshell.monitor.jsonify import jsonable
+from nvshell.monitor.registry import Arg, Struct, qmp_command
 
 OBJECT_PROPERTY_INFO = Struct("ObjectPropertyInfo", (
     Arg("name", "str"), Arg("type", "str"), Arg("description", "str", optional=True),

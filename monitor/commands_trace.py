@@ -12,8 +12,8 @@ import fnmatch
 import threading
 from typing import Any, Iterable, Protocol
 
-from monitor.errors import GenericError
-from monitor.registry import Arg, Enum, Struct, qmp_command
+from nvshell.monitor.errors import GenericError
+from nvshell.monitor.registry import Arg, Enum, Struct, qmp_command
 
 TRACE_EVENT_STATE = Enum("TraceEventState", ("unavailable", "disabled", "enabled"))
 TRACE_EVENT_INFO = Struct("TraceEventInfo", (

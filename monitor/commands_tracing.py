@@ -38,11 +38,11 @@ import threading
 import weakref
 from typing import Any, Callable, Optional
 
-from device.trace import TRACE, LatencyStats, Record, TraceError, TraceRegistry, bucket_label
-from monitor.errors import DeviceNotFound, GenericError
-from monitor.events import make_event
-from monitor.qmp.session import CURRENT_SESSION
-from monitor.registry import Arg, qmp_command
+from nvshell.device.trace import TRACE, LatencyStats, Record, TraceError, TraceRegistry, bucket_label
+from nvshell.monitor.errors import DeviceNotFound, GenericError
+from nvshell.monitor.events import make_event
+from nvshell.monitor.qmp.session import CURRENT_SESSION
+from nvshell.monitor.registry import Arg, qmp_command
 
 log = logging.getLogger("nvshell.monitor.tracing")
 
@@ -150,7 +150,7 @@ class Tracing:
     # -- the trace file ---------------------------------------------------------------
     def file_on(self, path: Optional[str] = None) -> None:
         """Record to ``path`` (truncated), or resume the previous file (appending)."""
-        from device.trace_file import TraceFileWriter
+        from nvshell.device.trace_file import TraceFileWriter
 
         if path is None:
             if self.file is not None:
@@ -402,4 +402,4 @@ def x_query_latency(ctx: Any, args: dict) -> list[dict]:
 
 
 # The HMP commands (trace-file, trace-filter, info latency) and the shell's live view.
-from monitor import hmp_tracing as _hmp_tracing  # noqa: E402,F401
+from nvshell.monitor import hmp_tracing as _hmp_tracing  # noqa: E402,F401

@@ -12,14 +12,14 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
-from monitor.events import EventBus
-from monitor.registry import Registry, default_registry
+from nvshell.monitor.events import EventBus
+from nvshell.monitor.registry import Registry, default_registry
 
 
 def _default_trace() -> Any:
     """The process's trace points (``device.trace.TRACE``) when tracing is built in."""
     try:
-        from device.trace import TRACE
+        from nvshell.device.trace import TRACE
     except Exception:
         return None
     return TRACE

@@ -16,8 +16,8 @@ import inspect
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Iterator
 
-from device.keyval import split_items
-from monitor.errors import QMPError
+from nvshell.device.keyval import split_items
+from nvshell.monitor.errors import QMPError
 
 
 Handler = Callable[[Any, dict[str, Any]], Awaitable[str]]
@@ -245,7 +245,7 @@ def registry_of(ctx: Any) -> Any:
     reg = getattr(ctx, "registry", None)
     if reg is not None:
         return reg
-    from monitor.registry import default_registry
+    from nvshell.monitor.registry import default_registry
 
     return default_registry()
 
@@ -304,4 +304,4 @@ async def run_hmp(line: str, ctx: Any) -> str:
 
 
 # The built-in commands register themselves on import.
-from monitor import hmp_commands as _hmp_commands  # noqa: E402,F401
+from nvshell.monitor import hmp_commands as _hmp_commands  # noqa: E402,F401

@@ -9,8 +9,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from monitor import format as fmt
-from monitor.hmp import COMMANDS, INFO, HMPError, QuitRequest, hmp_command, info_command, parse_opts, qmp
+from nvshell.monitor import format as fmt
+from nvshell.monitor.hmp import COMMANDS, INFO, HMPError, QuitRequest, hmp_command, info_command, parse_opts, qmp
 
 PERIPHERAL = "/machine/peripheral"
 OBJECTS = "/objects"
@@ -39,7 +39,7 @@ async def hmp_info(ctx: Any, args: dict[str, Any]) -> str:
     item = args["item"]
     if item is None:
         return "".join(c.help_line("info ") + "\n" for c in INFO)
-    from monitor.hmp import bind_args
+    from nvshell.monitor.hmp import bind_args
 
     sub = INFO.lookup(item)
     if sub is None:

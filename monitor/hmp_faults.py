@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from monitor import format as fmt
-from monitor.hmp import HMPError, hmp_command, info_command, parse_opts, qmp
+from nvshell.monitor import format as fmt
+from nvshell.monitor.hmp import HMPError, hmp_command, info_command, parse_opts, qmp
 
 FAULT_PARAMS = ("id=str[,ctrl=dev][,qid=n][,opcode=name|n][,nsid=n][,slba=n,nlb=n]"
                 "[,count=n][,skip=n][,probability=p,seed=n],action=status|delay|drop|corrupt|dma-error|"

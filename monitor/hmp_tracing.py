@@ -29,10 +29,10 @@ import shutil
 import threading
 from typing import Any, Callable, Optional
 
-from device.trace import LineSink, RateLimitedSink, Record
-from monitor.commands_tracing import FILTER_FIELDS, Tracing, parse_filter_value, record_matches, tracing_of
-from monitor.hmp import COMMANDS, HMPCommand, HMPError, hmp_command, info_command, qmp
-from monitor.hmp_commands import parse_bool
+from nvshell.device.trace import LineSink, RateLimitedSink, Record
+from nvshell.monitor.commands_tracing import FILTER_FIELDS, Tracing, parse_filter_value, record_matches, tracing_of
+from nvshell.monitor.hmp import COMMANDS, HMPCommand, HMPError, hmp_command, info_command, qmp
+from nvshell.monitor.hmp_commands import parse_bool
 
 #: Default lines per second the shell prints before counting drops.
 DEFAULT_RATE = 25
@@ -151,7 +151,7 @@ def attach_shell_trace(ctx: Any, write: Callable[[str], None], *, rate: int = DE
 
     Call it from the shell's task (the context variable is inherited by the tasks that
     run its command lines, and by nothing else)."""
-    from monitor.commands_tracing import has_tracing
+    from nvshell.monitor.commands_tracing import has_tracing
 
     owned = not has_tracing(ctx)  # the program installs it first; a test's bare context may not
     tracing = tracing_of(ctx)

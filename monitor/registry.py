@@ -24,7 +24,7 @@ import pkgutil
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Iterable, Union
 
-from monitor.errors import ArgumentError, CommandNotFound, GenericError, QMPError, to_qmp_error
+from nvshell.monitor.errors import ArgumentError, CommandNotFound, GenericError, QMPError, to_qmp_error
 
 
 @dataclass(frozen=True)
@@ -357,9 +357,9 @@ def default_registry() -> Registry:
     """The process-wide registry with every ``monitor.commands_*`` module imported."""
     global _loaded
     if not _loaded:
-        import monitor
+        from nvshell import monitor
         for info in pkgutil.iter_modules(monitor.__path__):
             if info.name.startswith("commands_"):
-                importlib.import_module(f"monitor.{info.name}")
+                importlib.import_module(f"nvshell.monitor.{info.name}")
         _loaded = True
     return REGISTRY

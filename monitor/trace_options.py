@@ -19,8 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from device.keyval import split_items
-from device.trace import TraceError
+from nvshell.device.keyval import split_items
+from nvshell.device.trace import TraceError
 
 KEYS = ("enable", "events", "file")
 
@@ -97,7 +97,7 @@ def apply_trace_options(ctx: Any, options: list[str]) -> TraceOptions:
     Also installs the context's ``Tracing`` (latency statistics sink) even with no
     options, so ``info latency`` works for anything enabled later.  Every pattern must
     match at least one trace point."""
-    from monitor.commands_tracing import tracing_of
+    from nvshell.monitor.commands_tracing import tracing_of
 
     parsed = parse_trace_options(options)
     tracing = tracing_of(ctx)

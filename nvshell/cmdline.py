@@ -41,10 +41,10 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-from device.keyval import split_items
-from device.errors import NvshellError, PropertyError
-from device.qom import TYPE_DEVICE, TYPES, USER_CREATABLE, ListType, TypeRegistry
-from device.qom.properties import LinkType
+from nvshell.device.keyval import split_items
+from nvshell.device.errors import NvshellError, PropertyError
+from nvshell.device.qom import TYPE_DEVICE, TYPES, USER_CREATABLE, ListType, TypeRegistry
+from nvshell.device.qom.properties import LinkType
 
 
 class CmdlineError(NvshellError):
@@ -276,7 +276,7 @@ def apply(machine: Any, specs: Specs | list[Spec]) -> None:
 
 def default_topology(machine: Any) -> None:
     """subsys0 + ctrl0 (socket run_dir/ctrl0.sock) + 1 GiB in-memory ns1 attached to all."""
-    from device.machine import default_topology as _default
+    from nvshell.device.machine import default_topology as _default
     _default(machine)
 
 
@@ -304,7 +304,7 @@ def _type_props(typename: str, registry: TypeRegistry) -> str:
         if "default-value" in info and info["default-value"] not in ("", [], None):
             dv = info["default-value"]
             if p.qom_type == "size" and isinstance(dv, int):
-                from device.qom import format_size
+                from nvshell.device.qom import format_size
                 dv = format_size(dv)
             text += f" (default: {json.dumps(dv) if not isinstance(dv, str) or p.qom_type != 'size' else dv})"
         lines.append(f"{left:<32} - {text}" if text else left)
@@ -313,7 +313,7 @@ def _type_props(typename: str, registry: TypeRegistry) -> str:
 
 def help_text(kind: str, typename: str | None = None, registry: TypeRegistry | None = None) -> str:
     """``-object help`` (kind "object"), ``-device help``, or ``-object TYPE,help``."""
-    import device.objects  # noqa: F401  (registers the x-nvme-* types)
+    import nvshell.device.objects  # noqa: F401  (registers the x-nvme-* types)
     registry = registry or TYPES
     if typename is None:
         return _type_list(kind, registry)

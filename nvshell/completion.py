@@ -18,8 +18,8 @@ from typing import Any, AsyncGenerator, Awaitable, Callable, Iterable, Iterator
 from prompt_toolkit.completion import CompleteEvent, Completer, Completion
 from prompt_toolkit.document import Document
 
-from device.keyval import split_items
-from monitor.hmp import COMMANDS, INFO, CommandTable, HMPCommand, HMPError, Param, split_word
+from nvshell.device.keyval import split_items
+from nvshell.monitor.hmp import COMMANDS, INFO, CommandTable, HMPCommand, HMPError, Param, split_word
 
 Query = Callable[[str, dict[str, Any]], Awaitable[Any]]
 

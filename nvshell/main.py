@@ -18,11 +18,11 @@ import signal
 import sys
 from pathlib import Path
 
-from device.errors import NvshellError
-from device.machine import Machine
-from monitor.context import MonitorContext
-from monitor.qmp.address import parse_qmp_address
-from monitor.qmp.server import QMPServer
+from nvshell.device.errors import NvshellError
+from nvshell.device.machine import Machine
+from nvshell.monitor.context import MonitorContext
+from nvshell.monitor.qmp.address import parse_qmp_address
+from nvshell.monitor.qmp.server import QMPServer
 from nvshell import cmdline
 from nvshell.shell import route_sigint, unroute_sigint
 
@@ -144,7 +144,7 @@ async def serve(args: argparse.Namespace, run_dir: Path, specs: "cmdline.Specs",
         ctx = MonitorContext(machine=machine, request_shutdown=stop.set)
         _apply_trace_options(ctx, args.trace)
         if args.fault:
-            from monitor.commands_faults import apply_fault_options
+            from nvshell.monitor.commands_faults import apply_fault_options
             apply_fault_options(machine, args.fault)
         for address in [parse_qmp_address(f"unix:{run_dir / 'qmp.sock'},server=on,wait=off"), *qmp_addresses]:
             server = QMPServer(ctx)
@@ -195,7 +195,7 @@ async def _script_then_serve(args: argparse.Namespace, ctx: MonitorContext, stop
 
 def _apply_trace_options(ctx: MonitorContext, options: list[str]) -> None:
     # Called even without -trace: it installs the tracing sinks (latency statistics).
-    from monitor.trace_options import apply_trace_options
+    from nvshell.monitor.trace_options import apply_trace_options
     apply_trace_options(ctx, options)
 
 

@@ -15,8 +15,8 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, TextIO
 
-from monitor.errors import QMPError
-from monitor.hmp import COMMANDS, HMPError, HMPResult, split_word
+from nvshell.monitor.errors import QMPError
+from nvshell.monitor.hmp import COMMANDS, HMPError, HMPResult, split_word
 
 
 def parse_address(address: str) -> str | tuple[str, int]:

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Protocol, TextIO
 
-from monitor.hmp import HMPResult, execute_line, qmp
+from nvshell.monitor.hmp import HMPResult, execute_line, qmp
 
 PROMPT = "(nvshell) "
 HISTORY_ENV = "NVSHELL_HISTORY"
@@ -346,7 +346,7 @@ def _attach_trace_view(backend: ShellBackend) -> Callable[[], None]:
     ctx = getattr(backend, "ctx", None)
     if ctx is None or getattr(ctx, "extra", None) is None:
         return lambda: None
-    from monitor.hmp_tracing import attach_shell_trace
+    from nvshell.monitor.hmp_tracing import attach_shell_trace
 
     return attach_shell_trace(ctx, lambda text: print(text, flush=True))  # patch_stdout: above the prompt
 

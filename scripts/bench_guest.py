@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.harness import GUEST_DIR, NvshellProcess, guest_unavailable_reason  # noqa: E402
+from nvshell.testing import GUEST_DIR, NvshellProcess, guest_unavailable_reason  # noqa: E402
 
 import subprocess  # noqa: E402
 

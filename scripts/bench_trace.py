@@ -33,7 +33,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests.harness import GUEST_DIR, NvshellProcess, guest_unavailable_reason  # noqa: E402
+from nvshell.testing import GUEST_DIR, NvshellProcess, guest_unavailable_reason  # noqa: E402
 
 VARIANTS = ("disabled", "file", "notrace")
 

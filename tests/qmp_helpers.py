@@ -15,16 +15,16 @@ import threading
 import time
 from typing import Any, Callable, Optional
 
-from monitor.commands_trace import SimpleTraceControl
-from monitor.context import MonitorContext
-from monitor.qmp.server import QMPServer
+from nvshell.monitor.commands_trace import SimpleTraceControl
+from nvshell.monitor.context import MonitorContext
+from nvshell.monitor.qmp.server import QMPServer
 
 
 class FakeMachine:
     """The Machine API in a few dicts; DEVICE_DELETED is published from another thread."""
 
     def __init__(self) -> None:
-        from device.errors import ObjectError, ObjectNotFound
+        from nvshell.device.errors import ObjectError, ObjectNotFound
         self.ObjectNotFound, self.ObjectError = ObjectNotFound, ObjectError
         self.objs: dict[str, tuple[str, dict]] = {}
         self.devs: dict[str, tuple[str, dict]] = {}

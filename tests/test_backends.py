@@ -8,7 +8,7 @@ import threading
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from device.backends import BackendError, FileBackend, MemoryBackend, NullBackend, open_backend
+from nvshell.device.backends import BackendError, FileBackend, MemoryBackend, NullBackend, open_backend
 
 GiB = 1 << 30
 

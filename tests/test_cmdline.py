@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from device.errors import PropertyError
-from device.machine import Machine
+from nvshell.device.errors import PropertyError
+from nvshell.device.machine import Machine
 from nvshell import cmdline
 from nvshell.cmdline import CmdlineError
 

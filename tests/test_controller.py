@@ -15,14 +15,14 @@ import time
 
 import pytest
 
-import device.nvme  # noqa: F401  (registers handlers)
-from device.iothread import IOThread
-from device.nvme.commands import ADMIN, DEFERRED
-from device.nvme.config import ControllerConfig
-from device.nvme.controller import Controller
-from device.nvme.spec import CQE, SQE, AdminOpcode, Reg
-from device.nvme.status import NvmeError, Status
-from device.vfio_user.dma import GuestMemory
+import nvshell.device.nvme  # noqa: F401  (registers handlers)
+from nvshell.device.iothread import IOThread
+from nvshell.device.nvme.commands import ADMIN, DEFERRED
+from nvshell.device.nvme.config import ControllerConfig
+from nvshell.device.nvme.controller import Controller
+from nvshell.device.nvme.spec import CQE, SQE, AdminOpcode, Reg
+from nvshell.device.nvme.status import NvmeError, Status
+from nvshell.device.vfio_user.dma import GuestMemory
 
 RAM_BASE = 0x100000
 RAM_SIZE = 4 << 20
@@ -394,7 +394,7 @@ def test_io_queue_commands_without_namespace(host):
 
 class FakeNs:
     def __init__(self, nsid: int = 1):
-        from device.nvme.commands import CommandTable
+        from nvshell.device.nvme.commands import CommandTable
         self.nsid = nsid
         self.ready = True
         self.commands = CommandTable("fake")

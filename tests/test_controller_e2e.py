@@ -12,16 +12,16 @@ import time
 
 import pytest
 
-import device.nvme  # noqa: F401
-from device.backends import MemoryBackend
-from device.iothread import IOThread
-from device.nvme.config import ControllerConfig
-from device.nvme.controller import Controller
-from device.nvme.namespace import NvmNamespace
-from device.nvme.spec import CQE, SQE, AdminOpcode
-from device.vfio_user.client import VfioUserClient
-from device.vfio_user.interface import RegionFlag, RegionIndex
-from device.vfio_user.server import VfioUserServer
+import nvshell.device.nvme  # noqa: F401
+from nvshell.device.backends import MemoryBackend
+from nvshell.device.iothread import IOThread
+from nvshell.device.nvme.config import ControllerConfig
+from nvshell.device.nvme.controller import Controller
+from nvshell.device.nvme.namespace import NvmNamespace
+from nvshell.device.nvme.spec import CQE, SQE, AdminOpcode
+from nvshell.device.vfio_user.client import VfioUserClient
+from nvshell.device.vfio_user.interface import RegionFlag, RegionIndex
+from nvshell.device.vfio_user.server import VfioUserServer
 
 RAM = 0x40000000
 RAM_SIZE = 2 << 20

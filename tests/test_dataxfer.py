@@ -9,10 +9,10 @@ import struct
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from device.nvme.dataxfer import (MAX_SGL_DESCRIPTORS, SGL_BIT_BUCKET, SGL_DATA_BLOCK, SGL_LAST_SEGMENT,
+from nvshell.device.nvme.dataxfer import (MAX_SGL_DESCRIPTORS, SGL_BIT_BUCKET, SGL_DATA_BLOCK, SGL_LAST_SEGMENT,
                                   SGL_SEGMENT, map_data)
-from device.nvme.status import NvmeError, Status
-from device.vfio_user.dma import PROT_READ, DmaError
+from nvshell.device.nvme.status import NvmeError, Status
+from nvshell.device.vfio_user.dma import PROT_READ, DmaError
 from tests.test_nvm_fakes import PAGE, Guest, make_cmd
 
 PSDT_SGL = 1 << 6

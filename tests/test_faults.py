@@ -2,9 +2,9 @@
 
 import pytest
 
-from device.errors import PropertyError
-from device.faults import FaultRule, FaultSet, parse_status
-from device.nvme.status import Status
+from nvshell.device.errors import PropertyError
+from nvshell.device.faults import FaultRule, FaultSet, parse_status
+from nvshell.device.nvme.status import Status
 
 READ, WRITE = 0x02, 0x01
 

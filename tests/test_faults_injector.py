@@ -8,19 +8,19 @@ import time
 
 import pytest
 
-from device import trace as T
-from device.backends import MemoryBackend
-from device.errors import PropertyError
-from device.faults import FaultRule, FaultSet
-from device.machine import Machine, default_topology
-from device.nvme.fault_injector import install
-from device.nvme.namespace import NvmNamespace
-from device.nvme.spec import AdminOpcode
-from device.nvme.status import Status
-from monitor.commands_faults import apply_fault_options
-from monitor.context import MonitorContext
-from monitor.errors import QMPError
-from monitor.hmp import execute_line
+from nvshell.device import trace as T
+from nvshell.device.backends import MemoryBackend
+from nvshell.device.errors import PropertyError
+from nvshell.device.faults import FaultRule, FaultSet
+from nvshell.device.machine import Machine, default_topology
+from nvshell.device.nvme.fault_injector import install
+from nvshell.device.nvme.namespace import NvmNamespace
+from nvshell.device.nvme.spec import AdminOpcode
+from nvshell.device.nvme.status import Status
+from nvshell.monitor.commands_faults import apply_fault_options
+from nvshell.monitor.context import MonitorContext
+from nvshell.monitor.errors import QMPError
+from nvshell.monitor.hmp import execute_line
 from tests.test_controller import Host, dnr, status
 
 READ, WRITE = 0x02, 0x01

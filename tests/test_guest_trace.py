@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from device.trace_decode import Summary, iter_records
+from nvshell.device.trace_decode import Summary, iter_records
 from tests.harness import REPO, NvshellProcess, require_guest, run_guest
 
 pytestmark = pytest.mark.guest

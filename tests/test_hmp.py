@@ -9,12 +9,12 @@ from typing import Any, Iterator
 
 import pytest
 
-from device.machine import Machine
-from monitor.commands_trace import SimpleTraceControl
-from monitor.context import MonitorContext
-from monitor.hmp import HMPError, HMPResult, execute_line, parse_opts, run_hmp, split_word
+from nvshell.device.machine import Machine
+from nvshell.monitor.commands_trace import SimpleTraceControl
+from nvshell.monitor.context import MonitorContext
+from nvshell.monitor.hmp import HMPError, HMPResult, execute_line, parse_opts, run_hmp, split_word
 
-HAVE_CTRL = importlib.util.find_spec("device.nvme.controller") is not None
+HAVE_CTRL = importlib.util.find_spec("nvshell.device.nvme.controller") is not None
 
 SUBSYS = "object_add x-nvme-subsystem,id=subsys0,subnqn=nqn.2024-01.io.nvshell:s0," \
          "uuid=11111111-2222-3333-4444-555555555555"
@@ -163,7 +163,7 @@ bus: main-system-bus
 """
 
 
-@pytest.mark.skipif(not HAVE_CTRL, reason="device.nvme.controller not there yet")
+@pytest.mark.skipif(not HAVE_CTRL, reason="nvshell.device.nvme.controller not there yet")
 def test_golden_qtree_with_controller(ctx: MonitorContext) -> None:
     assert out(ctx, SUBSYS, NS1, NS2, CTRL, "info qtree -b") == GOLDEN_QTREE_CTRL
     full = out(ctx, "info qtree")
@@ -251,7 +251,7 @@ def test_human_monitor_command_via_registry(ctx: MonitorContext) -> None:
 
 def test_extension_commands_register(ctx: MonitorContext) -> None:
     """Other modules add commands with the decorator; help and execution pick them up."""
-    from monitor.hmp import COMMANDS, hmp_command
+    from nvshell.monitor.hmp import COMMANDS, hmp_command
 
     @hmp_command("x-echo", "text*", help="echo text")
     def echo(ctx: Any, args: dict[str, Any]) -> str:

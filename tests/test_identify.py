@@ -7,11 +7,11 @@ import struct
 
 import pytest
 
-from device.nvme.admin_identify import ID_CTRL, oncs
-from device.nvme.commands import CommandTable
-from device.nvme.spec import CSI, NvmOpcode
-from device.nvme.status import NvmeError, Status
-from device.nvme.subsystem import Subsystem
+from nvshell.device.nvme.admin_identify import ID_CTRL, oncs
+from nvshell.device.nvme.commands import CommandTable
+from nvshell.device.nvme.spec import CSI, NvmOpcode
+from nvshell.device.nvme.status import NvmeError, Status
+from nvshell.device.nvme.subsystem import Subsystem
 from tests.test_subsystem import FakeController, FakeNamespace, run_admin
 
 IDENTIFY = 0x06
@@ -210,8 +210,8 @@ def test_unknown_cns(setup, cns: int) -> None:
 
 def test_with_real_namespace() -> None:
     """CNS 00/03/05/08 on the real NvmNamespace once namespace.py is there."""
-    namespace = pytest.importorskip("device.nvme.namespace")
-    from device.backends import MemoryBackend
+    namespace = pytest.importorskip("nvshell.device.nvme.namespace")
+    from nvshell.device.backends import MemoryBackend
     s = Subsystem()
     a = FakeController(s)
     ns = namespace.NvmNamespace(MemoryBackend(1 << 20), lba_size=4096)

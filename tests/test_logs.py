@@ -6,11 +6,11 @@ import struct
 
 import pytest
 
-from device.nvme.admin_log import effects_log
-from device.nvme.commands import ADMIN, EFFECT_CSUPP, EFFECT_LBCC, NVM, CommandTable
-from device.nvme.spec import CSI, LogPage
-from device.nvme.status import NvmeError, Status
-from device.nvme.subsystem import Subsystem
+from nvshell.device.nvme.admin_log import effects_log
+from nvshell.device.nvme.commands import ADMIN, EFFECT_CSUPP, EFFECT_LBCC, NVM, CommandTable
+from nvshell.device.nvme.spec import CSI, LogPage
+from nvshell.device.nvme.status import NvmeError, Status
+from nvshell.device.nvme.subsystem import Subsystem
 from tests.test_subsystem import FakeController, FakeNamespace, run_admin
 
 GET_LOG = 0x02
@@ -155,8 +155,8 @@ def test_effects_log_io_table_by_csi(ctrl: FakeController) -> None:
 
 def test_real_controller_stats_and_error_log() -> None:
     """SMART and Error Information from the controller's own SmartStats/ErrorLog."""
-    controller = pytest.importorskip("device.nvme.controller")
-    from device.nvme.config import ControllerConfig
+    controller = pytest.importorskip("nvshell.device.nvme.controller")
+    from nvshell.device.nvme.config import ControllerConfig
     s = Subsystem()
     ctrl = controller.Controller(ControllerConfig(serial="X", doorbells="trap"), s, None)
     fake = FakeController()           # borrow its transfer/recording
@@ -182,6 +182,6 @@ def test_real_controller_stats_and_error_log() -> None:
     ctrl.note_changed_namespace(3)
     assert struct.unpack_from("<2I", read(LogPage.CHANGED_NS_LIST, 4096)) == (3, 0)
     assert ctrl.changed_namespaces == []
-    from device.nvme.admin_identify import identify_controller
+    from nvshell.device.nvme.admin_identify import identify_controller
     assert identify_controller(ctrl)[262] == ctrl.error_log.capacity - 1
     ctrl.shutdown()

@@ -10,11 +10,11 @@ import time
 
 import pytest
 
-pytest.importorskip("device.nvme.controller")
+pytest.importorskip("nvshell.device.nvme.controller")
 
-from device.errors import ObjectError  # noqa: E402
-from device.machine import Machine, default_topology  # noqa: E402
-from device.vfio_user.client import VfioUserClient  # noqa: E402
+from nvshell.device.errors import ObjectError  # noqa: E402
+from nvshell.device.machine import Machine, default_topology  # noqa: E402
+from nvshell.device.vfio_user.client import VfioUserClient  # noqa: E402
 
 
 def wait_for(pred, timeout=3.0):

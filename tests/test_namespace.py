@@ -7,11 +7,11 @@ import uuid
 
 import pytest
 
-from device.backends import MemoryBackend
-from device.nvme.commands import NVM
-from device.nvme.namespace import ID_NS, NamespaceError, NvmNamespace
-from device.nvme.spec import CSI
-from device.nvme.status import NvmeError, Status
+from nvshell.device.backends import MemoryBackend
+from nvshell.device.nvme.commands import NVM
+from nvshell.device.nvme.namespace import ID_NS, NamespaceError, NvmNamespace
+from nvshell.device.nvme.spec import CSI
+from nvshell.device.nvme.status import NvmeError, Status
 
 U = "5c6b1f6a-8e0e-4d5e-9a1f-0123456789ab"
 

@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from device.nvme import admin_ns
-from device.nvme.spec import CSI
-from device.nvme.status import NvmeError, Status
-from device.nvme.subsystem import Subsystem
+from nvshell.device.nvme import admin_ns
+from nvshell.device.nvme.spec import CSI
+from nvshell.device.nvme.status import NvmeError, Status
+from nvshell.device.nvme.subsystem import Subsystem
 from tests.test_subsystem import NOTICE, FakeController, FakeNamespace, run_admin
 
 NS_MGMT = 0x0D
@@ -179,9 +179,9 @@ def test_private_namespace(subsys) -> None:
 
 def test_default_factory_uses_real_namespace() -> None:
     """With namespace.py/backends.py landed, create builds a real NvmNamespace."""
-    pytest.importorskip("device.nvme.namespace")
-    from device.nvme.admin_identify import LBA_FORMATS
-    from device.nvme.namespace import LBA_FORMATS as NS_FORMATS
+    pytest.importorskip("nvshell.device.nvme.namespace")
+    from nvshell.device.nvme.admin_identify import LBA_FORMATS
+    from nvshell.device.nvme.namespace import LBA_FORMATS as NS_FORMATS
     assert {i: 1 << s for i, s in enumerate(NS_FORMATS)} == LBA_FORMATS  # create-ns FLBAS = ns formats
     ns = admin_ns._default_factory(1 << 20, 4096, False)
     try:

@@ -7,11 +7,11 @@ import struct
 
 import pytest
 
-from device.backends import BackendError, FileBackend, MemoryBackend
-from device.nvme.namespace import NvmNamespace
-from device.nvme.nvm import COPY_RANGE_F0, DSM_RANGE
-from device.nvme.spec import NvmOpcode
-from device.nvme.status import Status
+from nvshell.device.backends import BackendError, FileBackend, MemoryBackend
+from nvshell.device.nvme.namespace import NvmNamespace
+from nvshell.device.nvme.nvm import COPY_RANGE_F0, DSM_RANGE
+from nvshell.device.nvme.spec import NvmOpcode
+from nvshell.device.nvme.status import Status
 from tests.test_nvm_fakes import PAGE, FakeCtrl, Guest, make_cmd
 
 PSDT_SGL = 1 << 6
@@ -231,7 +231,7 @@ def test_copy_limits_and_errors(env):
 
 
 def test_handlers_registered_with_table_metadata():
-    from device.nvme.commands import EFFECT_LBCC, NVM
+    from nvshell.device.nvme.commands import EFFECT_LBCC, NVM
     names = {i.opcode: i for i in NVM}
     assert {0x00, 0x01, 0x02, 0x05, 0x08, 0x09, 0x0C, 0x19} <= set(names)
     assert names[0x00].nsid == "optional" and names[0x02].nsid == "required"

@@ -10,10 +10,10 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
 
-from device.nvme.commands import NVM, Command
-from device.nvme.dataxfer import DataMap, map_data
-from device.nvme.status import NvmeError, Status
-from device.vfio_user.dma import PROT_READ, PROT_WRITE, DmaError, GuestMemory
+from nvshell.device.nvme.commands import NVM, Command
+from nvshell.device.nvme.dataxfer import DataMap, map_data
+from nvshell.device.nvme.status import NvmeError, Status
+from nvshell.device.vfio_user.dma import PROT_READ, PROT_WRITE, DmaError, GuestMemory
 
 PAGE = 4096
 GUEST_BASE = 0x100000

@@ -14,7 +14,7 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from device.trace_decode import Summary, TraceDecodeError, filter_names, iter_records, main, to_json
+from nvshell.device.trace_decode import Summary, TraceDecodeError, filter_names, iter_records, main, to_json
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -78,7 +78,7 @@ def test_follow_waits_for_partial_record(tmp_path: Path) -> None:
 
 def test_follow_while_writer_runs(tmp_path: Path) -> None:
     """End to end: TraceFileWriter producing, decoder following, nothing lost or garbled."""
-    from device.trace_file import TraceFileWriter
+    from nvshell.device.trace_file import TraceFileWriter
 
     path = tmp_path / "t.msgpack"
     writer = TraceFileWriter(path, interval=0.005, batch=7)

@@ -7,9 +7,9 @@ import types
 
 import pytest
 
-import device.vfio_user.server as server_mod
-from device.errors import ObjectError, ObjectNotFound, PropertyError
-from device.machine import Machine
+import nvshell.device.vfio_user.server as server_mod
+from nvshell.device.errors import ObjectError, ObjectNotFound, PropertyError
+from nvshell.device.machine import Machine
 
 
 class FakeController:
@@ -56,7 +56,7 @@ class FakeServer:
 
 @pytest.fixture
 def m(tmp_path, monkeypatch):
-    import device.nvme.controller as controller_mod
+    import nvshell.device.nvme.controller as controller_mod
     monkeypatch.setattr(controller_mod, "Controller", FakeController)
     monkeypatch.setattr(server_mod, "VfioUserServer", FakeServer, raising=False)
     machine = Machine(str(tmp_path))
@@ -110,7 +110,7 @@ def test_namespace_creation_and_tree(m):
 
 
 def test_zoned_inherits_nvm():
-    from device.qom import TYPES
+    from nvshell.device.qom import TYPES
     nvm = set(TYPES.properties("x-nvme-ns-nvm"))
     zoned = set(TYPES.properties("x-nvme-ns-zoned"))
     assert nvm < zoned and {"zone-size", "zone-capacity", "zone-max-open", "zone-max-active"} <= zoned
@@ -189,8 +189,8 @@ def test_private_subsystem(m):
 
 
 def test_guest_created_namespace_is_mirrored(m):
-    from device.backends import MemoryBackend
-    from device.nvme.namespace import NvmNamespace
+    from nvshell.device.backends import MemoryBackend
+    from nvshell.device.nvme.namespace import NvmNamespace
     m.object_add("x-nvme-subsystem", "s", {})
     sub = m.find_object("s").model
     ns = NvmNamespace(MemoryBackend(1 << 20))
@@ -228,7 +228,7 @@ def test_shutdown_closes_everything(m):
 def test_zoned_and_qmp_style_values(m):
     m.object_add("x-nvme-subsystem", "s", {})
     try:
-        import device.nvme.namespace as nsmod
+        import nvshell.device.nvme.namespace as nsmod
         has_zoned = hasattr(nsmod, "ZonedNamespace")
     except ImportError:
         has_zoned = False

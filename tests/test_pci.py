@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from device.pci.config import MSIX_OFFSET, PCIE_OFFSET, PM_OFFSET
-from device.pci.function import PciFunction
-from device.vfio_user.interface import IrqIndex, RegionAccessError, RegionFlag, RegionIndex
+from nvshell.device.pci.config import MSIX_OFFSET, PCIE_OFFSET, PM_OFFSET
+from nvshell.device.pci.function import PciFunction
+from nvshell.device.vfio_user.interface import IrqIndex, RegionAccessError, RegionFlag, RegionIndex
 
 CFG = RegionIndex.CONFIG
 

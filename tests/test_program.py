@@ -418,7 +418,7 @@ def test_signals_stop_the_shell_cleanly(shell: Shell, sig: signal.Signals) -> No
 
 
 def test_guest_connect_event_appears_above_a_half_typed_line(shell: Shell) -> None:
-    from device.vfio_user.client import VfioUserClient
+    from nvshell.device.vfio_user.client import VfioUserClient
 
     shell.prompt()
     shell.type("info qt")
@@ -454,7 +454,7 @@ def test_bottom_toolbar_shows_live_state(tmp: Path) -> None:
     and follows the device: controllers waiting/connected, namespaces, IOPS."""
     import time
 
-    from device.vfio_user.client import VfioUserClient
+    from nvshell.device.vfio_user.client import VfioUserClient
 
     env = program_env(tmp)
     del env["PROMPT_TOOLKIT_NO_CPR"]
@@ -649,7 +649,7 @@ def test_connect_to_a_headless_nvshell(tmp: Path) -> None:
             assert 'dev: x-nvme-ns-nvm, id "ns7"' in tree and 'attached: x-nvme-ns-nvm, id "ns7", nsid 2' in tree
 
             # Events from the remote side appear above the prompt.
-            from device.vfio_user.client import VfioUserClient
+            from nvshell.device.vfio_user.client import VfioUserClient
 
             remote.type("info stat")
             remote.child.expect("stat")

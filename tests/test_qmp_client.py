@@ -16,12 +16,12 @@ import importlib.util
 import pytest
 from qemu.qmp import ExecuteError, QMPClient
 
-from device.machine import Machine
+from nvshell.device.machine import Machine
 from tests.qmp_helpers import FakeMachine, MonitorThread, RawClient
 
 
-HAVE_CONTROLLER = importlib.util.find_spec("device.nvme.controller") is not None
-needs_controller = pytest.mark.skipif(not HAVE_CONTROLLER, reason="device.nvme.controller not written yet")
+HAVE_CONTROLLER = importlib.util.find_spec("nvshell.device.nvme.controller") is not None
+needs_controller = pytest.mark.skipif(not HAVE_CONTROLLER, reason="nvshell.device.nvme.controller not written yet")
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import sys
 import pexpect
 import pytest
 
-from device.machine import Machine
+from nvshell.device.machine import Machine
 from tests.qmp_helpers import MonitorThread
 
 QMP_SHELL = shutil.which("qmp-shell")

@@ -10,13 +10,13 @@ import threading
 
 import pytest
 
-from monitor.context import MonitorContext
-from monitor.errors import AddressError, QMPError
-from monitor.events import EventBus
-from monitor.qmp.address import QMPAddress, parse_qmp_address
-from monitor.qmp.parser import JSONStreamParser, Message, ParseError
-from monitor.qmp.server import QMPServer
-from monitor.registry import Arg, Enum, Registry, Struct
+from nvshell.monitor.context import MonitorContext
+from nvshell.monitor.errors import AddressError, QMPError
+from nvshell.monitor.events import EventBus
+from nvshell.monitor.qmp.address import QMPAddress, parse_qmp_address
+from nvshell.monitor.qmp.parser import JSONStreamParser, Message, ParseError
+from nvshell.monitor.qmp.server import QMPServer
+from nvshell.monitor.registry import Arg, Enum, Registry, Struct
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -112,7 +112,7 @@ def test_flattened_commands_take_scalars_for_strings():
 
 
 def test_handler_exceptions_become_errors():
-    from device.errors import ObjectNotFound
+    from nvshell.device.errors import ObjectNotFound
     reg = Registry()
 
     @reg.command("x-boom")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from device.errors import ObjectError, ObjectNotFound, PropertyError, TypeNotFound
-from device.qom import (USER_CREATABLE, BoolType, EnumType, IntType, LinkType, ListType, Object, ObjectTree,
+from nvshell.device.errors import ObjectError, ObjectNotFound, PropertyError, TypeNotFound
+from nvshell.device.qom import (USER_CREATABLE, BoolType, EnumType, IntType, LinkType, ListType, Object, ObjectTree,
                         Property, SizeType, StrType, TypeInfo, new_registry, parse_size)
 
 

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from monitor.context import MonitorContext
-from monitor.commands_trace import SimpleTraceControl
-from monitor.hmp import HMPResult
+from nvshell.monitor.context import MonitorContext
+from nvshell.monitor.commands_trace import SimpleTraceControl
+from nvshell.monitor.hmp import HMPResult
 from nvshell.completion import HMPCompleter, tokenize
 from nvshell.shell import format_toolbar, run_script, script_loop, shell_loop
 

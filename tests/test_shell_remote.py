@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from device.machine import Machine
-from monitor.commands_trace import SimpleTraceControl
-from monitor.context import MonitorContext
-from monitor.qmp.server import QMPServer
+from nvshell.device.machine import Machine
+from nvshell.monitor.commands_trace import SimpleTraceControl
+from nvshell.monitor.context import MonitorContext
+from nvshell.monitor.qmp.server import QMPServer
 from nvshell.completion import HMPCompleter
 from nvshell.remote import RemoteBackend, connect, parse_address, run_remote
 

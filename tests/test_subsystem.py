@@ -16,13 +16,13 @@ from uuid import UUID
 
 import pytest
 
-from device.iothread import IOThread
-from device.nvme.commands import ADMIN, NVM, Command
-from device.nvme.config import ControllerConfig
-from device.nvme.controller import ErrorLog, Features, SmartStats
-from device.nvme.spec import AsyncEventType, CSI, LogPage, NoticeInfo
-from device.nvme.status import NvmeError, Status
-from device.nvme.subsystem import Subsystem, SubsystemError
+from nvshell.device.iothread import IOThread
+from nvshell.device.nvme.commands import ADMIN, NVM, Command
+from nvshell.device.nvme.config import ControllerConfig
+from nvshell.device.nvme.controller import ErrorLog, Features, SmartStats
+from nvshell.device.nvme.spec import AsyncEventType, CSI, LogPage, NoticeInfo
+from nvshell.device.nvme.status import NvmeError, Status
+from nvshell.device.nvme.subsystem import Subsystem, SubsystemError
 
 NOTICE = (AsyncEventType.NOTICE, NoticeInfo.NS_ATTRIBUTE_CHANGED, LogPage.CHANGED_NS_LIST)
 
@@ -140,9 +140,9 @@ def make_cmd(opcode: int, nsid: int = 0, **cdw: int) -> Command:
 def run_admin(ctrl: FakeController, opcode: int, nsid: int = 0, data: bytes = b"",
               **cdw: int) -> tuple[Command, bytes]:
     """Run an admin handler as the dispatcher would; NvmeError propagates."""
-    import device.nvme.admin_identify  # noqa: F401  (register handlers)
-    import device.nvme.admin_log  # noqa: F401
-    import device.nvme.admin_ns  # noqa: F401
+    import nvshell.device.nvme.admin_identify  # noqa: F401  (register handlers)
+    import nvshell.device.nvme.admin_log  # noqa: F401
+    import nvshell.device.nvme.admin_ns  # noqa: F401
     info = ADMIN.get(opcode)
     assert info is not None
     cmd = make_cmd(opcode, nsid, **cdw)

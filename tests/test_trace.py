@@ -7,8 +7,8 @@ import re
 
 import pytest
 
-from device import trace
-from device.trace import (
+from nvshell.device import trace
+from nvshell.device.trace import (
     DROPPED, TRACE, FilteredSink, Hex, LatencyStats, LineSink, RateLimitedSink, TraceError, TracePoint,
     TraceRegistry, bucket_label, bucket_of, format_record, percentile, render_histogram,
 )

@@ -9,9 +9,9 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from device.trace import TraceError, TraceRegistry
-from device.trace_decode import iter_records
-from device.trace_file import TraceFileWriter
+from nvshell.device.trace import TraceError, TraceRegistry
+from nvshell.device.trace_decode import iter_records
+from nvshell.device.trace_file import TraceFileWriter
 
 
 def test_round_trip_two_threads(tmp_path: Path) -> None:

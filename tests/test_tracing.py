@@ -19,20 +19,20 @@ from typing import Any, Iterator
 
 import pytest
 
-from device import trace as T
-from device.backends import MemoryBackend
-from device.nvme.namespace import NvmNamespace
-from device.nvme.spec import AdminOpcode
-from device.trace import TRACE, TraceError
-from device.trace_decode import Summary, iter_records
-from device.vfio_user.client import VfioUserClient
-from device.vfio_user.interface import RegionIndex
-from monitor.commands_tracing import DROPPED_EVENT, RECORD_EVENT, tracing_of
-from monitor.context import MonitorContext
-from monitor.hmp import execute_line
-from monitor.hmp_tracing import CURRENT_SHELL_VIEW, attach_shell_trace, parse_filter_spec, render_latency
-from monitor.qmp.server import QMPServer
-from monitor.trace_options import apply_trace_options, parse_trace_options
+from nvshell.device import trace as T
+from nvshell.device.backends import MemoryBackend
+from nvshell.device.nvme.namespace import NvmNamespace
+from nvshell.device.nvme.spec import AdminOpcode
+from nvshell.device.trace import TRACE, TraceError
+from nvshell.device.trace_decode import Summary, iter_records
+from nvshell.device.vfio_user.client import VfioUserClient
+from nvshell.device.vfio_user.interface import RegionIndex
+from nvshell.monitor.commands_tracing import DROPPED_EVENT, RECORD_EVENT, tracing_of
+from nvshell.monitor.context import MonitorContext
+from nvshell.monitor.hmp import execute_line
+from nvshell.monitor.hmp_tracing import CURRENT_SHELL_VIEW, attach_shell_trace, parse_filter_spec, render_latency
+from nvshell.monitor.qmp.server import QMPServer
+from nvshell.monitor.trace_options import apply_trace_options, parse_trace_options
 from tests.qmp_helpers import RawClient
 from tests.test_controller_e2e import RAM, RAM_SIZE, Guest
 
@@ -182,7 +182,7 @@ def test_every_trace_point_fires_with_declared_fields(tmp_path: Path, doorbells:
         # An AER outstanding, then a namespace change completes it.
         g.cid += 1
         q = g.q[0]
-        from device.nvme.spec import SQE
+        from nvshell.device.nvme.spec import SQE
         g.ram.write(q["sq"] + 64 * q["tail"], SQE.pack(opcode=AdminOpcode.ASYNC_EVENT_REQUEST, cid=g.cid))
         q["tail"] = (q["tail"] + 1) % q["size"]
         g.ring(0, q["tail"])
@@ -313,7 +313,7 @@ def test_latency_query_and_rendering(ctx: MonitorContext) -> None:
 
 
 def test_latency_unknown_device_is_an_error(tmp_path: Path) -> None:
-    from device.machine import Machine
+    from nvshell.device.machine import Machine
     m = Machine(tmp_path)
     c = MonitorContext(machine=m)
     try:
@@ -511,7 +511,7 @@ def test_shell_view_prints_only_what_the_shell_enabled(ctx: MonitorContext) -> N
 
 def test_parse_filter_spec() -> None:
     assert parse_filter_spec("ctrl=ctrl0, qid=1 opcode=read") == {"ctrl": "ctrl0", "qid": "1", "opcode": "read"}
-    from monitor.hmp import HMPError
+    from nvshell.monitor.hmp import HMPError
     with pytest.raises(HMPError, match="expected KEY=VALUE"):
         parse_filter_spec("qid")
     with pytest.raises(HMPError, match="'qid' given twice"):

@@ -12,9 +12,9 @@ from typing import Iterator
 import pexpect
 import pytest
 
-from device.nvme.spec import AdminOpcode
-from device.vfio_user.client import VfioUserClient
-from device.vfio_user.interface import RegionIndex
+from nvshell.device.nvme.spec import AdminOpcode
+from nvshell.device.vfio_user.client import VfioUserClient
+from nvshell.device.vfio_user.interface import RegionIndex
 from tests.harness import REPO
 from tests.test_controller_e2e import RAM, RAM_SIZE, Guest
 

@@ -14,11 +14,11 @@ from typing import Any, Iterator
 
 import pytest
 
-from device.iothread import IOThread
-from device.vfio_user import protocol as P
-from device.vfio_user.client import VfioUserClient, VfioUserError, VfioUserProtocolError
-from device.vfio_user.interface import IrqIndex, RegionFlag, RegionIndex
-from device.vfio_user.server import VfioUserServer
+from nvshell.device.iothread import IOThread
+from nvshell.device.vfio_user import protocol as P
+from nvshell.device.vfio_user.client import VfioUserClient, VfioUserError, VfioUserProtocolError
+from nvshell.device.vfio_user.interface import IrqIndex, RegionFlag, RegionIndex
+from nvshell.device.vfio_user.server import VfioUserServer
 from tests.test_vfio_user_fake import DOORBELL_OFFSET, DOORBELL_SIZE, MSIX_VECTORS, FakeDevice
 
 
@@ -591,4 +591,4 @@ def test_random_messages_never_kill_the_server(env: Env, client: VfioUserClient,
             os.close(fd)
         assert header.msg_id == msg_id and header.flags & P.TYPE_MASK == P.MsgFlag.REPLY
     still_serving(client)
-    assert not [r for r in caplog.records if r.name == "device.iothread"]
+    assert not [r for r in caplog.records if r.name == "nvshell.device.iothread"]

@@ -19,8 +19,8 @@ import mmap
 import os
 from typing import Any
 
-from device.vfio_user.dma import DmaError, GuestMemory
-from device.vfio_user.interface import (
+from nvshell.device.vfio_user.dma import DmaError, GuestMemory
+from nvshell.device.vfio_user.interface import (
     NUM_REGIONS,
     InterruptSink,
     IrqIndex,

@@ -1,9 +1,9 @@
 """NVMe device model. Importing the package registers every command handler.
 
 Handlers register themselves in ``commands.ADMIN`` / ``commands.NVM`` when
-their module is imported; importing them here means ``import device.nvme.x``
+their module is imported; importing them here means ``import nvshell.device.nvme.x``
 anywhere gives a controller with the complete command set.
 """
 
-from device.nvme import admin_aer, admin_features, admin_format, admin_identify  # noqa: F401
-from device.nvme import admin_log, admin_ns, admin_queues, nvm  # noqa: F401
+from nvshell.device.nvme import admin_aer, admin_features, admin_format, admin_identify  # noqa: F401
+from nvshell.device.nvme import admin_log, admin_ns, admin_queues, nvm  # noqa: F401

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from device.nvme.commands import ADMIN, Command
-from device.nvme.spec import AdminOpcode
-from device.nvme.status import Status
+from nvshell.device.nvme.commands import ADMIN, Command
+from nvshell.device.nvme.spec import AdminOpcode
+from nvshell.device.nvme.status import Status
 
 if TYPE_CHECKING:
-    from device.nvme.controller import Controller
+    from nvshell.device.nvme.controller import Controller
 
 
 @ADMIN.command(AdminOpcode.ASYNC_EVENT_REQUEST, "async-event-request")

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Callable
 
-from device.layout import Layout
-from device.nvme.commands import ADMIN, EFFECT_CCC, Command
-from device.nvme.controller import Features
-from device.nvme.spec import AdminOpcode, AsyncEventType, LogPage
-from device.nvme.status import NvmeError, Status
+from nvshell.device.layout import Layout
+from nvshell.device.nvme.commands import ADMIN, EFFECT_CCC, Command
+from nvshell.device.nvme.controller import Features
+from nvshell.device.nvme.spec import AdminOpcode, AsyncEventType, LogPage
+from nvshell.device.nvme.status import NvmeError, Status
 
 if TYPE_CHECKING:
-    from device.nvme.controller import Controller
+    from nvshell.device.nvme.controller import Controller
 
 FID_ARBITRATION = 0x01
 FID_POWER_MANAGEMENT = 0x02

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from device.nvme.commands import ADMIN, EFFECT_CSUPP, EFFECT_LBCC, EFFECT_NCC, EFFECT_NIC, Command
-from device.nvme.spec import AdminOpcode
-from device.nvme.status import NvmeError, Status
+from nvshell.device.nvme.commands import ADMIN, EFFECT_CSUPP, EFFECT_LBCC, EFFECT_NCC, EFFECT_NIC, Command
+from nvshell.device.nvme.spec import AdminOpcode
+from nvshell.device.nvme.status import NvmeError, Status
 
 if TYPE_CHECKING:
-    from device.nvme.controller import Controller
+    from nvshell.device.nvme.controller import Controller
 
 BROADCAST_NSID = 0xFFFFFFFF
 

@@ -19,11 +19,11 @@ from __future__ import annotations
 import struct
 from typing import Any, Iterable
 
-from device.layout import Layout
-from device.nvme.commands import ADMIN, NVM, Command
-from device.nvme.spec import CSI, NvmOpcode, PAGE_SIZE
-from device.nvme.status import NvmeError, Status
-from device.nvme.subsystem import DEFAULT_MAX_NSID
+from nvshell.device.layout import Layout
+from nvshell.device.nvme.commands import ADMIN, NVM, Command
+from nvshell.device.nvme.spec import CSI, NvmOpcode, PAGE_SIZE
+from nvshell.device.nvme.status import NvmeError, Status
+from nvshell.device.nvme.subsystem import DEFAULT_MAX_NSID
 
 IDENTIFY_SIZE = 4096
 BROADCAST_NSID = 0xFFFFFFFF

@@ -18,13 +18,13 @@ from __future__ import annotations
 import struct
 from typing import TYPE_CHECKING, Any, Iterable
 
-from device.layout import Layout
-from device.nvme.commands import ADMIN, EFFECT_CSUPP, NVM, Command, CommandTable
-from device.nvme.spec import CSI, LogPage
-from device.nvme.status import NvmeError, Status
+from nvshell.device.layout import Layout
+from nvshell.device.nvme.commands import ADMIN, EFFECT_CSUPP, NVM, Command, CommandTable
+from nvshell.device.nvme.spec import CSI, LogPage
+from nvshell.device.nvme.status import NvmeError, Status
 
 if TYPE_CHECKING:  # pragma: no cover
-    from device.nvme.controller import ErrorLogEntry
+    from nvshell.device.nvme.controller import ErrorLogEntry
 
 BROADCAST_NSID = 0xFFFFFFFF
 

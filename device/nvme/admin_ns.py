@@ -19,12 +19,12 @@ import logging
 import struct
 from typing import Any, Callable
 
-from device.nvme.admin_identify import (BROADCAST_NSID, ID_NS_COMMON, IDENTIFY_SIZE, LBA_FORMATS,
+from nvshell.device.nvme.admin_identify import (BROADCAST_NSID, ID_NS_COMMON, IDENTIFY_SIZE, LBA_FORMATS,
                                         max_nsid, subsystem_of)
-from device.nvme.commands import ADMIN, EFFECT_NIC, Command
-from device.nvme.spec import CSI
-from device.nvme.status import NvmeError, Status
-from device.nvme.subsystem import SubsystemError
+from nvshell.device.nvme.commands import ADMIN, EFFECT_NIC, Command
+from nvshell.device.nvme.spec import CSI
+from nvshell.device.nvme.status import NvmeError, Status
+from nvshell.device.nvme.subsystem import SubsystemError
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +37,8 @@ CONTROLLER_LIST_MAX = IDENTIFY_SIZE // 2 - 1  # 2047 identifiers after the count
 
 def _default_factory(size: int, lba_size: int, shared: bool) -> Any:
     """A new in-memory NVM namespace (imported late: namespace.py is another module's)."""
-    from device.backends import MemoryBackend
-    from device.nvme.namespace import NvmNamespace
+    from nvshell.device.backends import MemoryBackend
+    from nvshell.device.nvme.namespace import NvmNamespace
     return NvmNamespace(MemoryBackend(size), lba_size=lba_size, shared=shared)
 
 

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from device.nvme.commands import ADMIN, EFFECT_CCC, Command
-from device.nvme.spec import AdminOpcode
-from device.nvme.status import NvmeError, Status
+from nvshell.device.nvme.commands import ADMIN, EFFECT_CCC, Command
+from nvshell.device.nvme.spec import AdminOpcode
+from nvshell.device.nvme.status import NvmeError, Status
 
 if TYPE_CHECKING:
-    from device.nvme.controller import Controller
+    from nvshell.device.nvme.controller import Controller
 
 
 def _check_common(ctrl: "Controller", qid: int, qsize: int, base: int, exists: bool, entry: int) -> None:

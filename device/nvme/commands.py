@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 if TYPE_CHECKING:  # only for annotations: the controller imports this module
-    from device.nvme.controller import Controller
+    from nvshell.device.nvme.controller import Controller
 
 #: Returned by a handler that completes its command later.
 DEFERRED = object()

@@ -27,21 +27,21 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
-from device.layout import Layout
-from device.nvme.commands import ADMIN, DEFERRED, NVM, Command
-from device.nvme.config import ControllerConfig
-from device.nvme.queues import CompletionQueue, SubmissionQueue
-from device.nvme.spec import BAR0_SIZE, DOORBELL_PAGE_OFFSET, DOORBELL_PAGE_SIZE, SQE, AsyncEventType, LogPage, Reg
-from device.nvme.spec import AdminOpcode, NvmOpcode
-from device.nvme.status import NvmeError, Status, status_field, status_name
-from device.pci.function import PciFunction
-from device.vfio_user.dma import DmaError
-from device import trace as T
+from nvshell.device.layout import Layout
+from nvshell.device.nvme.commands import ADMIN, DEFERRED, NVM, Command
+from nvshell.device.nvme.config import ControllerConfig
+from nvshell.device.nvme.queues import CompletionQueue, SubmissionQueue
+from nvshell.device.nvme.spec import BAR0_SIZE, DOORBELL_PAGE_OFFSET, DOORBELL_PAGE_SIZE, SQE, AsyncEventType, LogPage, Reg
+from nvshell.device.nvme.spec import AdminOpcode, NvmOpcode
+from nvshell.device.nvme.status import NvmeError, Status, status_field, status_name
+from nvshell.device.pci.function import PciFunction
+from nvshell.device.vfio_user.dma import DmaError
+from nvshell.device import trace as T
 
 if TYPE_CHECKING:
-    from device.iothread import IOThread
-    from device.vfio_user.dma import GuestMemory
-    from device.vfio_user.interface import InterruptSink
+    from nvshell.device.iothread import IOThread
+    from nvshell.device.vfio_user.dma import GuestMemory
+    from nvshell.device.vfio_user.interface import InterruptSink
 
 
 #: Opcode names for traces, derived from the opcode enums ("read", "create-io-sq").
@@ -101,7 +101,7 @@ def _map_data() -> Callable[..., Any]:
     """``device.nvme.dataxfer.map_data``, imported on first use (it imports us back)."""
     global _dataxfer_map
     if _dataxfer_map is None:
-        from device.nvme.dataxfer import map_data
+        from nvshell.device.nvme.dataxfer import map_data
         _dataxfer_map = map_data
     return _dataxfer_map
 

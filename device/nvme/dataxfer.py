@@ -26,14 +26,14 @@ import struct
 from functools import lru_cache
 from typing import TYPE_CHECKING, Iterator
 
-from device.layout import Layout
-from device.nvme.spec import PAGE_SIZE
-from device.nvme.status import NvmeError, Status
-from device.vfio_user.dma import DmaError
+from nvshell.device.layout import Layout
+from nvshell.device.nvme.spec import PAGE_SIZE
+from nvshell.device.nvme.status import NvmeError, Status
+from nvshell.device.vfio_user.dma import DmaError
 
 if TYPE_CHECKING:
-    from device.nvme.commands import Command
-    from device.vfio_user.dma import GuestMemory
+    from nvshell.device.nvme.commands import Command
+    from nvshell.device.vfio_user.dma import GuestMemory
 
 #: One SGL descriptor (16 bytes): address, length, and the SGL identifier in the
 #: last byte (descriptor type in bits 7:4, subtype in bits 3:0).

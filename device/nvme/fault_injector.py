@@ -36,14 +36,14 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from device import trace as T
-from device.faults import AEN_KINDS, AEN_WARNING_BITS, LBA_OPCODES, FaultRule, FaultSet, opcode_label
-from device.nvme.commands import DEFERRED, Command
-from device.nvme.spec import AsyncEventType, LogPage, NoticeInfo
-from device.nvme.status import NvmeError, Status
+from nvshell.device import trace as T
+from nvshell.device.faults import AEN_KINDS, AEN_WARNING_BITS, LBA_OPCODES, FaultRule, FaultSet, opcode_label
+from nvshell.device.nvme.commands import DEFERRED, Command
+from nvshell.device.nvme.spec import AsyncEventType, LogPage, NoticeInfo
+from nvshell.device.nvme.status import NvmeError, Status
 
 if TYPE_CHECKING:
-    from device.nvme.controller import Controller
+    from nvshell.device.nvme.controller import Controller
 
 log = logging.getLogger(__name__)
 

@@ -17,12 +17,12 @@ import hashlib
 import uuid as uuid_mod
 from typing import Any
 
-from device.backends import Backend
-from device.layout import Layout
-from device.nvme import commands
-from device.nvme import nvm as _nvm  # noqa: F401  (registers the NVM I/O handlers on commands.NVM)
-from device.nvme.spec import CSI
-from device.nvme.status import NvmeError, Status
+from nvshell.device.backends import Backend
+from nvshell.device.layout import Layout
+from nvshell.device.nvme import commands
+from nvshell.device.nvme import nvm as _nvm  # noqa: F401  (registers the NVM I/O handlers on commands.NVM)
+from nvshell.device.nvme.spec import CSI
+from nvshell.device.nvme.status import NvmeError, Status
 
 IDENTIFY_SIZE = 4096
 

@@ -19,11 +19,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from device.backends import BackendError
-from device.layout import Layout
-from device.nvme.commands import EFFECT_LBCC, NVM, Command
-from device.nvme.spec import PAGE_SIZE, NvmOpcode
-from device.nvme.status import NvmeError, Status
+from nvshell.device.backends import BackendError
+from nvshell.device.layout import Layout
+from nvshell.device.nvme.commands import EFFECT_LBCC, NVM, Command
+from nvshell.device.nvme.spec import PAGE_SIZE, NvmOpcode
+from nvshell.device.nvme.status import NvmeError, Status
 
 BROADCAST_NSID = 0xFFFFFFFF
 

@@ -16,10 +16,10 @@ from __future__ import annotations
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from device.nvme.spec import CQE, SQE
+from nvshell.device.nvme.spec import CQE, SQE
 
 if TYPE_CHECKING:
-    from device.nvme.commands import Command
+    from nvshell.device.nvme.commands import Command
 
 SQE_SIZE = SQE.size
 CQE_SIZE = CQE.size

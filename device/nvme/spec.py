@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 
-from device.layout import Layout
+from nvshell.device.layout import Layout
 
 PAGE_SIZE = 4096  # CC.MPS = 0; MPSMIN = MPSMAX = 0
 

@@ -31,9 +31,9 @@ import uuid as uuid_mod
 from typing import Any, Callable, Iterable
 from uuid import UUID
 
-from device.errors import ObjectError
-from device.nvme.spec import AsyncEventType, LogPage, NoticeInfo
-from device.nvme.status import Status
+from nvshell.device.errors import ObjectError
+from nvshell.device.nvme.spec import AsyncEventType, LogPage, NoticeInfo
+from nvshell.device.nvme.status import Status
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from device.layout import Layout
+from nvshell.device.layout import Layout
 
 CONFIG_SPACE_SIZE = 4096
 

@@ -17,17 +17,17 @@ fire vectors through the ``InterruptSink`` the server binds.
 
 from __future__ import annotations
 
-from device import trace as T
+from nvshell.device import trace as T
 
 import logging
 from typing import TYPE_CHECKING, Protocol
 
-from device.pci.config import ConfigSpace
-from device.vfio_user.interface import (NUM_REGIONS, InterruptSink, IrqIndex, RegionAccessError, RegionFlag,
+from nvshell.device.pci.config import ConfigSpace
+from nvshell.device.vfio_user.interface import (NUM_REGIONS, InterruptSink, IrqIndex, RegionAccessError, RegionFlag,
                                         RegionIndex, RegionInfo)
 
 if TYPE_CHECKING:
-    from device.vfio_user.dma import GuestMemory
+    from nvshell.device.vfio_user.dma import GuestMemory
 
 log = logging.getLogger(__name__)
 

@@ -4,11 +4,11 @@ Independent of NVMe: ``device/objects.py`` registers the ``x-nvme-*`` types and
 ``device/machine.py`` builds the run-time API on ``ObjectTree``.
 """
 
-from device.qom.object import Container, Object, resolve_path
-from device.qom.properties import (BoolType, EnumType, IntType, LinkType, ListType, Property, PropType,
+from nvshell.device.qom.object import Container, Object, resolve_path
+from nvshell.device.qom.properties import (BoolType, EnumType, IntType, LinkType, ListType, Property, PropType,
                                    SizeType, StrType, format_size, parse_size)
-from device.qom.tree import ObjectTree, check_id
-from device.qom.types import (TYPE_CONTAINER, TYPE_DEVICE, TYPE_OBJECT, TYPES, USER_CREATABLE, TypeInfo,
+from nvshell.device.qom.tree import ObjectTree, check_id
+from nvshell.device.qom.types import (TYPE_CONTAINER, TYPE_DEVICE, TYPE_OBJECT, TYPES, USER_CREATABLE, TypeInfo,
                               TypeRegistry, new_registry)
 
 __all__ = [

@@ -25,11 +25,11 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any, Iterator
 
-from device.errors import NvshellError, ObjectError, ObjectNotFound, PropertyError
-from device.qom.properties import LinkType, Property, PropType, StrType
+from nvshell.device.errors import NvshellError, ObjectError, ObjectNotFound, PropertyError
+from nvshell.device.qom.properties import LinkType, Property, PropType, StrType
 
 if TYPE_CHECKING:  # pragma: no cover
-    from device.qom.types import TypeInfo, TypeRegistry
+    from nvshell.device.qom.types import TypeInfo, TypeRegistry
 
 log = logging.getLogger(__name__)
 

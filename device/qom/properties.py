@@ -17,10 +17,10 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-from device.errors import PropertyError
+from nvshell.device.errors import PropertyError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from device.qom.object import Object
+    from nvshell.device.qom.object import Object
 
 
 # ----------------------------------------------------------------------------- types
@@ -293,7 +293,7 @@ class LinkType(PropType):
         self.name = f"link<{target}>"
 
     def parse(self, pname: str, raw: Any, ctx: Any = None) -> Any:
-        from device.qom.object import Object
+        from nvshell.device.qom.object import Object
         if isinstance(raw, Object):
             return raw
         if isinstance(raw, int) and not isinstance(raw, bool):

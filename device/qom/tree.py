@@ -21,10 +21,10 @@ import re
 import threading
 from typing import Any
 
-from device.errors import NvshellError, ObjectError, ObjectNotFound, PropertyError, TypeNotFound
-from device.qom.object import Container, Object, resolve_path
-from device.qom.properties import LinkType
-from device.qom.types import TYPE_CONTAINER, TYPE_DEVICE, TYPES, USER_CREATABLE, TypeRegistry
+from nvshell.device.errors import NvshellError, ObjectError, ObjectNotFound, PropertyError, TypeNotFound
+from nvshell.device.qom.object import Container, Object, resolve_path
+from nvshell.device.qom.properties import LinkType
+from nvshell.device.qom.types import TYPE_CONTAINER, TYPE_DEVICE, TYPES, USER_CREATABLE, TypeRegistry
 
 _ID_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.\-]*$")
 

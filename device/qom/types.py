@@ -15,11 +15,11 @@ import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from device.errors import TypeNotFound
-from device.qom.properties import Property
+from nvshell.device.errors import TypeNotFound
+from nvshell.device.qom.properties import Property
 
 if TYPE_CHECKING:  # pragma: no cover
-    from device.qom.object import Object
+    from nvshell.device.qom.object import Object
 
 #: Interface implemented by types that ``object-add`` / ``-object`` may create.
 USER_CREATABLE = "user-creatable"
@@ -92,7 +92,7 @@ class TypeRegistry:
         for t in self.ancestors(name):
             if t.cls is not None:
                 return t.cls
-        from device.qom.object import Object
+        from nvshell.device.qom.object import Object
         return Object
 
     def properties(self, name: str) -> dict[str, Property]:
@@ -143,7 +143,7 @@ TYPES = TypeRegistry()
 
 
 def _register_base_types(reg: TypeRegistry) -> None:
-    from device.qom.object import Container, Object
+    from nvshell.device.qom.object import Container, Object
     reg.register(TypeInfo(TYPE_OBJECT, parent=None, cls=Object, description="base of all types"))
     reg.register(TypeInfo(TYPE_CONTAINER, cls=Container, description="a node of the object tree"))
     reg.register(TypeInfo(TYPE_DEVICE, abstract=True, description="base of all devices"))

@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Iterable, NamedTuple
 
-from device.vfio_user import protocol as P
+from nvshell.device.vfio_user import protocol as P
 
 
 class VfioUserError(OSError):

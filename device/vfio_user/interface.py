@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from device.vfio_user.dma import GuestMemory
+    from nvshell.device.vfio_user.dma import GuestMemory
 
 
 class RegionIndex(enum.IntEnum):

@@ -16,7 +16,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from device.layout import Layout
+from nvshell.device.layout import Layout
 
 
 class Command(enum.IntEnum):

@@ -34,11 +34,11 @@ import struct
 import time
 from typing import Any, Callable, NamedTuple
 
-from device import trace as T
-from device.iothread import IOThread
-from device.vfio_user import protocol as P
-from device.vfio_user.dma import DmaMapError, GuestMemory
-from device.vfio_user.interface import (
+from nvshell.device import trace as T
+from nvshell.device.iothread import IOThread
+from nvshell.device.vfio_user import protocol as P
+from nvshell.device.vfio_user.dma import DmaMapError, GuestMemory
+from nvshell.device.vfio_user.interface import (
     NUM_IRQS,
     NUM_REGIONS,
     IrqIndex,
@@ -46,7 +46,7 @@ from device.vfio_user.interface import (
     RegionFlag,
     VfioUserDevice,
 )
-from device.vfio_user.irq import MsixEventfds
+from nvshell.device.vfio_user.irq import MsixEventfds
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ Layers, bottom up (imitating python-qemu-qmp: a generic stream layer, QMP on top
 ``server`` (listening sockets, event broadcast), ``address`` (``-qmp`` syntax).
 """
 
-from monitor.qmp.address import QMPAddress, parse_qmp_address
-from monitor.qmp.server import QMPServer
+from nvshell.monitor.qmp.address import QMPAddress, parse_qmp_address
+from nvshell.monitor.qmp.server import QMPServer
 
 __all__ = ["QMPAddress", "QMPServer", "parse_qmp_address"]

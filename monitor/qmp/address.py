@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from device.keyval import split_items
-from monitor.errors import AddressError
+from nvshell.device.keyval import split_items
+from nvshell.monitor.errors import AddressError
 
 _TRUE = {"on", "yes", "true", "y"}
 _FALSE = {"off", "no", "false", "n"}

@@ -15,11 +15,11 @@ import socket
 import stat
 from typing import Any, Callable, Optional
 
-from monitor.errors import MonitorError
-from monitor.qmp.address import QMPAddress
-from monitor.qmp.parser import MAX_MESSAGE
-from monitor.qmp.session import QMPSession
-from monitor.registry import Registry
+from nvshell.monitor.errors import MonitorError
+from nvshell.monitor.qmp.address import QMPAddress
+from nvshell.monitor.qmp.parser import MAX_MESSAGE
+from nvshell.monitor.qmp.session import QMPSession
+from nvshell.monitor.registry import Registry
 
 log = logging.getLogger("nvshell.monitor.qmp")
 

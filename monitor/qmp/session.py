@@ -24,10 +24,10 @@ import json
 import logging
 from typing import Any, Callable, Optional
 
-from monitor.commands_core import ALREADY_NEGOTIATED
-from monitor.errors import CommandNotFound, GenericError, QMPError, to_qmp_error
-from monitor.qmp.parser import MAX_MESSAGE, JSONStreamParser, Message, ParseError
-from monitor.registry import Registry
+from nvshell.monitor.commands_core import ALREADY_NEGOTIATED
+from nvshell.monitor.errors import CommandNotFound, GenericError, QMPError, to_qmp_error
+from nvshell.monitor.qmp.parser import MAX_MESSAGE, JSONStreamParser, Message, ParseError
+from nvshell.monitor.registry import Registry
 
 log = logging.getLogger("nvshell.monitor.qmp")
 
