@@ -174,9 +174,12 @@ def get_log_page(ctrl: Any, cmd: Command) -> None:
     if offset >= size:
         raise NvmeError(Status.INVALID_FIELD)
 
+    # Map (and so check against MDTS) before touching any data: NUMD is 32 bits
+    # wide, and a page padded to NUMD would be a 16 GiB allocation for a command
+    # that then fails. Past this point ``length`` is within MDTS.
+    xfer = ctrl.transfer(cmd, length, allow_sgl=False)
     data = page[offset:offset + length]
-    data = data + bytes(length - len(data))
-    ctrl.transfer(cmd, length, allow_sgl=False).to_guest(data)
+    xfer.to_guest(data + bytes(length - len(data)))
     if not rae:
         if lid == LogPage.CHANGED_NS_LIST:
             ctrl.take_changed_namespaces(clear=True)
