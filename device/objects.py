@@ -139,6 +139,9 @@ class SubsystemObject(Object):
         self.machine = ctx
         self.model.listeners.append(self._on_guest_change)
 
+    def is_live(self) -> bool:
+        return self.model is not None
+
     def _on_guest_change(self, kind: str, nsid: int, ns: Any, ctrl: Any) -> None:
         """Subsystem listener (on an IOThread): must not block, so hand over to the machine."""
         m = self.machine
@@ -190,6 +193,9 @@ class NamespaceObject(Object):
     model: Any = None
     #: True for mirrors of guest-created namespaces (``ns-auto-<nsid>``).
     guest_created = False
+
+    def is_live(self) -> bool:
+        return self.model is not None
 
     def subsystem(self) -> SubsystemObject:
         s = self.get("subsys")
@@ -417,8 +423,8 @@ def _mirror_guest_change(m: "Machine", sub: SubsystemObject, kind: str, nsid: in
         typename = TYPE_NS_ZONED if ns.csi == CSI.ZONED else TYPE_NS_NVM
         obj = m.registry.instantiate(typename, name)
         assert isinstance(obj, NamespaceObject)
-        obj._values.update({"subsys": sub, "nsid": nsid, "attached-to": [], "lba-size": ns.lba_size,
-                            "size": ns.backend.size, "uuid": str(ns.uuid)})
+        # Everything else reads back live from the model (Property.live).
+        obj._values.update({"subsys": sub, "nsid": nsid, "attached-to": []})
         obj.model = ns
         obj.guest_created = True
         m.objects_node.add_child(name, obj)
@@ -453,6 +459,9 @@ class ControllerDevice(Object):
     machine: Any = None
     injector: Any = None
     socket_path: str | None = None
+
+    def is_live(self) -> bool:
+        return self.model is not None
 
     def subsys_obj(self) -> SubsystemObject | None:
         s = self._values.get("subsys")
@@ -648,9 +657,31 @@ def _uuid4() -> str:
     return str(uuid_mod.uuid4())
 
 
+# Live getters (Property.live): the value in effect, read from the running model.  Each one
+# reads what the guest sees (Identify, registers), so introspection follows guest-made changes.
+def _model_attr(attr: str, convert: Any = None) -> Any:
+    """``obj.model.<attr>`` (optionally converted): subsystem, namespace."""
+    def live(o: Object) -> Any:
+        v = getattr(o.model, attr)  # type: ignore[attr-defined]
+        return convert(v) if convert is not None else v
+    return live
+
+
+def _config(field: str) -> Any:
+    """A controller's ``ControllerConfig`` field, as the controller runs with it."""
+    return lambda o: getattr(o.model.config, field)  # type: ignore[attr-defined]
+
+
+def _ns_block_bytes(attr: str) -> Any:
+    """A Copy limit the namespace keeps in blocks of its current format, as bytes."""
+    return lambda o: int(getattr(o.model, attr)) << int(o.model.lbads)  # type: ignore[attr-defined]
+
+
 SUBSYSTEM_PROPS = [
-    Property("subnqn", _str_limit(223), description="NVMe Qualified Name (default: derived from the uuid)"),
-    Property("uuid", UuidType(), default=_uuid4, hidden_default=True, description="subsystem UUID (default: random)"),
+    Property("subnqn", _str_limit(223), description="NVMe Qualified Name (default: derived from the uuid)",
+             live=_model_attr("subnqn")),
+    Property("uuid", UuidType(), default=_uuid4, hidden_default=True, description="subsystem UUID (default: random)",
+             live=_model_attr("uuid", str)),
     Property("controllers", ListType(StrType()), read_only=True, description="ids of the member controllers",
              getter=_ns_ctrl_ids),
     Property("namespaces", ListType(StrType()), read_only=True, description="ids of the member namespaces",
@@ -664,9 +695,12 @@ NS_PROPS = [
     Property("nsid", IntType("uint32", maximum=0xFFFFFFFE, aliases={"auto": 0}), default=0,
              description="namespace id; 0 or 'auto' picks the lowest free one",
              getter=lambda o: o._get_nsid(), setter=lambda o, v: o._values.__setitem__("nsid", v)),
-    Property("uuid", UuidType(), default=_uuid4, hidden_default=True, description="namespace UUID (default: random)"),
-    Property("eui64", HexIdType(8), default="", description="IEEE EUI-64, 16 hex digits (default: none)"),
-    Property("nguid", HexIdType(16), default="", description="namespace GUID, 32 hex digits (default: none)"),
+    Property("uuid", UuidType(), default=_uuid4, hidden_default=True, description="namespace UUID (default: random)",
+             live=_model_attr("uuid", str)),
+    Property("eui64", HexIdType(8), default="", live=_model_attr("eui64", bytes.hex),
+             description="IEEE EUI-64, 16 hex digits (default: derived from the uuid)"),
+    Property("nguid", HexIdType(16), default="", live=_model_attr("nguid", bytes.hex),
+             description="namespace GUID, 32 hex digits (default: derived from the uuid)"),
     Property("attached-to", ListType(AttachTargetType()), default=(), mutable=True,
              refers_to=("/machine/peripheral", ("all",)),
              description="controllers (ids, repeatable) the namespace is attached to, or 'all' "
@@ -676,16 +710,21 @@ NS_PROPS = [
 ]
 
 NVM_PROPS = [
-    Property("size", SizeType(), description="capacity in bytes (suffixes K, M, G, T accepted)"),
-    Property("file", StrType(), default="", description="backing file or block device (backend=file)"),
+    Property("size", SizeType(), description="capacity in bytes (suffixes K, M, G, T accepted)",
+             live=_model_attr("size")),
+    Property("file", StrType(), default="", description="backing file or block device (backend=file)",
+             live=lambda o: str(getattr(o.model.backend, "path", "") or "")),  # type: ignore[attr-defined]
     Property("backend", EnumType(("memory", "file", "null")),
              description="memory (sparse), file, or null (reads zeroes, discards writes); "
-                         "default: file if 'file' is given, else memory"),
-    Property("lba-size", IntType("uint32", choices=(512, 4096)), default=512, description="LBA data size"),
-    Property("mssrl", SizeType(minimum=1), default=128 * 1024,
-             description="Copy: maximum single source range length, bytes"),
-    Property("mcl", SizeType(minimum=1), default=128 * 1024, description="Copy: maximum copy length, bytes"),
-    Property("msrc", IntType("uint32", minimum=1, maximum=256), default=128,
+                         "default: file if 'file' is given, else memory",
+             live=lambda o: o.model.backend.kind),  # type: ignore[attr-defined]
+    Property("lba-size", IntType("uint32", choices=(512, 4096)), default=512, description="LBA data size",
+             live=_model_attr("lba_size")),
+    Property("mssrl", SizeType(minimum=1), default=128 * 1024, live=_ns_block_bytes("mssrl"),
+             description="Copy: maximum single source range length, bytes (whole blocks)"),
+    Property("mcl", SizeType(minimum=1), default=128 * 1024, live=_ns_block_bytes("mcl"),
+             description="Copy: maximum copy length, bytes (whole blocks)"),
+    Property("msrc", IntType("uint32", minimum=1, maximum=256), default=128, live=_model_attr("msrc"),
              description="Copy: maximum number of source ranges"),
     Property("nlbas", IntType("uint64"), read_only=True, description="number of LBAs",
              getter=lambda o: int(getattr(o.model, "nlbas", 0) or 0)),
@@ -710,20 +749,23 @@ CTRL_PROPS = [
     Property("cntlid", IntType("uint16", maximum=0xFFEF), default=0,
              description="controller id, unique in the subsystem (0 = auto)",
              getter=lambda o: o.cntlid(), setter=lambda o, v: o._values.__setitem__("cntlid", v)),
-    Property("serial", _str_limit(20), default="", description="serial number (default: the device id)"),
-    Property("model", _str_limit(40), default="nvshell NVMe Ctrl", description="model number"),
-    Property("firmware", _str_limit(8), default="1.0", description="firmware revision"),
-    Property("max-ioqpairs", IntType("uint32", minimum=1, maximum=65534), default=64,
+    Property("serial", _str_limit(20), default="", live=_config("serial"),
+             description="serial number (default: the device id)"),
+    Property("model", _str_limit(40), default="nvshell NVMe Ctrl", live=_config("model"), description="model number"),
+    Property("firmware", _str_limit(8), default="1.0", live=_config("firmware"), description="firmware revision"),
+    Property("max-ioqpairs", IntType("uint32", minimum=1, maximum=65534), default=64, live=_config("max_ioqpairs"),
              description="maximum I/O queue pairs"),
     Property("max-intr-vectors", IntType("uint32", minimum=1, maximum=2048), default=65,
-             description="MSI-X vectors, including the admin queue's"),
-    Property("mqes", IntType("uint16", minimum=1), default=0x7FF, description="maximum queue entries minus one"),
-    Property("max-aer-retention", IntType("uint32", minimum=1, maximum=65535), default=100, description="queued AENs kept while none is "
-                                                                              "outstanding"),
-    Property("aerl", IntType("uint8"), default=3, description="async event request limit (0's based)"),
-    Property("mdts", IntType("uint8", maximum=31), default=7, description="maximum data transfer size, "
-                                                                          "power of two of 4 KiB pages (0 = none)"),
-    Property("doorbells", EnumType(("mmap", "trap")), default="mmap",
+             live=_config("max_intr_vectors"), description="MSI-X vectors, including the admin queue's"),
+    Property("mqes", IntType("uint16", minimum=1), default=0x7FF, live=_config("mqes"),
+             description="maximum queue entries minus one"),
+    Property("max-aer-retention", IntType("uint32", minimum=1, maximum=65535), default=100,
+             live=_config("max_aer_retention"), description="queued AENs kept while none is outstanding"),
+    Property("aerl", IntType("uint8"), default=3, live=_config("aerl"),
+             description="async event request limit (0's based)"),
+    Property("mdts", IntType("uint8", maximum=31), default=7, live=_config("mdts"),
+             description="maximum data transfer size, power of two of 4 KiB pages (0 = none)"),
+    Property("doorbells", EnumType(("mmap", "trap")), default="mmap", live=_config("doorbells"),
              description="mmap: doorbell page shared with the client and polled; trap: doorbell writes are "
                          "messages"),
     Property("connected", BoolType(), read_only=True, getter=lambda o: o.connected(),

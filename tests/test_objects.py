@@ -109,6 +109,32 @@ def test_namespace_creation_and_tree(m):
     m.object_del("subsys0")
 
 
+def test_namespace_reads_back_effective_values(m):
+    """Defaults resolved at creation and guest-made changes (Format NVM) read back."""
+    m.object_add("x-nvme-subsystem", "subsys0", {})
+    ns = m.object_add("x-nvme-ns-nvm", "ns1", {"subsys": "subsys0", "size": "1M", "mssrl": 1000})
+    model = ns.model
+    assert m.qom_get("/objects/ns1", "backend") == "memory"
+    assert m.qom_get("/objects/ns1", "eui64") == model.eui64.hex() != ""
+    assert m.qom_get("/objects/ns1", "nguid") == model.nguid.hex() != ""
+    assert m.qom_get("/objects/ns1", "uuid") == str(model.uuid)
+    assert m.qom_get("/objects/ns1", "mssrl") == 512          # whole blocks: 1000 bytes is one block
+    model.format(1)                                             # the guest's Format NVM to 4 KiB
+    assert m.qom_get("/objects/ns1", "lba-size") == 4096
+    assert m.qom_get("/objects/ns1", "nlbas") == 256
+    assert m.qom_get("/objects/ns1", "mssrl") == 4096 and m.qom_get("/objects/ns1", "mcl") == 128 * 1024
+    assert m.qom_get("/objects/ns1", "size") == 1 << 20
+
+
+def test_controller_reads_back_effective_values(m):
+    m.object_add("x-nvme-subsystem", "subsys0", {})
+    m.device_add("x-nvme-ctrl", "ctrl7", {"subsys": "subsys0"})
+    assert m.qom_get("/machine/peripheral/ctrl7", "serial") == "ctrl7"
+    assert ctrl_model(m, "ctrl7").config.serial == "ctrl7"
+    with pytest.raises(PropertyError, match="Property 'x-nvme-ctrl.serial' cannot be changed"):
+        m.qom_set("/machine/peripheral/ctrl7", "serial", "x")
+
+
 def test_zoned_inherits_nvm():
     from nvshell.device.qom import TYPES
     nvm = set(TYPES.properties("x-nvme-ns-nvm"))

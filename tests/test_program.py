@@ -16,6 +16,7 @@ With ``PROMPT_TOOLKIT_NO_CPR=1`` the bottom toolbar and the completion menu are 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -287,6 +288,112 @@ bus: main-system-bus
 """
 
 
+#: ``info qtree`` after that session: every property's effective value (``backend`` and the
+#: derived ``serial``, ``eui64`` and ``nguid`` included), as the guest sees them.
+GOLDEN_QTREE_FULL = """\
+bus: main-system-bus
+  type System
+  dev: x-nvme-subsystem, id "subsys0"
+    subnqn = "nqn.2014-08.org.nvmexpress:uuid:<subsys0-uuid>"
+    uuid = "<subsys0-uuid>"
+    controllers = ["ctrl0"]
+    namespaces = ["ns1"]
+    bus: subsys0
+      type x-nvme-subsys-bus
+      dev: x-nvme-ns-nvm, id "ns1"
+        subsys = "/objects/subsys0"
+        nsid = 1
+        uuid = "<ns1-uuid>"
+        eui64 = "<ns1-eui64>"
+        nguid = "<ns1-nguid>"
+        attached-to = ["all"]
+        attached = ["ctrl0"]
+        size = 1073741824
+        file = ""
+        backend = "memory"
+        lba-size = 512
+        mssrl = 131072
+        mcl = 131072
+        msrc = 128
+        nlbas = 2097152
+      dev: x-nvme-ctrl, id "ctrl0"
+        subsys = "/objects/subsys0"
+        socket = "<run-dir>/ctrl0.sock"
+        cntlid = 1
+        serial = "ctrl0"
+        model = "nvshell NVMe Ctrl"
+        firmware = "1.0"
+        max-ioqpairs = 64
+        max-intr-vectors = 65
+        mqes = 2047
+        max-aer-retention = 100
+        aerl = 3
+        mdts = 7
+        doorbells = "mmap"
+        connected = false
+        bus: ctrl0
+          type nvme-bus
+          attached: x-nvme-ns-nvm, id "ns1", nsid 1
+  dev: x-nvme-subsystem, id "sub1"
+    subnqn = "nqn.2014-08.org.nvmexpress:uuid:11111111-2222-3333-4444-555555555555"
+    uuid = "11111111-2222-3333-4444-555555555555"
+    controllers = ["ctrl1"]
+    namespaces = ["nsa", "nsb"]
+    bus: sub1
+      type x-nvme-subsys-bus
+      dev: x-nvme-ns-nvm, id "nsa"
+        subsys = "/objects/sub1"
+        nsid = 1
+        uuid = "aaaaaaaa-0000-4000-8000-000000000001"
+        eui64 = "92f2c8ef74a87cab"
+        nguid = "3935f5927b2f937de556b71ef3cf955d"
+        attached-to = []
+        attached = []
+        size = 67108864
+        file = ""
+        backend = "memory"
+        lba-size = 512
+        mssrl = 131072
+        mcl = 131072
+        msrc = 128
+        nlbas = 131072
+      dev: x-nvme-ns-nvm, id "nsb"
+        subsys = "/objects/sub1"
+        nsid = 2
+        uuid = "bbbbbbbb-0000-4000-8000-000000000002"
+        eui64 = "0ebb5c743ec35f83"
+        nguid = "951857d54d91be7d2c7163663fe6a2fe"
+        attached-to = ["ctrl1"]
+        attached = ["ctrl1"]
+        size = 16777216
+        file = ""
+        backend = "memory"
+        lba-size = 4096
+        mssrl = 131072
+        mcl = 131072
+        msrc = 128
+        nlbas = 4096
+      dev: x-nvme-ctrl, id "ctrl1"
+        subsys = "/objects/sub1"
+        socket = "<run-dir>/ctrl1.sock"
+        cntlid = 1
+        serial = "SN1"
+        model = "nvshell NVMe Ctrl"
+        firmware = "1.0"
+        max-ioqpairs = 64
+        max-intr-vectors = 65
+        mqes = 2047
+        max-aer-retention = 100
+        aerl = 3
+        mdts = 7
+        doorbells = "mmap"
+        connected = false
+        bus: ctrl1
+          type nvme-bus
+          attached: x-nvme-ns-nvm, id "nsb", nsid 2
+"""
+
+
 def test_info_qtree_golden_transcript(shell: Shell) -> None:
     shell.prompt()
     session = ""
@@ -304,6 +411,16 @@ def test_info_qtree_golden_transcript(shell: Shell) -> None:
     assert (shell.run_dir / "ctrl1.sock").is_socket()
 
     full = shell.run("info qtree")
+    # Values nvshell chose (random uuids, the ids derived from them) are read back over QOM and
+    # replaced by placeholders; everything else, defaults resolved, is compared byte for byte.
+    chosen = {}
+    for path, prop, mark in [("/objects/subsys0", "uuid", "<subsys0-uuid>"), ("/objects/ns1", "uuid", "<ns1-uuid>"),
+                             ("/objects/ns1", "eui64", "<ns1-eui64>"), ("/objects/ns1", "nguid", "<ns1-nguid>")]:
+        chosen[json.loads(shell.run(f"qom-get {path} {prop}"))] = mark
+    normalized = full.replace(str(shell.run_dir), "<run-dir>")
+    for value, mark in chosen.items():
+        normalized = normalized.replace(value, mark)
+    assert normalized == GOLDEN_QTREE_FULL
     sub1 = full[full.index('dev: x-nvme-subsystem, id "sub1"'):]
     assert 'subnqn = "nqn.2014-08.org.nvmexpress:uuid:11111111-2222-3333-4444-555555555555"' in sub1
     assert f'socket = "{shell.run_dir}/ctrl1.sock"' in sub1

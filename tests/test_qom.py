@@ -187,3 +187,31 @@ def test_getter_failure_is_clean():
     t.object_add("bad", "b", {})
     with pytest.raises(PropertyError, match="cannot be read"):
         t.qom_get("/objects/b", "boom")
+
+
+def test_live_property_reads_the_running_model():
+    """Property.live: the user's value until the object is complete and live, then the model's."""
+    reg = new_registry()
+
+    class Box(Object):
+        model = None
+
+        def complete(self, ctx):
+            self.model = {"size": self.get("size") * 2}  # the "device" rounds what it was given
+
+        def is_live(self):
+            return self.model is not None
+    reg.register(TypeInfo("box", cls=Box, interfaces=(USER_CREATABLE,), properties=[
+        Property("size", IntType("uint32"), default=1, live=lambda o: o.model["size"]),
+        Property("hint", IntType("uint8"), default=3, mutable=True)]))
+    t = ObjectTree(reg)
+    b = t.object_add("box", "b", {"size": 5})
+    assert t.qom_get("/objects/b", "size") == 10
+    b.model["size"] = 11          # changed behind the object model's back (a guest command)
+    assert t.qom_get("/objects/b", "size") == 11
+    assert t.device_properties(b)[0] == ("size", "11")
+    with pytest.raises(PropertyError, match=r"Property 'box.size' cannot be changed after the object is "
+                                            r"created \(run-time changes: hint\)"):
+        t.qom_set("/objects/b", "size", 3)
+    b.model = None                # being torn down: the stored value reads back, never a crash
+    assert t.qom_get("/objects/b", "size") == 5

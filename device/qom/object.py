@@ -15,6 +15,8 @@ Lifecycle hooks for subclasses (the NVMe glue in ``device/objects.py``):
 * ``finalize(ctx)``: tear down (must not fail; log instead).
 * ``property_changed(name, old, new, ctx)``: a mutable property changed after completion;
   raise to refuse (the old value is restored).
+* ``is_live()``: the running model exists, so properties with a ``live`` getter read their
+  effective value from it (``Property.live``); False while the model is being built or torn down.
 
 ``ctx`` is whatever the owner passes (the ``Machine``); it must offer ``resolve_link``
 for link properties.
@@ -108,9 +110,12 @@ class Object:
     def get(self, name: str) -> Any:
         """The canonical Python value (Objects for links and children)."""
         p = self.find_property(name)
-        if p.getter is not None:
+        reader = p.getter
+        if reader is None and p.live is not None and self.completed and self.is_live():
+            reader = p.live
+        if reader is not None:
             try:
-                return p.getter(self)
+                return reader(self)
             except NvshellError:
                 raise
             except Exception as e:  # a listed property must fail cleanly, never crash qom tools
@@ -135,7 +140,10 @@ class Object:
         if p.read_only or (p.getter is not None and p.setter is None):
             raise PropertyError(f"Property '{self.typename}.{name}' is read-only")
         if self.completed and not p.mutable:
-            raise PropertyError(f"Property '{self.typename}.{name}' cannot be changed after the object is created")
+            can = [q.name for q in self._static_props().values() if q.mutable]
+            hint = f" (run-time changes: {', '.join(can)})" if can else ""
+            raise PropertyError(f"Property '{self.typename}.{name}' cannot be changed after the object is "
+                                f"created{hint}")
         value = p.type.parse(name, raw, ctx)
         if not self.completed:
             self._store(p, value)
@@ -208,6 +216,10 @@ class Object:
         return None
 
     # --------------------------------------------------------------- hooks
+    def is_live(self) -> bool:
+        """True when ``live`` property getters may read the running model (see ``Property.live``)."""
+        return True
+
     def complete(self, ctx: Any) -> None:
         """Build the real thing once the initial properties are set."""
 

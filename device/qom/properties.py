@@ -333,6 +333,12 @@ class Property:
     * ``read_only``: computed (``getter``), never settable.
     * ``mutable``: may be changed with ``qom-set`` after the object is complete (most
       properties are fixed once created, as in the QEMU RFC for NVMe objects).
+    * ``live``: the value in effect, read from the running model (``live(obj)``) once the object
+      is complete and ``obj.is_live()``; before that the user's value (or the default) reads back.
+      Why: what the user asked for is not always what the device does (defaults resolved at
+      creation, a serial derived from the id, a guest's Format NVM changing the LBA format), and
+      introspection must show what the guest sees.  A property with ``live`` may still be set at
+      creation like any other; a mutable one applies the change in ``property_changed``.
     * ``refers_to``: for string properties naming other objects by id (``attached-to``);
       ``(container path, special words)`` lets the command line check references and
       order creation without knowing what the names mean.
@@ -347,6 +353,7 @@ class Property:
     mutable: bool = False
     getter: Getter | None = None
     setter: Setter | None = None
+    live: Getter | None = None
     refers_to: tuple[str, tuple[str, ...]] | None = None
     hidden_default: bool = False  # do not show the default (e.g. random uuids)
     extra: dict[str, Any] = field(default_factory=dict)
