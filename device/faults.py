@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
 from nvshell.device.errors import PropertyError
-from nvshell.device.nvme.spec import AdminOpcode, NvmOpcode
+from nvshell.device.nvme.spec import ADMIN_OPCODE_NAMES, IO_OPCODE_NAMES, LBA_OPCODES, NvmOpcode, opcode_label
 from nvshell.device.nvme.status import Status
 
 log = logging.getLogger(__name__)
@@ -34,9 +34,9 @@ ACTIONS = ("status", "delay", "drop", "corrupt", "dma-error", "fatal", "ns-not-r
 #: QMP event sent for every hit of a rule whose ``event`` is on.
 FAULT_EVENT = "X_NVME_FAULT_INJECTED"
 
-#: Opcode names users type: NVM I/O names and admin names, lower-case, hyphenated.
-IO_OPCODES = {op.name.lower().replace("_", "-"): int(op) for op in NvmOpcode}
-ADMIN_OPCODES = {op.name.lower().replace("_", "-"): int(op) for op in AdminOpcode}
+#: Opcode names users type (``spec.opcode_name``: the command tables' and traces' names too).
+IO_OPCODES = {name: op for op, name in IO_OPCODE_NAMES.items()}
+ADMIN_OPCODES = {name: op for op, name in ADMIN_OPCODE_NAMES.items()}
 
 #: AEN kinds for action=aen: (event type, event info, log page).
 AEN_KINDS = {
@@ -49,16 +49,6 @@ AEN_KINDS = {
 #: SMART Critical Warning bits an AEN kind sets (what ``nvme smart-log`` then shows).
 AEN_WARNING_BITS = {"smart-critical": 0x04, "temperature": 0x02, "spare": 0x01, "ns-changed": 0}
 
-#: Opcode number -> user name, per queue kind (for events and ``info faults``).
-OPCODE_NAMES = {"io": {v: k for k, v in IO_OPCODES.items()}, "admin": {v: k for k, v in ADMIN_OPCODES.items()}}
-
-
-def opcode_label(qid: int, opcode: int) -> str:
-    """'read', 'identify', or '0x99' for an opcode without a name."""
-    return OPCODE_NAMES["admin" if qid == 0 else "io"].get(opcode) or f"{opcode:#04x}"
-
-LBA_OPCODES = {int(NvmOpcode.READ), int(NvmOpcode.WRITE), int(NvmOpcode.COMPARE),
-               int(NvmOpcode.WRITE_ZEROES), int(NvmOpcode.VERIFY), int(NvmOpcode.WRITE_UNCORRECTABLE)}
 
 
 def parse_status(value: Any) -> int:

@@ -192,28 +192,42 @@ class IOThread:
         while not self._stopping:
             try:
                 self._iterate()
-            except Exception:  # a bug in one callback must not kill the data plane
+            except Exception:  # the loop's own bug: keep the data plane alive
                 log.exception("iothread %s: unhandled exception", self.name)
+        # Calls queued while stopping still run, so no submitted future is left pending.
+        with self._calls_lock:
+            calls, self._calls = self._calls, []
+        for call in calls:
+            self._guarded(call)
         self._selector.close()
         os.close(self._wake_fd)
+
+    def _guarded(self, fn: Callable[[], Any]) -> Any:
+        """Run one callback; an exception is logged and stays with it, so the
+        calls, timers and pollers after it in the same iteration still run."""
+        try:
+            return fn()
+        except Exception:
+            log.exception("iothread %s: callback %r failed", self.name, fn)
+            return None
 
     def _iterate(self) -> None:
         events = self._selector.select(self._timeout(time.monotonic()))
         for key, _ in events:
-            key.data()
+            self._guarded(key.data)
         if self._calls:
             with self._calls_lock:
                 calls, self._calls = self._calls, []
             for call in calls:
-                call()
+                self._guarded(call)
         now = time.monotonic()
         while self._timers and self._timers[0][0] <= now:
             _, _, handle = heapq.heappop(self._timers)
             if not handle.cancelled:
-                handle.callback()
+                self._guarded(handle.callback)
         worked = False
         for poller in list(self._pollers):
-            if poller():
+            if self._guarded(poller):
                 worked = True
         if worked or events:
             self.note_work()

@@ -8,7 +8,7 @@ import pytest
 
 from nvshell.device.nvme.admin_log import effects_log
 from nvshell.device.nvme.commands import ADMIN, EFFECT_CSUPP, EFFECT_LBCC, NVM, CommandTable
-from nvshell.device.nvme.spec import CSI, LogPage
+from nvshell.device.nvme.spec import CSI, LogPage, NvmOpcode
 from nvshell.device.nvme.status import NvmeError, Status
 from nvshell.device.nvme.subsystem import Subsystem
 from tests.test_subsystem import FakeController, FakeNamespace, run_admin
@@ -131,7 +131,7 @@ def test_effects_log(ctrl: FakeController) -> None:
     assert acs[0x06] & EFFECT_CSUPP and acs[0x02] & EFFECT_CSUPP and acs[0x15] & EFFECT_CSUPP
     assert acs[0x03] == 0
     io = CommandTable("io")
-    io.command(0x01, "write", effects=EFFECT_LBCC)(lambda c, m: None)
+    io.command(NvmOpcode.WRITE, effects=EFFECT_LBCC)(lambda c, m: None)
     d = effects_log(io)
     assert struct.unpack_from("<I", d, 1024 + 4)[0] == EFFECT_CSUPP | EFFECT_LBCC
     assert struct.unpack_from("<I", d, 1024)[0] == 0
@@ -143,14 +143,14 @@ def test_effects_log_io_table_by_csi(ctrl: FakeController) -> None:
     assert d[1024:] == effects_log(NVM)[1024:] and d[1024:] != bytes(3072)
     assert get_log(ctrl, LogPage.CMD_EFFECTS, 4096, csi=CSI.ZONED)[1024:] == bytes(3072)
     zoned = CommandTable("zoned")
-    zoned.command(0x79, "zone-append", effects=EFFECT_LBCC)(lambda c, m: None)
+    zoned.command(NvmOpcode.ZONE_APPEND, effects=EFFECT_LBCC)(lambda c, m: None)
     ns = FakeNamespace(csi=CSI.ZONED)
     ns.commands = zoned
     ctrl.subsystem.add_namespace(ns)
     ctrl.subsystem.attach(ns.nsid, ctrl, notify=False)
     d = get_log(ctrl, LogPage.CMD_EFFECTS, 4096, csi=CSI.ZONED)
     assert struct.unpack_from("<256I", d, 1024) == struct.unpack_from("<256I", effects_log(zoned), 1024)
-    assert struct.unpack_from("<I", d, 1024 + 4 * 0x79)[0] == EFFECT_CSUPP | EFFECT_LBCC
+    assert struct.unpack_from("<I", d, 1024 + 4 * NvmOpcode.ZONE_APPEND)[0] == EFFECT_CSUPP | EFFECT_LBCC
 
 
 def test_real_controller_stats_and_error_log() -> None:

@@ -9,7 +9,8 @@ import pytest
 
 from nvshell.device.backends import MemoryBackend
 from nvshell.device.nvme.commands import NVM
-from nvshell.device.nvme.namespace import ID_NS, NamespaceError, NvmNamespace
+from nvshell.device.nvme.namespace import NamespaceError, NvmNamespace
+from nvshell.device.nvme.spec import ID_NS
 from nvshell.device.nvme.spec import CSI
 from nvshell.device.nvme.status import NvmeError, Status
 

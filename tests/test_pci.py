@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from nvshell.device.pci.config import MSIX_OFFSET, PCIE_OFFSET, PM_OFFSET
+from nvshell.device.nvme.spec import BAR0_SIZE, DOORBELL_PAGE_OFFSET, DOORBELL_PAGE_SIZE
 from nvshell.device.pci.function import PciFunction
 from nvshell.device.vfio_user.interface import IrqIndex, RegionAccessError, RegionFlag, RegionIndex
 
@@ -43,7 +44,7 @@ class FakeBar0:
 
 @pytest.fixture
 def fn():
-    return PciFunction(FakeBar0(), msix_vectors=65, doorbell_fd=None)
+    return PciFunction(FakeBar0(), bar0_size=BAR0_SIZE, doorbell_area=(DOORBELL_PAGE_OFFSET, DOORBELL_PAGE_SIZE), msix_vectors=65, doorbell_fd=None)
 
 
 def rd(fn, off, n=4):
@@ -129,14 +130,14 @@ def test_flr_resets(fn):
 
 
 def test_regions_trap_and_mmap():
-    trap = PciFunction(FakeBar0(), msix_vectors=4)
+    trap = PciFunction(FakeBar0(), bar0_size=BAR0_SIZE, doorbell_area=(DOORBELL_PAGE_OFFSET, DOORBELL_PAGE_SIZE), msix_vectors=4)
     regs = trap.regions()
     assert len(regs) == 9
     assert regs[0].size == 0x4000 and not regs[0].flags & RegionFlag.MMAP and regs[0].mmap_fd is None
     assert regs[4].size == 0x1000 and regs[5].size == 0x1000
     assert regs[7].size == 4096
     assert all(regs[i].size == 0 for i in (1, 2, 3, 6, 8))
-    mm = PciFunction(FakeBar0(), msix_vectors=4, doorbell_fd=99).regions()[0]
+    mm = PciFunction(FakeBar0(), bar0_size=BAR0_SIZE, doorbell_area=(DOORBELL_PAGE_OFFSET, DOORBELL_PAGE_SIZE), msix_vectors=4, doorbell_fd=99).regions()[0]
     assert mm.flags == RegionFlag.READ | RegionFlag.WRITE | RegionFlag.MMAP | RegionFlag.CAPS
     assert (mm.mmap_fd, mm.file_offset, mm.mmap_areas) == (99, 0, [(0x1000, 0x1000)])
     assert trap.irq_count(IrqIndex.MSIX) == 4 and trap.irq_count(IrqIndex.INTX) == 0

@@ -19,6 +19,7 @@ import mmap
 import os
 from typing import Any
 
+from nvshell.device.nvme.spec import BAR0_SIZE
 from nvshell.device.vfio_user.dma import DmaError, GuestMemory
 from nvshell.device.vfio_user.interface import (
     NUM_REGIONS,
@@ -30,7 +31,6 @@ from nvshell.device.vfio_user.interface import (
     RegionInfo,
 )
 
-BAR0_SIZE = 0x4000
 DOORBELL_OFFSET = 0x1000
 DOORBELL_SIZE = 0x1000
 MSIX_VECTORS = 4

@@ -20,12 +20,12 @@ if TYPE_CHECKING:
     from nvshell.device.nvme.controller import Controller
 
 
-@ADMIN.command(AdminOpcode.ASYNC_EVENT_REQUEST, "async-event-request")
+@ADMIN.command(AdminOpcode.ASYNC_EVENT_REQUEST)
 def async_event_request(ctrl: "Controller", cmd: Command) -> object:
     return ctrl.queue_aer(cmd)
 
 
-@ADMIN.command(AdminOpcode.ABORT, "abort")
+@ADMIN.command(AdminOpcode.ABORT)
 def abort(ctrl: "Controller", cmd: Command) -> None:
     sqid = cmd.cdw10 & 0xFFFF
     cid = cmd.cdw10 >> 16

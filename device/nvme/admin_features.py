@@ -95,7 +95,7 @@ def _fid_sel(cmd: Command) -> tuple[int, int]:
     return cmd.cdw10 & 0xFF, (cmd.cdw10 >> 8) & 0x7
 
 
-@ADMIN.command(AdminOpcode.GET_FEATURES, "get-features", direction="to-host")
+@ADMIN.command(AdminOpcode.GET_FEATURES, direction="to-host")
 def get_features(ctrl: "Controller", cmd: Command) -> None:
     fid, sel = _fid_sel(cmd)
     getter = GETTERS.get(fid)
@@ -218,7 +218,7 @@ SETTERS: dict[int, Setter] = {
 }
 
 
-@ADMIN.command(AdminOpcode.SET_FEATURES, "set-features", effects=EFFECT_CCC, direction="from-host")
+@ADMIN.command(AdminOpcode.SET_FEATURES, effects=EFFECT_CCC, direction="from-host")
 def set_features(ctrl: "Controller", cmd: Command) -> None:
     fid = cmd.cdw10 & 0xFF
     setter = SETTERS.get(fid)

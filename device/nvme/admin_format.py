@@ -11,16 +11,15 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from nvshell.device.nvme.commands import ADMIN, EFFECT_CSUPP, EFFECT_LBCC, EFFECT_NCC, EFFECT_NIC, Command
-from nvshell.device.nvme.spec import AdminOpcode
+from nvshell.device.nvme.spec import BROADCAST_NSID, AdminOpcode
 from nvshell.device.nvme.status import NvmeError, Status
 
 if TYPE_CHECKING:
     from nvshell.device.nvme.controller import Controller
 
-BROADCAST_NSID = 0xFFFFFFFF
 
 
-@ADMIN.command(AdminOpcode.FORMAT_NVM, "format-nvm", nsid="optional",
+@ADMIN.command(AdminOpcode.FORMAT_NVM, nsid="optional",
                effects=EFFECT_CSUPP | EFFECT_LBCC | EFFECT_NCC | EFFECT_NIC)
 def format_nvm(ctrl: "Controller", cmd: Command) -> None:
     dw10 = cmd.cdw10

@@ -21,13 +21,11 @@ from typing import Any, Iterable
 
 from nvshell.device.layout import Layout
 from nvshell.device.nvme.commands import ADMIN, NVM, Command
-from nvshell.device.nvme.spec import CSI, NvmOpcode, PAGE_SIZE
+from nvshell.device.nvme.spec import (BROADCAST_NSID, CSI, ID_NS, IDENTIFY_SIZE, LBA_FORMATS, NVME_VERSION, PAGE_SIZE,
+                                      AdminOpcode, NvmOpcode, lbaf_entry)
 from nvshell.device.nvme.status import NvmeError, Status
 from nvshell.device.nvme.subsystem import DEFAULT_MAX_NSID
 
-IDENTIFY_SIZE = 4096
-BROADCAST_NSID = 0xFFFFFFFF
-NVME_VERSION = 0x00020000  # 2.0.0
 
 # CNS values (Identify command, CDW10 bits 7:0)
 CNS_NS = 0x00
@@ -118,24 +116,6 @@ ID_NS_INDEPENDENT = Layout("IdentifyNamespaceIndependent", [
     (4, "anagrpid", "I"), (8, "nsattr", "B"), (10, "nvmsetid", "H"), (12, "endgid", "H"),
     (14, "nstat", "B"),
 ], size=IDENTIFY_SIZE)
-
-#: The parts of Identify Namespace (CNS 00) this module reads or builds itself.
-ID_NS_COMMON = Layout("IdentifyNamespaceCommon", [
-    (0, "nsze", "Q"), (8, "ncap", "Q"), (16, "nuse", "Q"), (24, "nsfeat", "B"),
-    (25, "nlbaf", "B"), (26, "flbas", "B"), (27, "mc", "B"), (28, "dpc", "B"), (29, "dps", "B"),
-    (30, "nmic", "B"), (31, "rescap", "B"), (32, "fpi", "B"), (33, "dlfeat", "B"),
-    (92, "anagrpid", "I"), (99, "nsattr", "B"), (100, "nvmsetid", "H"), (102, "endgid", "H"),
-    (128, "lbaf0", "I"), (132, "lbaf1", "I"),
-], size=IDENTIFY_SIZE)
-
-#: LBA formats every namespace offers (index -> LBA data size); FLBAS picks one.
-LBA_FORMATS = {0: 512, 1: 4096}
-
-
-def lbaf_entry(lba_size: int, metadata_size: int = 0) -> int:
-    """One LBA Format dword: MS (15:0), LBADS (23:16, log2 of the size), RP (25:24)."""
-    return metadata_size | ((lba_size.bit_length() - 1) << 16)
-
 
 # ---------------------------------------------------------------- helpers
 def subsystem_of(ctrl: Any) -> Any:
@@ -261,13 +241,13 @@ def identify_controller_nvm(ctrl: Any) -> bytes:
 def common_namespace_capabilities() -> bytes:
     """CNS 00 with the broadcast NSID: what every namespace created by Namespace
     Management can be, i.e. the LBA formats (nvme-cli create-ns picks FLBAS here)."""
-    return ID_NS_COMMON.pack(nlbaf=len(LBA_FORMATS) - 1,
-                             lbaf0=lbaf_entry(LBA_FORMATS[0]), lbaf1=lbaf_entry(LBA_FORMATS[1]))
+    return ID_NS.pack(nlbaf=len(LBA_FORMATS) - 1,
+                      **{f"lbaf{i}": lbaf_entry(lbads) for i, lbads in enumerate(LBA_FORMATS)})
 
 
 def independent_namespace(ns: Any) -> bytes:
     """CNS 08, derived from the namespace's own Identify Namespace so both agree."""
-    full = ID_NS_COMMON.unpack(_pad(ns.identify_ns()))
+    full = ID_NS.unpack(_pad(ns.identify_ns()))
     nmic = full.nmic | int(ns.shared)
     return ID_NS_INDEPENDENT.pack(nmic=nmic, rescap=full.rescap, fpi=full.fpi,
                                   anagrpid=full.anagrpid, nsattr=full.nsattr,
@@ -280,7 +260,7 @@ def io_command_sets() -> bytes:
 
 
 # ---------------------------------------------------------------- handler
-@ADMIN.command(0x06, "identify", nsid="none", direction="to-host")
+@ADMIN.command(AdminOpcode.IDENTIFY, nsid="none", direction="to-host")
 def identify(ctrl: Any, cmd: Command) -> None:
     cns = cmd.cdw10 & 0xFF
     cntid = (cmd.cdw10 >> 16) & 0xFFFF

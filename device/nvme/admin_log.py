@@ -20,13 +20,12 @@ from typing import TYPE_CHECKING, Any, Iterable
 
 from nvshell.device.layout import Layout
 from nvshell.device.nvme.commands import ADMIN, EFFECT_CSUPP, NVM, Command, CommandTable
-from nvshell.device.nvme.spec import CSI, LogPage
+from nvshell.device.nvme.spec import BROADCAST_NSID, CSI, AdminOpcode, LogPage
 from nvshell.device.nvme.status import NvmeError, Status
 
 if TYPE_CHECKING:  # pragma: no cover
     from nvshell.device.nvme.controller import ErrorLogEntry
 
-BROADCAST_NSID = 0xFFFFFFFF
 
 ERROR_ENTRY = Layout("ErrorInformationEntry", [
     (0, "error_count", "Q"), (8, "sqid", "H"), (10, "cid", "H"), (12, "status", "H"),
@@ -140,7 +139,7 @@ def io_table(ctrl: Any, csi: int) -> CommandTable | None:
 
 
 # ---------------------------------------------------------------- handler
-@ADMIN.command(0x02, "get-log-page", nsid="optional", direction="to-host")
+@ADMIN.command(AdminOpcode.GET_LOG_PAGE, nsid="optional", direction="to-host")
 def get_log_page(ctrl: Any, cmd: Command) -> None:
     lid = cmd.cdw10 & 0xFF
     rae = bool(cmd.cdw10 & (1 << 15))

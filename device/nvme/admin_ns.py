@@ -19,10 +19,9 @@ import logging
 import struct
 from typing import Any, Callable
 
-from nvshell.device.nvme.admin_identify import (BROADCAST_NSID, ID_NS_COMMON, IDENTIFY_SIZE, LBA_FORMATS,
-                                        max_nsid, subsystem_of)
+from nvshell.device.nvme.admin_identify import max_nsid, subsystem_of
 from nvshell.device.nvme.commands import ADMIN, EFFECT_NIC, Command
-from nvshell.device.nvme.spec import CSI
+from nvshell.device.nvme.spec import BROADCAST_NSID, CSI, AdminOpcode, ID_NS, IDENTIFY_SIZE, LBA_FORMATS
 from nvshell.device.nvme.status import NvmeError, Status
 from nvshell.device.nvme.subsystem import SubsystemError
 
@@ -48,7 +47,7 @@ namespace_factory: Callable[[int, int, bool], Any] = _default_factory
 
 
 # -------------------------------------------------------------- management
-@ADMIN.command(0x0D, "namespace-management", nsid="none", effects=EFFECT_NIC, direction="from-host")
+@ADMIN.command(AdminOpcode.NAMESPACE_MANAGEMENT, nsid="none", effects=EFFECT_NIC, direction="from-host")
 def namespace_management(ctrl: Any, cmd: Command) -> None:
     sel = cmd.cdw10 & 0xF
     if sel == SEL_CREATE:
@@ -65,11 +64,11 @@ def _create(ctrl: Any, cmd: Command) -> None:
     if csi != CSI.NVM:
         raise NvmeError(Status.INVALID_IO_COMMAND_SET)
     data = bytes(ctrl.transfer(cmd, IDENTIFY_SIZE, allow_sgl=False).from_guest())
-    req = ID_NS_COMMON.unpack(data.ljust(IDENTIFY_SIZE, b"\0"))
+    req = ID_NS.unpack(data.ljust(IDENTIFY_SIZE, b"\0"))
     index = (req.flbas & 0xF) | (((req.flbas >> 5) & 0x3) << 4)
-    lba_size = LBA_FORMATS.get(index)
-    if lba_size is None or req.flbas & 0x10:  # no metadata formats, so no extended LBAs
+    if index >= len(LBA_FORMATS) or req.flbas & 0x10:  # no metadata formats, so no extended LBAs
         raise NvmeError(Status.INVALID_FORMAT)
+    lba_size = 1 << LBA_FORMATS[index]
     if req.dps:
         raise NvmeError(Status.INVALID_FIELD)  # created namespaces carry no protection info
     if req.nsze == 0 or req.ncap == 0 or req.ncap > req.nsze:
@@ -125,7 +124,7 @@ def _close(ns: Any) -> None:
 
 
 # -------------------------------------------------------------- attachment
-@ADMIN.command(0x15, "namespace-attachment", nsid="none", effects=EFFECT_NIC, direction="from-host")
+@ADMIN.command(AdminOpcode.NAMESPACE_ATTACHMENT, nsid="none", effects=EFFECT_NIC, direction="from-host")
 def namespace_attachment(ctrl: Any, cmd: Command) -> None:
     subsys = subsystem_of(ctrl)
     sel = cmd.cdw10 & 0xF

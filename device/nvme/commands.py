@@ -18,8 +18,12 @@ comes from the table entry, not from each handler.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import enum
+import operator
+from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Callable, Iterator
+
+from nvshell.device.nvme.spec import SQE, opcode_name
 
 if TYPE_CHECKING:  # only for annotations: the controller imports this module
     from nvshell.device.nvme.controller import Controller
@@ -57,6 +61,11 @@ class Command:
     #: Free for handlers and fault rules (e.g. the aborted flag).
     extra: dict[str, Any] = field(default_factory=dict)
 
+    @classmethod
+    def from_sqe(cls, sqid: int, raw: tuple[int, ...]) -> "Command":
+        """A command from ``SQE.struct.unpack_from`` output (the field order is ``SQE``'s)."""
+        return cls(sqid, *_FROM_SQE(raw))
+
     @property
     def psdt(self) -> int:
         return (self.flags >> 6) & 0x3
@@ -64,6 +73,11 @@ class Command:
     @property
     def fuse(self) -> int:
         return self.flags & 0x3
+
+
+#: Picks the SQE fields ``Command`` keeps (all but the reserved CDW2/CDW3), in
+#: ``Command``'s own field order, so the entry's shape is declared once (``spec.SQE``).
+_FROM_SQE = operator.itemgetter(*(SQE.names.index(f.name) for f in fields(Command) if f.name in SQE.names))
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,14 +102,26 @@ class CommandTable:
         self.name = name
         self._entries: dict[int, CommandInfo] = dict(parent._entries) if parent else {}
 
-    def command(self, opcode: int, name: str, *, nsid: str = "none", effects: int = 0,
+    def command(self, opcode: int, name: str | None = None, *, nsid: str = "none", effects: int = 0,
                 direction: str = "none") -> Callable[[Callable], Callable]:
-        """Decorator registering ``handler`` for ``opcode``."""
+        """Decorator registering ``handler`` for ``opcode``.
+
+        ``opcode`` is an ``AdminOpcode``/``NvmOpcode`` member: its name is the
+        command's one name (``spec.opcode_name``), the same in traces, fault rules
+        and completion. A plain number needs ``name`` and must not collide with a
+        declared opcode's name (tests/test_spec_facts.py checks every table).
+        """
+        if isinstance(opcode, enum.Enum):
+            if name is not None and name != opcode_name(opcode):
+                raise ValueError(f"opcode {opcode!r} is named {opcode_name(opcode)!r}, not {name!r}")
+            name = opcode_name(opcode)
+        elif name is None:
+            raise ValueError(f"opcode {opcode:#x} is not a declared opcode: give it a name")
         if nsid not in ("none", "required", "optional"):
             raise ValueError(f"nsid must be none, required or optional, not {nsid!r}")
 
         def register(handler: Callable) -> Callable:
-            self._entries[opcode] = CommandInfo(opcode, name, handler, nsid, effects, direction)
+            self._entries[int(opcode)] = CommandInfo(int(opcode), name, handler, nsid, effects, direction)
             return handler
         return register
 

@@ -31,8 +31,9 @@ from nvshell.device.layout import Layout
 from nvshell.device.nvme.commands import ADMIN, DEFERRED, NVM, Command
 from nvshell.device.nvme.config import ControllerConfig
 from nvshell.device.nvme.queues import CompletionQueue, SubmissionQueue
-from nvshell.device.nvme.spec import BAR0_SIZE, DOORBELL_PAGE_OFFSET, DOORBELL_PAGE_SIZE, SQE, AsyncEventType, LogPage, Reg
-from nvshell.device.nvme.spec import AdminOpcode, NvmOpcode
+from nvshell.device.nvme.spec import (BAR0_SIZE, BROADCAST_NSID, CQE_SIZE_LOG2, DOORBELL_PAGE_OFFSET, DOORBELL_PAGE_SIZE,
+                                      HOST_READ_OPCODES, HOST_WRITE_OPCODES, LBA_OPCODES, NVME_VERSION, SQE,
+                                      SQE_SIZE_LOG2, AsyncEventType, LogPage, Reg, mdts_bytes, opcode_label)
 from nvshell.device.nvme.status import NvmeError, Status, status_field, status_name
 from nvshell.device.pci.function import PciFunction
 from nvshell.device.vfio_user.dma import DmaError
@@ -44,9 +45,6 @@ if TYPE_CHECKING:
     from nvshell.device.vfio_user.interface import InterruptSink
 
 
-#: Opcode names for traces, derived from the opcode enums ("read", "create-io-sq").
-_IO_NAMES = {int(op): op.name.lower().replace("_", "-") for op in NvmOpcode}
-_ADMIN_NAMES = {int(op): op.name.lower().replace("_", "-") for op in AdminOpcode}
 _AEN_TYPE_NAMES = {int(t): t.name.lower().replace("_", "-") for t in AsyncEventType}
 
 
@@ -73,22 +71,15 @@ CAP_CSS_NVM = 1 << 0
 CAP_CSS_IOCS = 1 << 6           # "one or more I/O command sets": CC.CSS=110b, CNS 05/06
 CSS_NVM = 0
 CSS_ALL_IOCS = 6
-NVME_VERSION = 0x00020000       # 2.0.0
-IOSQES = 6
-IOCQES = 4
+IOSQES = SQE_SIZE_LOG2
+IOCQES = CQE_SIZE_LOG2
 
 #: Async event information, error type.
 AER_INFO_INVALID_DB_REGISTER = 0x00
 AER_INFO_INVALID_DB_VALUE = 0x01
 
-BROADCAST_NSID = 0xFFFFFFFF
 #: Changed Namespace List: at most 1024 entries, then just FFFFFFFFh.
 CHANGED_NS_MAX = 1024
-
-#: SMART host command counters (NVM command set): what counts as a read, a write.
-READ_OPCODES = frozenset({0x02, 0x05, 0x0C})               # Read, Compare, Verify
-WRITE_OPCODES = frozenset({0x01, 0x04, 0x08, 0x19, 0x7D})  # Write, Write Unc., Write Zeroes, Copy, Zone Append
-LBA_OPCODES = frozenset({0x01, 0x02, 0x04, 0x05, 0x08, 0x0C, 0x7D})
 
 _SQE_UNPACK = SQE.struct.unpack_from
 _DMA_ERROR = int(Status.DATA_TRANSFER_ERROR)
@@ -328,6 +319,7 @@ class Controller:
                 raise
             self._db_fd = fd
         self.pci = PciFunction(self, msix_vectors=config.max_intr_vectors, doorbell_fd=self._db_fd,
+                               bar0_size=BAR0_SIZE, doorbell_area=(DOORBELL_PAGE_OFFSET, DOORBELL_PAGE_SIZE),
                                vendor_id=config.vendor_id, device_id=config.device_id,
                                subsystem_vendor_id=config.ssvid, subsystem_id=0)
         if subsystem is not None:
@@ -840,7 +832,7 @@ class Controller:
     def _execute(self, sq: SubmissionQueue) -> None:
         head = sq.head
         try:
-            raw = _SQE_UNPACK(self.memory.view(sq.base + (head << 6), 64))  # type: ignore[union-attr]
+            raw = _SQE_UNPACK(self.memory.view(sq.base + (head << SQE_SIZE_LOG2), SQE.size))  # type: ignore[union-attr]
         except (DmaError, AttributeError) as exc:
             self.fatal(f"SQ {sq.qid} entry {head} not in guest memory: {exc}")
             return
@@ -849,8 +841,7 @@ class Controller:
             head = 0
         sq.head = head
         sq.fetched += 1
-        cmd = Command(sq.qid, raw[2], raw[0], raw[1], raw[3], raw[6], raw[7], raw[8],
-                      raw[9], raw[10], raw[11], raw[12], raw[13], raw[14])
+        cmd = Command.from_sqe(sq.qid, raw)
         hooks = self.hooks
         if hooks.on_complete is not None or T.NVME_CMD_COMPLETE.enabled:
             cmd.fetched_ns = time.monotonic_ns()
@@ -927,19 +918,17 @@ class Controller:
 
     def _trace_submit(self, cmd: Command) -> None:
         if cmd.sqid:
-            name = _IO_NAMES.get(cmd.opcode) or f"{cmd.opcode:#04x}"
             slba, nlb = cmd.cdw10 | (cmd.cdw11 << 32), (cmd.cdw12 & 0xFFFF) + 1
         else:
-            name = _ADMIN_NAMES.get(cmd.opcode) or f"{cmd.opcode:#04x}"
             slba = nlb = 0
-        T.NVME_CMD_SUBMIT.emit(ctrl=self.name, qid=cmd.sqid, cid=cmd.cid, opcode=name, nsid=cmd.nsid,
+        T.NVME_CMD_SUBMIT.emit(ctrl=self.name, qid=cmd.sqid, cid=cmd.cid, opcode=opcode_label(cmd.sqid, cmd.opcode),
+                               nsid=cmd.nsid,
                                slba=slba, nlb=nlb, cdw10=cmd.cdw10, cdw11=cmd.cdw11)
 
     def _trace_complete(self, cmd: Command, status: int) -> None:
-        names = _IO_NAMES if cmd.sqid else _ADMIN_NAMES
         lat = (time.monotonic_ns() - cmd.fetched_ns) / 1000 if cmd.fetched_ns else 0.0
         T.NVME_CMD_COMPLETE.emit(ctrl=self.name, qid=cmd.sqid, cid=cmd.cid,
-                                 opcode=names.get(cmd.opcode) or f"{cmd.opcode:#04x}",
+                                 opcode=opcode_label(cmd.sqid, cmd.opcode),
                                  status=status_name(status), lat_us=lat, result=cmd.result)
 
     def _lookup_admin_ns(self, cmd: Command, mode: str) -> None:
@@ -964,9 +953,9 @@ class Controller:
                 lba = cmd.cdw10 | (cmd.cdw11 << 32) if sq.qid and cmd.opcode in LBA_OPCODES else 0
                 self.error_log.record(sq.qid, cmd.cid, status, dnr, nsid=cmd.nsid, lba=lba)
         elif sq.qid:
-            if cmd.opcode in READ_OPCODES:
+            if cmd.opcode in HOST_READ_OPCODES:
                 self.stats.host_read_commands += 1
-            elif cmd.opcode in WRITE_OPCODES:
+            elif cmd.opcode in HOST_WRITE_OPCODES:
                 self.stats.host_write_commands += 1
         if self.hooks.on_complete is not None:
             try:
@@ -1010,10 +999,8 @@ class Controller:
 
         Admin commands never use SGLs (the spec requires PRPs for them).
         """
-        page_size = self.page_size
-        mdts = self.config.mdts
-        return _map_data()(self.memory, cmd, length, page_size=page_size,
-                           allow_sgl=allow_sgl and cmd.sqid != 0, mdts_bytes=(page_size << mdts) if mdts else None)
+        return _map_data()(self.memory, cmd, length, page_size=self.page_size,
+                           allow_sgl=allow_sgl and cmd.sqid != 0, mdts_bytes=mdts_bytes(self.config.mdts))
 
     # ---------------------------------------------------- asynchronous events
     def queue_aer(self, cmd: Command) -> object:

@@ -37,7 +37,8 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from nvshell.device import trace as T
-from nvshell.device.faults import AEN_KINDS, AEN_WARNING_BITS, LBA_OPCODES, FaultRule, FaultSet, opcode_label
+from nvshell.device.faults import AEN_KINDS, AEN_WARNING_BITS, FaultRule, FaultSet
+from nvshell.device.nvme.spec import LBA_OPCODES, opcode_label
 from nvshell.device.nvme.commands import DEFERRED, Command
 from nvshell.device.nvme.spec import AsyncEventType, LogPage, NoticeInfo
 from nvshell.device.nvme.status import NvmeError, Status

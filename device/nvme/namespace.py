@@ -21,29 +21,8 @@ from nvshell.device.backends import Backend
 from nvshell.device.layout import Layout
 from nvshell.device.nvme import commands
 from nvshell.device.nvme import nvm as _nvm  # noqa: F401  (registers the NVM I/O handlers on commands.NVM)
-from nvshell.device.nvme.spec import CSI
+from nvshell.device.nvme.spec import CSI, ID_NS, IDENTIFY_SIZE, LBA_FORMATS, lbaf_entry
 from nvshell.device.nvme.status import NvmeError, Status
-
-IDENTIFY_SIZE = 4096
-
-#: Supported LBA formats: index -> LBADS (log2 of the block size). No metadata.
-LBA_FORMATS: tuple[int, ...] = (9, 12)
-
-#: Identify Namespace data structure (CNS 00h), NVM command set; offsets as in
-#: the NVM Command Set specification, figure "Identify Namespace Data Structure".
-ID_NS = Layout("IdNamespace", [
-    (0, "nsze", "Q"), (8, "ncap", "Q"), (16, "nuse", "Q"),
-    (24, "nsfeat", "B"), (25, "nlbaf", "B"), (26, "flbas", "B"), (27, "mc", "B"),
-    (28, "dpc", "B"), (29, "dps", "B"), (30, "nmic", "B"), (31, "rescap", "B"),
-    (32, "fpi", "B"), (33, "dlfeat", "B"), (34, "nawun", "H"), (36, "nawupf", "H"),
-    (38, "nacwu", "H"), (40, "nabsn", "H"), (42, "nabo", "H"), (44, "nabspf", "H"),
-    (46, "noiob", "H"), (48, "nvmcap", "16s"), (64, "npwg", "H"), (66, "npwa", "H"),
-    (68, "npdg", "H"), (70, "npda", "H"), (72, "nows", "H"), (74, "mssrl", "H"),
-    (76, "mcl", "I"), (80, "msrc", "B"), (82, "nulbaf", "B"), (92, "anagrpid", "I"),
-    (99, "nsattr", "B"), (100, "nvmsetid", "H"), (102, "endgid", "H"),
-    (104, "nguid", "16s"), (120, "eui64", "8s"),
-    (128, "lbaf0", "I"), (132, "lbaf1", "I"),
-], size=IDENTIFY_SIZE)
 
 #: I/O Command Set specific Identify Namespace for the NVM command set (CNS 05h,
 #: CSI 00h): storage tag masks and extended LBA formats, all zero without PI.
@@ -183,7 +162,7 @@ class NvmNamespace:
             npwg=pref, npwa=pref, npdg=pref, npda=pref, nows=pref,
             mssrl=self.mssrl, mcl=self.mcl, msrc=self.msrc - 1,
             nguid=self.nguid, eui64=self.eui64,
-            **{f"lbaf{i}": lbads << 16 for i, lbads in enumerate(LBA_FORMATS)},
+            **{f"lbaf{i}": lbaf_entry(lbads) for i, lbads in enumerate(LBA_FORMATS)},
         )
 
     def identify_ns_csi(self) -> bytes:

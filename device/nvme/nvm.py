@@ -22,10 +22,9 @@ from typing import Any
 from nvshell.device.backends import BackendError
 from nvshell.device.layout import Layout
 from nvshell.device.nvme.commands import EFFECT_LBCC, NVM, Command
-from nvshell.device.nvme.spec import PAGE_SIZE, NvmOpcode
+from nvshell.device.nvme.spec import BROADCAST_NSID, NvmOpcode, mdts_bytes
 from nvshell.device.nvme.status import NvmeError, Status
 
-BROADCAST_NSID = 0xFFFFFFFF
 
 CDW12_FUA = 1 << 30
 CDW12_DEAC = 1 << 25
@@ -53,14 +52,8 @@ def check_range(ns: Any, slba: int, nlb: int) -> None:
         raise NvmeError(Status.LBA_OUT_OF_RANGE, msg=f"LBA {slba:#x}+{nlb} beyond {ns.nlbas:#x}")
 
 
-def mdts_bytes(ctrl: Any) -> int:
-    """The controller's Maximum Data Transfer Size in bytes (0 = unlimited)."""
-    mdts = ctrl.config.mdts
-    return (1 << mdts) * PAGE_SIZE if mdts else 0
-
-
 def check_mdts(ctrl: Any, nbytes: int) -> None:
-    limit = mdts_bytes(ctrl)
+    limit = mdts_bytes(ctrl.config.mdts)
     if limit and nbytes > limit:
         raise NvmeError(Status.INVALID_FIELD, msg=f"transfer of {nbytes} bytes exceeds MDTS ({limit})")
 
@@ -103,7 +96,7 @@ def flush_ns(ns: Any) -> None:
 
 
 # ------------------------------------------------------------------ handlers
-@NVM.command(NvmOpcode.FLUSH, "flush", nsid="optional")
+@NVM.command(NvmOpcode.FLUSH, nsid="optional")
 def flush(ctrl: Any, cmd: Command) -> None:
     """Flush one namespace, or every attached one for NSID FFFFFFFFh."""
     if cmd.nsid == BROADCAST_NSID:
@@ -126,7 +119,7 @@ def map_blocks(ctrl: Any, cmd: Command) -> tuple[Any, int, int, Any]:
     return ns, slba << ns.lbads, nbytes, ctrl.transfer(cmd, nbytes)
 
 
-@NVM.command(NvmOpcode.WRITE, "write", nsid="required", effects=EFFECT_LBCC, direction="from-host")
+@NVM.command(NvmOpcode.WRITE, nsid="required", effects=EFFECT_LBCC, direction="from-host")
 def write(ctrl: Any, cmd: Command) -> None:
     ns, offset, nbytes, data = map_blocks(ctrl, cmd)
     write_blocks(ns, offset, data)
@@ -135,14 +128,14 @@ def write(ctrl: Any, cmd: Command) -> None:
     ctrl.stats.add_write(nbytes)
 
 
-@NVM.command(NvmOpcode.READ, "read", nsid="required", direction="to-host")
+@NVM.command(NvmOpcode.READ, nsid="required", direction="to-host")
 def read(ctrl: Any, cmd: Command) -> None:
     ns, offset, nbytes, data = map_blocks(ctrl, cmd)
     read_blocks(ns, offset, data)
     ctrl.stats.add_read(nbytes)
 
 
-@NVM.command(NvmOpcode.COMPARE, "compare", nsid="required", direction="from-host")
+@NVM.command(NvmOpcode.COMPARE, nsid="required", direction="from-host")
 def compare(ctrl: Any, cmd: Command) -> None:
     """Compare host data with the media; Compare Failure on the first difference."""
     ns, offset, nbytes, data = map_blocks(ctrl, cmd)
@@ -163,7 +156,7 @@ def compare(ctrl: Any, cmd: Command) -> None:
     ctrl.stats.add_read(nbytes)
 
 
-@NVM.command(NvmOpcode.WRITE_ZEROES, "write-zeroes", nsid="required", effects=EFFECT_LBCC)
+@NVM.command(NvmOpcode.WRITE_ZEROES, nsid="required", effects=EFFECT_LBCC)
 def write_zeroes(ctrl: Any, cmd: Command) -> None:
     """Zero a range; with DEAC the blocks are deallocated (they read as zeroes: DLFEAT)."""
     ns = cmd.ns
@@ -181,7 +174,7 @@ def write_zeroes(ctrl: Any, cmd: Command) -> None:
         flush_ns(ns)
 
 
-@NVM.command(NvmOpcode.DATASET_MANAGEMENT, "dataset-management", nsid="required", effects=EFFECT_LBCC,
+@NVM.command(NvmOpcode.DATASET_MANAGEMENT, nsid="required", effects=EFFECT_LBCC,
              direction="from-host")
 def dataset_management(ctrl: Any, cmd: Command) -> None:
     """Deallocate (AD) the listed ranges; the other attributes are hints we ignore."""
@@ -204,7 +197,7 @@ def dataset_management(ctrl: Any, cmd: Command) -> None:
         raise _write_error(exc) from None
 
 
-@NVM.command(NvmOpcode.VERIFY, "verify", nsid="required")
+@NVM.command(NvmOpcode.VERIFY, nsid="required")
 def verify(ctrl: Any, cmd: Command) -> None:
     """Check that the range is readable (no PI here, so nothing else to verify)."""
     ns = cmd.ns
@@ -222,7 +215,7 @@ def verify(ctrl: Any, cmd: Command) -> None:
         raise _read_error(exc) from None
 
 
-@NVM.command(NvmOpcode.COPY, "copy", nsid="required", effects=EFFECT_LBCC, direction="from-host")
+@NVM.command(NvmOpcode.COPY, nsid="required", effects=EFFECT_LBCC, direction="from-host")
 def copy(ctrl: Any, cmd: Command) -> None:
     """Simple Copy, source range descriptor format 0, within the namespace."""
     ns = cmd.ns

@@ -45,7 +45,6 @@ DEFAULT_MAX_NSID = 256
 #: in-memory backend is sparse, so this is a guard against runaway creation,
 #: not memory actually reserved.
 DEFAULT_CAPACITY = 1 << 40
-BROADCAST_NSID = 0xFFFFFFFF
 
 #: Listener signature: ``listener(kind, nsid, ns, ctrl)`` with kind one of
 #: ``"namespace-created"``, ``"namespace-deleted"``, ``"attached"``, ``"detached"``.

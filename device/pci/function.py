@@ -32,8 +32,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 NVME_CLASS_CODE = 0x010802
-BAR0_SIZE = 0x4000
-DOORBELL_PAGE = (0x1000, 0x1000)
 MSIX_ENTRY_SIZE = 16
 RW = RegionFlag.READ | RegionFlag.WRITE
 
@@ -89,10 +87,10 @@ def _chunks(offset: int, count: int) -> list[tuple[int, int]]:
 class PciFunction:
     """One PCIe function served over vfio-user (see module docstring)."""
 
-    def __init__(self, bar0: Bar0Handler, *, msix_vectors: int, doorbell_fd: int | None = None,
+    def __init__(self, bar0: Bar0Handler, *, msix_vectors: int, bar0_size: int, doorbell_area: tuple[int, int],
+                 doorbell_fd: int | None = None,
                  vendor_id: int = 0x4E58, device_id: int = 0x0001, subsystem_vendor_id: int = 0x4E58,
-                 subsystem_id: int = 0x0000, revision: int = 0, class_code: int = NVME_CLASS_CODE,
-                 bar0_size: int = BAR0_SIZE, doorbell_area: tuple[int, int] = DOORBELL_PAGE):
+                 subsystem_id: int = 0x0000, revision: int = 0, class_code: int = NVME_CLASS_CODE):
         if not 1 <= msix_vectors <= 2048:
             raise ValueError(f"msix_vectors must be 1..2048, not {msix_vectors}")
         self.bar0 = bar0
