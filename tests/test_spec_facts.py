@@ -32,7 +32,7 @@ def _sources() -> list[Path]:
 
 @pytest.mark.parametrize("name", FACTS)
 def test_spec_fact_declared_once(name: str) -> None:
-    pattern = re.compile(rf"^\s*(?:{name}\s*(?::[^=]+)?=[^=]|def {name}\b)", re.M)
+    pattern = re.compile(rf"^(?:{name}\s*(?::[^=]+)?=[^=]|def {name}\b)", re.M)   # module-level declarations
     where = [str(p.relative_to(ROOT)) for p in _sources() if pattern.search(p.read_text())]
     assert where == ["device/nvme/spec.py"], f"{name} declared in {where}: import it from nvshell.device.nvme.spec"
 
