@@ -324,7 +324,7 @@ def test_dma_unmap(env: Env, client: VfioUserClient) -> None:
 
 def test_dma_fd_attribution_when_pipelined(env: Env, client: VfioUserClient) -> None:
     """A posted write (no fd) immediately followed by DMA_MAP (fd): the fd belongs to the map."""
-    fd = os.memfd_create("ram")
+    fd = os.memfd_create("ram", os.MFD_ALLOW_SEALING)
     os.ftruncate(fd, 0x1000)
     os.pwrite(fd, b"pipelined", 0)
     client.write32(RegionIndex.BAR0, 0x100, 7, posted=True)

@@ -310,14 +310,7 @@ class Controller:
         self._db_bytes = 0
         self._db_last = bytearray()
         if config.doorbells == "mmap":
-            fd = os.memfd_create("nvshell-bar0", os.MFD_CLOEXEC)
-            try:
-                os.ftruncate(fd, BAR0_SIZE)
-                self._db_map = mmap.mmap(fd, BAR0_SIZE, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
-            except OSError:
-                os.close(fd)
-                raise
-            self._db_fd = fd
+            self._db_fd, self._db_map = _doorbell_page()
         self.pci = PciFunction(self, msix_vectors=config.max_intr_vectors, doorbell_fd=self._db_fd,
                                bar0_size=BAR0_SIZE, doorbell_area=(DOORBELL_PAGE_OFFSET, DOORBELL_PAGE_SIZE),
                                vendor_id=config.vendor_id, device_id=config.device_id,
@@ -356,6 +349,22 @@ class Controller:
         if self.csts & CSTS_RDY and (self.csts & CSTS_SHST_MASK) != CSTS_SHST_COMPLETE:
             self.stats.unsafe_shutdowns += 1
         self.reset()
+        self._renew_doorbells()
+
+    def _renew_doorbells(self) -> None:
+        """A fresh doorbell page for the next client: a former client that kept its
+        mapping of the old memfd must not ring the next client's doorbells."""
+        if self._db_fd is None:
+            return
+        old_fd, old_map = self._db_fd, self._db_map
+        self._db_fd, self._db_map = _doorbell_page()
+        self.pci.doorbell_fd = self._db_fd
+        if old_map is not None:
+            try:
+                old_map.close()
+            except BufferError:
+                pass
+        os.close(old_fd)
 
     def dma_unmapping(self, addr: int, size: int) -> None:
         """Nothing to drop: queue entries are looked up per access, views never kept."""
@@ -1123,3 +1132,14 @@ class Controller:
             os.close(self._db_fd)
             self._db_fd = None
             self.pci.doorbell_fd = None
+
+
+def _doorbell_page() -> tuple[int, mmap.mmap]:
+    """A BAR0-sized memfd and our mapping of it (the client maps the doorbell page)."""
+    fd = os.memfd_create("nvshell-bar0", os.MFD_CLOEXEC)
+    try:
+        os.ftruncate(fd, BAR0_SIZE)
+        return fd, mmap.mmap(fd, BAR0_SIZE, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+    except OSError:
+        os.close(fd)
+        raise

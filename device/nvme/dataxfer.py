@@ -200,23 +200,20 @@ def _validate(memory: "GuestMemory", pieces: list[list]) -> list[tuple[int | Non
 def _split(memory: "GuestMemory", addr: int, length: int) -> list[tuple[int | None, int]]:
     """Slow path: a range crossing DMA region boundaries (guest RAM is contiguous there)."""
     out: list[tuple[int | None, int]] = []
-    regions = memory.regions
     while length:
-        for region in regions:
-            if region.addr <= addr < region.end:
-                n = min(length, region.end - addr)
-                try:
-                    with memory.view(addr, n):
-                        pass
-                except DmaError:
-                    raise NvmeError(Status.DATA_TRANSFER_ERROR, msg=f"guest memory {addr:#x}+{n:#x} not accessible") \
-                        from None
-                out.append((addr, n))
-                addr += n
-                length -= n
-                break
-        else:
+        region = memory.region_at(addr)
+        if region is None:
             raise NvmeError(Status.DATA_TRANSFER_ERROR, msg=f"guest memory {addr:#x} not mapped")
+        n = min(length, region.end - addr)
+        try:
+            with memory.view(addr, n):
+                pass
+        except DmaError:
+            raise NvmeError(Status.DATA_TRANSFER_ERROR, msg=f"guest memory {addr:#x}+{n:#x} not accessible") \
+                from None
+        out.append((addr, n))
+        addr += n
+        length -= n
     return out
 
 

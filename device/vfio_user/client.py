@@ -14,6 +14,7 @@ posted write, or out of order), which is exactly what tests want to catch.
 from __future__ import annotations
 
 import array
+import fcntl
 import mmap
 import os
 import select
@@ -187,10 +188,12 @@ class VfioUserClient:
 
     def map_memory(self, addr: int, size: int, *, prot: int = P.DmaMapFlag.READ | P.DmaMapFlag.WRITE,
                    offset: int = 0) -> GuestRam:
-        """Create a memfd-backed guest RAM range and DMA_MAP it (fd passed)."""
-        fd = os.memfd_create(f"guest-ram-{addr:#x}", os.MFD_CLOEXEC)
+        """Create a memfd-backed guest RAM range and DMA_MAP it (fd passed). Sealed
+        against shrinking and growing, as QEMU's memory-backend-memfd does."""
+        fd = os.memfd_create(f"guest-ram-{addr:#x}", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
         try:
             os.ftruncate(fd, size + offset)
+            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW)
             mem = mmap.mmap(fd, size + offset, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
             self.dma_map(addr, size, fd=fd, offset=offset, prot=prot)
         except BaseException:

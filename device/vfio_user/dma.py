@@ -16,6 +16,8 @@ time, so a handler that drops its views before returning is always safe).
 from __future__ import annotations
 
 import bisect
+import errno as E
+import fcntl
 import mmap
 import os
 from dataclasses import dataclass
@@ -94,22 +96,19 @@ class GuestMemory:
         return region
 
     def unmap(self, addr: int, size: int) -> int:
-        """Remove the regions exactly covering ``[addr, addr+size)``; returns how many."""
-        removed = 0
-        for region in [r for r in self._regions if r.addr == addr and r.size == size]:
-            self._drop(region)
-            removed += 1
-        if not removed:
+        """Remove the region exactly covering ``[addr, addr+size)``; returns how many (1)."""
+        index = bisect.bisect_left(self._starts, addr)
+        if index == len(self._starts) or self._starts[index] != addr or self._regions[index].size != size:
             raise DmaMapError(22, f"no DMA mapping at [{addr:#x}, +{size:#x})")
-        return removed
+        self._drop(index)
+        return 1
 
     def unmap_all(self) -> None:
-        for region in list(self._regions):
-            self._drop(region)
+        while self._regions:
+            self._drop(len(self._regions) - 1)
 
-    def _drop(self, region: DmaRegion) -> None:
-        index = self._regions.index(region)
-        del self._regions[index]
+    def _drop(self, index: int) -> None:
+        region = self._regions.pop(index)
         del self._starts[index]
         if region.view is not None:
             region.view.release()
@@ -117,7 +116,23 @@ class GuestMemory:
             region.mapping.close()
 
     def _overlapping(self, addr: int, size: int) -> bool:
-        return any(r.addr < addr + size and addr < r.end for r in self._regions)
+        """Regions never overlap, so sorted by start they are sorted by end too: only the
+        neighbours of ``addr``'s insertion point can overlap it (O(log n), not a scan --
+        a vIOMMU guest may keep tens of thousands of mappings)."""
+        index = bisect.bisect_left(self._starts, addr)
+        if index < len(self._regions) and self._regions[index].addr < addr + size:
+            return True
+        return index > 0 and self._regions[index - 1].end > addr
+
+    def __len__(self) -> int:
+        return len(self._regions)
+
+    def region_at(self, addr: int) -> DmaRegion | None:
+        """The region containing ``addr`` (O(log n)), or None."""
+        index = bisect.bisect_right(self._starts, addr) - 1
+        if index >= 0 and addr < self._regions[index].end:
+            return self._regions[index]
+        return None
 
     @property
     def regions(self) -> list[DmaRegion]:
@@ -163,6 +178,33 @@ class GuestMemory:
         except DmaError:
             return False
         return True
+
+
+def seal_against_shrink(fd: int, end: int) -> None:
+    """Make sure the file behind ``fd`` can never become shorter than ``end`` bytes.
+
+    Why: touching a page of a shared mapping beyond the end of its file raises
+    SIGBUS, which kills the whole process (every controller and the monitor), and
+    a client could shrink the file it passed after DMA_MAP. A memfd sealed with
+    F_SEAL_SHRINK cannot shrink; QEMU's ``memory-backend-memfd`` seals its memfds
+    (``seal=on``, the default). A memfd that allows sealing but is not sealed gets
+    the seal added here (its owner can no longer shrink it either). Anything else
+    (a regular file, ``memory-backend-file``, a memfd created without sealing) is
+    refused with ``DmaMapError(EINVAL)``.
+    """
+    try:
+        seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)
+    except OSError:
+        raise DmaMapError(E.EINVAL, "DMA memory must be a sealable memfd (memory-backend-memfd): "
+                                    "any other file could shrink under the mapping") from None
+    if not seals & fcntl.F_SEAL_SHRINK:
+        try:
+            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK)
+        except OSError as exc:
+            raise DmaMapError(E.EINVAL, f"DMA memfd is not sealed against shrinking and cannot be: {exc}") from None
+    size = os.fstat(fd).st_size
+    if end > size:
+        raise DmaMapError(E.EINVAL, f"DMA range ends at file offset {end:#x}, beyond the file's {size:#x} bytes")
 
 
 def close_fd(fd: int | None) -> None:

@@ -3,6 +3,13 @@
 QEMU emulates MSI-X masking itself and hands us one eventfd per vector in use;
 firing a vector is one ``eventfd_write``. The client may swap or withdraw a
 vector's eventfd at any time, so lookups happen on every trigger (a dict get).
+
+An interrupt write must never block the IOThread: a client could pass an eventfd
+opened without EFD_NONBLOCK whose counter it filled, and the controller would
+never be served again. So only eventfds are accepted (``check_eventfd``) and each
+is switched to O_NONBLOCK when assigned; a full counter (EAGAIN) means an
+interrupt is already pending, which is all a vector can say anyway. QEMU creates
+its eventfds non-blocking already, so the flag changes nothing for it.
 """
 
 from __future__ import annotations
@@ -34,7 +41,9 @@ class MsixEventfds:
         return True
 
     def assign(self, vector: int, fd: int) -> None:
-        """Take ownership of ``fd`` for ``vector`` (closing any previous one)."""
+        """Take ownership of ``fd`` (an eventfd, see ``check_eventfd``) for ``vector``
+        (closing any previous one); it is made non-blocking."""
+        os.set_blocking(fd, False)
         old = self._fds.get(vector)
         self._fds[vector] = fd
         if old is not None and old != fd:
@@ -56,6 +65,18 @@ class MsixEventfds:
         fds, self._fds = self._fds, {}
         for fd in fds.values():
             _close(fd)
+
+
+def check_eventfd(fd: int) -> None:
+    """Raise ValueError unless ``fd`` is an eventfd (a pipe, socket or file could block
+    or grow without bound on every interrupt)."""
+    try:
+        with open(f"/proc/self/fdinfo/{fd}", "rb") as info:
+            text = info.read(4096)
+    except OSError as exc:
+        raise ValueError(f"cannot inspect file descriptor: {exc}") from None
+    if b"eventfd-count:" not in text:
+        raise ValueError("interrupt file descriptor is not an eventfd")
 
 
 def _close(fd: int) -> None:

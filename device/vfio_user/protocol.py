@@ -91,8 +91,16 @@ class IrqSetFlag(enum.IntFlag):
     ACTION_TRIGGER = 0x20
 
 
-IRQ_SET_DATA_MASK = IrqSetFlag.DATA_NONE | IrqSetFlag.DATA_BOOL | IrqSetFlag.DATA_EVENTFD
-IRQ_SET_ACTION_MASK = IrqSetFlag.ACTION_MASK | IrqSetFlag.ACTION_UNMASK | IrqSetFlag.ACTION_TRIGGER
+# Masks of defined bits, as plain ints. Why not the IntFlag values: on Python 3.11
+# ``~`` of an IntFlag complements within the declared members only (``~READ`` is
+# ``WRITE``), so ``flags & ~FLAG`` never sees an undeclared bit. Reserved-bit
+# checks are ``flags & ~MASK`` with these ints.
+IRQ_SET_DATA_MASK = int(IrqSetFlag.DATA_NONE | IrqSetFlag.DATA_BOOL | IrqSetFlag.DATA_EVENTFD)
+IRQ_SET_ACTION_MASK = int(IrqSetFlag.ACTION_MASK | IrqSetFlag.ACTION_UNMASK | IrqSetFlag.ACTION_TRIGGER)
+#: DMA_MAP flags the server accepts.
+DMA_MAP_VALID_FLAGS = int(DmaMapFlag.READ | DmaMapFlag.WRITE)
+#: DMA_UNMAP flags the server accepts (no dirty page tracking).
+DMA_UNMAP_VALID_FLAGS = int(DmaUnmapFlag.ALL)
 
 
 class RegionCap(enum.IntEnum):
@@ -163,7 +171,11 @@ def decode_version_json(data: bytes) -> dict[str, Any]:
     text = bytes(data).rstrip(b"\0")
     if not text:
         return {}
-    obj = json.loads(text.decode("utf-8"))
+    try:
+        obj = json.loads(text.decode("utf-8"))
+    except RecursionError:
+        # json's C scanner recurses per nesting level: 100k '[' must be one refusal, not a traceback.
+        raise ValueError("VERSION capabilities nest too deeply") from None
     if not isinstance(obj, dict):
         raise ValueError("VERSION capabilities are not a JSON object")
     return obj

@@ -37,7 +37,7 @@ from typing import Any, Callable, NamedTuple
 from nvshell.device import trace as T
 from nvshell.device.iothread import IOThread
 from nvshell.device.vfio_user import protocol as P
-from nvshell.device.vfio_user.dma import DmaMapError, GuestMemory
+from nvshell.device.vfio_user.dma import DmaMapError, GuestMemory, seal_against_shrink
 from nvshell.device.vfio_user.interface import (
     NUM_IRQS,
     NUM_REGIONS,
@@ -46,7 +46,7 @@ from nvshell.device.vfio_user.interface import (
     RegionFlag,
     VfioUserDevice,
 )
-from nvshell.device.vfio_user.irq import MsixEventfds
+from nvshell.device.vfio_user.irq import MsixEventfds, check_eventfd
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +55,15 @@ log = logging.getLogger(__name__)
 SEND_TIMEOUT = 5.0
 #: Messages handled per readable event before yielding to other IOThread work.
 MESSAGES_PER_WAKEUP = 64
-#: Commands that may legitimately carry file descriptors.
-_FD_COMMANDS = frozenset({P.Command.DMA_MAP, P.Command.DEVICE_SET_IRQS})
+#: Commands that may carry file descriptors. DMA_UNMAP is here although the
+#: protocol gives it none: libvfio-user-based clients (SPDK's userspace NVMe
+#: driver and the apps built on it) attach the region's fd to DMA_UNMAP as well,
+#: and libvfio-user's own server closes it and unmaps. We do the same (the fds
+#: are closed, the unmap answered). Every other command with an fd is refused.
+_FD_COMMANDS = frozenset({P.Command.DMA_MAP, P.Command.DMA_UNMAP, P.Command.DEVICE_SET_IRQS})
+#: At most one "unexpected message type" warning per this many seconds per server:
+#: a client streaming REPLY-type messages must not turn into a log flood.
+UNEXPECTED_WARN_INTERVAL = 10.0
 #: Size passed to device.dma_unmapping() for "everything".
 ALL_MEMORY = 1 << 64
 
@@ -113,6 +120,7 @@ class VfioUserServer:
         self._rx_fds: list[int] = []
         self._rx_truncated = False
         self._cmsg_space = socket.CMSG_SPACE(4 * P.MAX_MSG_FDS)
+        self._unexpected = _RateLimited(UNEXPECTED_WARN_INTERVAL)
         self._handlers: dict[int, Callable[[Any, bytes, list[int]], _Reply]] = {
             P.Command.VERSION: self._h_version,
             P.Command.DMA_MAP: self._h_dma_map,
@@ -139,16 +147,31 @@ class VfioUserServer:
             raise RuntimeError(f"vfio-user server {self.name} already started or closed")
         _remove_stale_socket(self.path)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        # Owner-only whatever the umask: whoever connects can read BAR0 and DMA-map
+        # its memory, i.e. read and write the namespaces. Bound under a temporary
+        # name, chmod 0600, listening, and only then renamed into place, so the
+        # path never names a socket another user could connect to (as QMP's).
+        tmp = os.path.join(os.path.dirname(self.path) or ".", f".{os.path.basename(self.path)}.{os.getpid()}.tmp")
         try:
-            sock.bind(self.path)
-            self._listen_ino = os.stat(self.path).st_ino
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+            sock.bind(tmp)
+            os.chmod(tmp, 0o600)
             sock.listen(4)
+            os.rename(tmp, self.path)
+            self._listen_ino = os.stat(self.path).st_ino
             sock.setblocking(False)
             self._listener = sock
             self.iothread.run(self.iothread.add_reader, sock.fileno(), self._on_accept)
         except BaseException:
             self._listener = None
             sock.close()
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
             self._unlink()
             raise
         log.info("vfio-user %s: listening on %s", self.name, self.path)
@@ -221,7 +244,7 @@ class VfioUserServer:
         self._reset_rx()
         was_negotiated, self._negotiated = self._negotiated, False
         log.info("vfio-user %s: client disconnected (%s)", self.name, reason)
-        if self.memory.regions:
+        if len(self.memory):
             self._guard(self.device.dma_unmapping, 0, ALL_MEMORY)
         self.memory.unmap_all()
         self.interrupts.close_all()
@@ -341,8 +364,11 @@ class VfioUserServer:
             log.debug("vfio-user %s: rx %s id=%d size=%d flags=%#x fds=%d", self.name, P.command_name(command),
                       header.msg_id, header.size, header.flags, len(fds))
         if header.flags & P.TYPE_MASK != P.MsgFlag.COMMAND:
-            log.warning("vfio-user %s: ignoring unexpected message type (flags %#x, command %d)",
-                        self.name, header.flags, command)
+            suppressed = self._unexpected.allow()
+            if suppressed is not None:
+                log.warning("vfio-user %s: ignoring unexpected message type (flags %#x, command %d)%s",
+                            self.name, header.flags, command,
+                            f" ({suppressed} more since the last warning)" if suppressed else "")
             for fd in fds:
                 _close(fd)
             return
@@ -472,12 +498,14 @@ class VfioUserServer:
         req = self._parse(P.DMA_MAP, payload, "DMA_MAP")
         if req.argsz < P.DMA_MAP.size:
             raise _Reject(E.EINVAL, f"DMA_MAP argsz {req.argsz}")
-        if req.flags & ~(P.DmaMapFlag.READ | P.DmaMapFlag.WRITE):
+        if req.flags & ~P.DMA_MAP_VALID_FLAGS:
             raise _Reject(E.EINVAL, f"DMA_MAP flags {req.flags:#x}")
         if len(fds) > 1:
             raise _Reject(E.EINVAL, f"DMA_MAP with {len(fds)} file descriptors")
-        if len(self.memory.regions) >= P.MAX_DMA_MAPS:
+        if len(self.memory) >= P.MAX_DMA_MAPS:
             raise _Reject(E.ENOSPC, "too many DMA mappings")
+        if fds:
+            seal_against_shrink(fds[0], req.offset + req.size)
         self.memory.map(req.addr, req.size, fds[0] if fds else None, req.offset, req.flags)
         if T.VFU_DMA_MAP.enabled:
             prot = ("r" if req.flags & P.DmaMapFlag.READ else "") + ("w" if req.flags & P.DmaMapFlag.WRITE else "")
@@ -489,11 +517,15 @@ class VfioUserServer:
         req = self._parse(P.DMA_UNMAP, payload, "DMA_UNMAP")
         if req.argsz < P.DMA_UNMAP.size:
             raise _Reject(E.EINVAL, f"DMA_UNMAP argsz {req.argsz}")
-        if req.flags & ~P.DmaUnmapFlag.ALL:
+        if req.flags & ~P.DMA_UNMAP_VALID_FLAGS:
             raise _Reject(E.EINVAL, f"DMA_UNMAP flags {req.flags:#x} (dirty page tracking unsupported)")
+        if fds:
+            # libvfio-user-based clients send the region's fd (see _FD_COMMANDS);
+            # _dispatch closes it. Not an error, so not logged above DEBUG.
+            log.debug("vfio-user %s: DMA_UNMAP with %d file descriptor(s): closed", self.name, len(fds))
         if T.VFU_DMA_UNMAP.enabled:
             T.VFU_DMA_UNMAP.emit(ctrl=self.name, addr=req.addr, size=req.size)
-        if req.flags & P.DmaUnmapFlag.ALL:
+        if req.flags & P.DMA_UNMAP_VALID_FLAGS:
             if req.addr or req.size:
                 raise _Reject(E.EINVAL, "DMA_UNMAP all with a nonzero range")
             self.device.dma_unmapping(0, ALL_MEMORY)
@@ -557,6 +589,11 @@ class VfioUserServer:
             raise _Reject(E.EINVAL, f"no IRQ index {req.index}")
         if fds and data != P.IrqSetFlag.DATA_EVENTFD:
             raise _Reject(E.EINVAL, "file descriptors without DATA_EVENTFD")
+        for fd in fds:
+            try:
+                check_eventfd(fd)
+            except ValueError as exc:
+                raise _Reject(E.EINVAL, str(exc)) from None
         total = self.device.irq_count(req.index)
         sink = self._irq_sink(req.index)
         if data == P.IrqSetFlag.DATA_NONE and req.count == 0:
@@ -615,6 +652,25 @@ class VfioUserServer:
 
 
 # ------------------------------------------------------------------ misc
+class _RateLimited:
+    """At most one event per ``interval`` seconds; counts the ones it swallowed."""
+
+    def __init__(self, interval: float):
+        self.interval = interval
+        self._next = 0.0
+        self._suppressed = 0
+
+    def allow(self) -> int | None:
+        """None: stay quiet; else the number suppressed since the last allowed one."""
+        now = time.monotonic()
+        if now < self._next:
+            self._suppressed += 1
+            return None
+        self._next = now + self.interval
+        suppressed, self._suppressed = self._suppressed, 0
+        return suppressed
+
+
 def _close(fd: int) -> None:
     try:
         os.close(fd)
