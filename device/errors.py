@@ -1,10 +1,12 @@
-"""Errors raised by the device model and the run-time API.
+"""The root of every error nvshell reports to a user, and the device model's errors.
 
-Why a hierarchy of our own: the QMP monitor, the HMP shell and the command line all
+Why one rooted hierarchy: the QMP monitor, the HMP shell and the command line all
 report the same failures, and each needs to know *how* to report them (QMP error
-class) without parsing message text.  Every exception carries ``error_class``, the
-QMP class the monitor should answer with, and a message worded like QEMU's so that
-users and scripts written for QEMU recognise it.
+class) without parsing message text.  Every ``NvshellError`` carries ``error_class``,
+the QMP class the monitor answers with, and a message worded like QEMU's so that
+users and scripts written for QEMU recognise it.  The monitor's own errors
+(``monitor/errors.py``) and the command line's derive from ``NvshellError`` too:
+anything else reaching the monitor is a bug.
 """
 
 from __future__ import annotations
@@ -15,9 +17,11 @@ class NvshellError(Exception):
 
     error_class: str = "GenericError"
 
-    def __init__(self, message: str):
+    def __init__(self, message: str, error_class: str | None = None):
         super().__init__(message)
         self.message = message
+        if error_class is not None:
+            self.error_class = error_class
 
     def __str__(self) -> str:  # pragma: no cover - trivial
         return self.message

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from nvshell.device.errors import NvshellError
 from nvshell.monitor.errors import DeviceNotFound, GenericError
 from nvshell.monitor.jsonify import jsonable
 from nvshell.monitor.registry import Arg, Struct, qmp_command
@@ -30,7 +31,7 @@ def machine_of(ctx: Any) -> Any:
 
 
 def _not_found(exc: Exception) -> bool:
-    return getattr(exc, "error_class", None) == "DeviceNotFound"
+    return isinstance(exc, NvshellError) and exc.error_class == "DeviceNotFound"
 
 
 @qmp_command("object-add", args=[Arg("qom-type", "str"), Arg("id", "str")], flatten=True)

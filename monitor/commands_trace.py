@@ -12,6 +12,7 @@ import fnmatch
 import threading
 from typing import Any, Iterable, Protocol
 
+from nvshell.device.errors import NvshellError
 from nvshell.monitor.errors import GenericError
 from nvshell.monitor.registry import Arg, Enum, Struct, qmp_command
 
@@ -73,7 +74,7 @@ def _states(trace: Any, pattern: str) -> list[tuple[str, str]]:
         try:
             states = get_state(pattern)
         except Exception as exc:
-            if getattr(exc, "error_class", None) is not None:  # "no trace events found": none match
+            if isinstance(exc, NvshellError):  # "no trace events found": none match
                 return []
             raise
         return [(n, "enabled" if on else "disabled") for n, on in sorted(states.items())]

@@ -2,13 +2,16 @@
 
 Why one rooted hierarchy: every layer that executes commands (QMP sessions, the HMP
 layer, the shell) needs to turn any failure into a QMP ``{"class", "desc"}`` pair.
-``QMPError`` carries both; ``to_qmp_error`` maps everything else (device-model errors,
-bugs) onto it so that no bad input can crash a session.
+All of them derive from ``nvshell.device.errors.NvshellError``, which carries the
+class; ``to_qmp_error`` maps anything else (a bug) onto GenericError so that no bad
+input can crash a session.
 """
 
 from __future__ import annotations
 
 import logging
+
+from nvshell.device.errors import NvshellError
 
 log = logging.getLogger("nvshell.monitor")
 
@@ -18,20 +21,19 @@ DEVICE_NOT_FOUND = "DeviceNotFound"
 DEVICE_NOT_ACTIVE = "DeviceNotActive"
 
 
-class MonitorError(Exception):
-    """Root of every error raised by the monitor package."""
+class MonitorError(NvshellError):
+    """An error of the monitor itself (server setup, addresses)."""
 
 
 class QMPError(MonitorError):
     """A command failed; ``error_class`` and ``desc`` go on the wire unchanged."""
 
     def __init__(self, error_class: str, desc: str):
-        super().__init__(desc)
-        self.error_class = error_class
-        self.desc = desc
+        super().__init__(desc, error_class)
 
-    def __str__(self) -> str:
-        return self.desc
+    @property
+    def desc(self) -> str:
+        return self.message
 
     def to_json(self) -> dict[str, str]:
         """The value of the ``error`` member of a QMP reply."""
@@ -70,14 +72,13 @@ class AddressError(MonitorError, ValueError):
 def to_qmp_error(exc: BaseException) -> QMPError:
     """Map any exception raised by a command onto a ``QMPError``.
 
-    Device-model errors carry their QMP class in ``error_class`` (see
-    ``device/errors.py``); anything else is a bug, logged with its traceback and
-    reported as a GenericError rather than taking the session down.
+    Every ``NvshellError`` carries its QMP class; anything else is a bug, logged
+    with its traceback and reported as a GenericError rather than taking the
+    session down.
     """
     if isinstance(exc, QMPError):
         return exc
-    error_class = getattr(exc, "error_class", None)
-    if isinstance(error_class, str) and error_class:
-        return QMPError(error_class, str(exc))
+    if isinstance(exc, NvshellError):
+        return QMPError(exc.error_class, str(exc))
     log.error("internal error in monitor command", exc_info=exc)
     return GenericError(f"internal error: {type(exc).__name__}: {exc}")

@@ -17,13 +17,14 @@ from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Iterator
 
 from nvshell.device.keyval import split_items
-from nvshell.monitor.errors import QMPError
+from nvshell.device.errors import NvshellError
+from nvshell.monitor.errors import MonitorError, QMPError
 
 
 Handler = Callable[[Any, dict[str, Any]], Awaitable[str]]
 
 
-class HMPError(Exception):
+class HMPError(MonitorError):
     """A bad command line: reported as one ``Error: ...`` line, like a failed QMP command."""
 
 
@@ -260,13 +261,8 @@ async def qmp(ctx: Any, name: str, args: dict[str, Any] | None = None) -> Any:
 
 def error_text(exc: BaseException) -> str:
     """One clear line for any failure; unexpected exceptions keep their type for debugging."""
-    if isinstance(exc, QMPError):
-        return f"Error: {exc.desc}"
-    if isinstance(exc, HMPError):
+    if isinstance(exc, NvshellError):
         return f"Error: {exc}"
-    desc = getattr(exc, "desc", None)
-    if desc:
-        return f"Error: {desc}"
     return f"Error: {type(exc).__name__}: {exc}" if str(exc) else f"Error: {type(exc).__name__}"
 
 

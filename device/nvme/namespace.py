@@ -18,6 +18,7 @@ import uuid as uuid_mod
 from typing import Any
 
 from nvshell.device.backends import Backend
+from nvshell.device.errors import PropertyError
 from nvshell.device.layout import Layout
 from nvshell.device.nvme import commands
 from nvshell.device.nvme import nvm as _nvm  # noqa: F401  (registers the NVM I/O handlers on commands.NVM)
@@ -49,7 +50,7 @@ DEFAULT_MCL = 128 * 1024
 DEFAULT_MSRC = 128
 
 
-class NamespaceError(ValueError):
+class NamespaceError(PropertyError, ValueError):
     """A namespace property is invalid (the object model reports it to the user)."""
 
 
