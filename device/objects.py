@@ -5,7 +5,7 @@ Types (``-object help`` / ``-device help`` list them)::
     x-nvme-subsystem  (object)   subnqn, uuid; read-only controllers, namespaces
     x-nvme-ctrl       (device)   subsys, socket, cntlid, serial, max-ioqpairs, ... doorbells
     x-nvme-ns         (abstract) subsys, nsid, uuid, eui64, nguid, attached-to; read-only attached
-      x-nvme-ns-nvm              size, file, backend, lba-size, mssrl, mcl, msrc
+      x-nvme-ns-nvm              size, file, backend, lba-size, ms, mset, pi, pil, pif, mssrl, mcl, msrc
         x-nvme-ns-zoned          zone-size, zone-capacity, zone-max-open, zone-max-active, ...
 
 Why the glue lives here and not in the NVMe model: the model (``device/nvme``) stays
@@ -352,7 +352,7 @@ class NvmNamespaceObject(NamespaceObject):
             kw["eui64"] = bytes.fromhex(self.get("eui64"))
         if self.get("nguid"):
             kw["nguid"] = bytes.fromhex(self.get("nguid"))
-        for p in ("mssrl", "mcl", "msrc"):
+        for p in ("mssrl", "mcl", "msrc", "ms", "mset", "pi", "pil", "pif"):
             kw[p] = self.get(p)
         if kw["mcl"] < kw["mssrl"]:
             raise PropertyError("Parameter 'mcl' expects a value not below mssrl")
@@ -672,6 +672,11 @@ def _config(field: str) -> Any:
     return lambda o: getattr(o.model.config, field)  # type: ignore[attr-defined]
 
 
+def _ns_format(read: Any) -> Any:
+    """A field of the namespace's current format (``NsFormat``): a guest Format NVM changes it."""
+    return lambda o: read(o.model.fmt)  # type: ignore[attr-defined]
+
+
 def _ns_block_bytes(attr: str) -> Any:
     """A Copy limit the namespace keeps in blocks of its current format, as bytes."""
     return lambda o: int(getattr(o.model, attr)) << int(o.model.lbads)  # type: ignore[attr-defined]
@@ -720,6 +725,16 @@ NVM_PROPS = [
              live=lambda o: o.model.backend.kind),  # type: ignore[attr-defined]
     Property("lba-size", IntType("uint32", choices=(512, 4096)), default=512, description="LBA data size",
              live=_model_attr("lba_size")),
+    Property("ms", IntType("uint16", choices=(0, 8, 16, 64)), default=0, live=_ns_format(lambda f: f.ms),
+             description="metadata bytes per block (0, 8, 16, 64)"),
+    Property("mset", IntType("uint8", choices=(0, 1)), default=0, live=_ns_format(lambda f: int(f.extended)),
+             description="1: metadata interleaved with the data (extended LBA); 0: separate buffer (MPTR)"),
+    Property("pi", IntType("uint8", choices=(0, 1, 2, 3)), default=0, live=_ns_format(lambda f: f.pi),
+             description="protection information type (0 = none, 1, 2, 3)"),
+    Property("pil", IntType("uint8", choices=(0, 1)), default=0, live=_ns_format(lambda f: int(f.first)),
+             description="protection information location: 1 = first bytes of the metadata, 0 = last"),
+    Property("pif", IntType("uint8", choices=(0, 2)), default=0, live=_ns_format(lambda f: f.pif),
+             description="guard format: 0 = 16b guard (CRC-16 T10-DIF), 2 = 64b guard (CRC-64, 48-bit ref tag)"),
     Property("mssrl", SizeType(minimum=1), default=128 * 1024, live=_ns_block_bytes("mssrl"),
              description="Copy: maximum single source range length, bytes (whole blocks)"),
     Property("mcl", SizeType(minimum=1), default=128 * 1024, live=_ns_block_bytes("mcl"),

@@ -408,10 +408,11 @@ class FakeNs:
                 return DEFERRED
             cmd.result = cmd.ns.nsid
 
-    def format(self, lbaf: int) -> None:
+    def format(self, lbaf: int, **fields: int) -> None:
         if lbaf > 1:
             raise NvmeError(Status.INVALID_FORMAT)
         self.formats.append(lbaf)
+        self.fields = fields
 
 
 def test_io_dispatch_to_namespace_table(host):
@@ -647,8 +648,11 @@ def test_format_nvm():
         assert status(h.cmd(AdminOpcode.FORMAT_NVM, nsid=0xFFFFFFFF, cdw10=0)) == 0
         assert ns1.formats == [1, 0] and ns2.formats == [0]
         assert status(h.cmd(AdminOpcode.FORMAT_NVM, nsid=1, cdw10=5)) == Status.INVALID_FORMAT
-        assert status(h.cmd(AdminOpcode.FORMAT_NVM, nsid=1, cdw10=1 << 9)) == Status.INVALID_FIELD
-        assert status(h.cmd(AdminOpcode.FORMAT_NVM, nsid=1, cdw10=1 << 5)) == Status.INVALID_FIELD
+        assert status(h.cmd(AdminOpcode.FORMAT_NVM, nsid=1, cdw10=2 << 9)) == Status.INVALID_FIELD  # crypto erase
+        assert status(h.cmd(AdminOpcode.FORMAT_NVM, nsid=1, cdw10=4 << 5)) == Status.INVALID_FIELD  # PI type 4
+        # every field reaches the namespace: SES 1, PIL, PI 1, MSET
+        assert status(h.cmd(AdminOpcode.FORMAT_NVM, nsid=1, cdw10=1 << 9 | 1 << 8 | 1 << 5 | 1 << 4 | 1)) == 0
+        assert ns1.fields == {"mset": 1, "pi": 1, "pil": 1, "ses": 1}
         assert status(h.cmd(AdminOpcode.FORMAT_NVM, nsid=3)) == Status.INVALID_NSID
         assert status(h.cmd(AdminOpcode.FORMAT_NVM, nsid=0)) == Status.INVALID_NSID
     finally:

@@ -114,9 +114,11 @@ def test_identify_namespace(setup) -> None:
     assert identify_error(a, 0x00, 0) == Status.INVALID_NSID
     assert identify_error(a, 0x00, 257) == Status.INVALID_NSID
     common = identify(a, 0x00, 0xFFFFFFFF)
-    assert common[25] == 1                                  # NLBAF: two formats
+    assert common[25] == 7                                  # NLBAF: eight formats
     assert (u32(common, 128) >> 16) & 0xFF == 9             # LBAF0 512
-    assert (u32(common, 132) >> 16) & 0xFF == 12            # LBAF1 4096
+    assert u32(common, 132) == 9 << 16 | 8                  # LBAF1 512 + 8 bytes of metadata
+    assert (u32(common, 144) >> 16) & 0xFF == 12            # LBAF4 4096
+    assert common[27] == 3 and common[28] == 0x1F           # MC, DPC
 
 
 def test_active_namespace_list(setup) -> None:

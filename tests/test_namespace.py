@@ -34,7 +34,8 @@ def test_identify_ns_offsets():
     assert len(d) == 4096
     nsze, ncap, nuse = struct.unpack_from("<QQQ", d, 0)
     assert nsze == ncap == nuse == ns.nlbas
-    assert d[25] == 1                      # NLBAF: two formats (0-based)
+    assert d[25] == 7                      # NLBAF: eight formats (0-based)
+    assert d[27] == 3 and d[28] == 0x1F and d[29] == 0   # MC, DPC, DPS
     assert d[26] == 0                      # FLBAS -> LBAF0
     assert d[30] & 1                       # NMIC shared
     assert d[33] == 0x09                   # DLFEAT
@@ -45,9 +46,9 @@ def test_identify_ns_offsets():
     assert d[80] == 15                                  # MSRC 0-based
     assert int.from_bytes(d[48:64], "little") == 1 << 30  # NVMCAP
     assert d[104:120] == ns.nguid and d[120:128] == ns.eui64
-    lbaf0, lbaf1 = struct.unpack_from("<II", d, 128)
-    assert (lbaf0 >> 16) & 0xFF == 9 and (lbaf1 >> 16) & 0xFF == 12
-    assert lbaf0 & 0xFFFF == 0 and lbaf1 & 0xFFFF == 0   # no metadata
+    lbafs = struct.unpack_from("<8I", d, 128)
+    assert [((f >> 16) & 0xFF, f & 0xFFFF) for f in lbafs] == [
+        (9, 0), (9, 8), (9, 16), (9, 64), (12, 0), (12, 8), (12, 16), (12, 64)]  # QEMU's order
     assert ID_NS.offsets["nsze"] == 0 and ID_NS.offsets["flbas"] == 26 and ID_NS.offsets["lbaf0"] == 128
     assert ID_NS.offsets["nguid"] == 104 and ID_NS.offsets["eui64"] == 120
 
@@ -55,13 +56,15 @@ def test_identify_ns_offsets():
 def test_identify_private_and_4k():
     ns = make(shared=False, lba_size=4096)
     d = ns.identify_ns()
-    assert d[30] == 0 and d[26] == 1
+    assert d[30] == 0 and d[26] == 4
     assert struct.unpack_from("<Q", d, 0)[0] == (1 << 30) // 4096
     assert struct.unpack_from("<H", d, 64)[0] == 0
 
 
 def test_identify_ns_csi():
     assert make().identify_ns_csi() == bytes(4096)
+    d = make(ms=16, pi=1, pif=2).identify_ns_csi()     # ELBAF: PIF 2 (64b guard) for every format
+    assert struct.unpack_from("<8I", d, 12) == (2 << 7,) * 8
 
 
 def test_id_descriptors():
@@ -99,19 +102,44 @@ def test_explicit_identifiers():
         NvmNamespace(MemoryBackend(256))
 
 
+@pytest.mark.parametrize("bad, message", [
+    ({"ms": 4}, "Parameter 'ms' expects 0, 8, 16, 64"),
+    ({"ms": 8, "mset": 2}, "Parameter 'mset' expects 0 or 1"),
+    ({"mset": 1}, "Parameter 'mset' needs metadata"),
+    ({"ms": 8, "pi": 4}, "Parameter 'pi' expects 0, 1, 2 or 3"),
+    ({"pi": 1}, "Parameter 'pi' needs at least 8 bytes of metadata"),
+    ({"ms": 8, "pi": 1, "pif": 2}, "Parameter 'pi' needs at least 16 bytes of metadata"),
+    ({"ms": 8, "pil": 1}, "Parameter 'pil' needs protection information"),
+    ({"ms": 8, "pil": 3, "pi": 1}, "Parameter 'pil' expects 0 or 1"),
+    ({"ms": 16, "pi": 1, "pif": 1}, "Parameter 'pif' expects 0 .* or 2"),
+])
+def test_metadata_properties_one_error_line_each(bad, message):
+    with pytest.raises(NamespaceError, match=message) as info:
+        make(**bad)
+    assert "\n" not in str(info.value)
+
+
 def test_format_changes_lba_size_and_destroys_data():
     ns = make(size=1 << 20, mssrl=64 * 1024)
     ns.backend.write(0, b"\x01" * 4096)
     assert ns.mssrl == 128
-    ns.format(1)
+    ns.format(4)
     assert ns.lba_size == 4096 and ns.lbads == 12 and ns.nlbas == 256 and ns.mssrl == 16
     assert ns.backend.is_zero(0, 1 << 20) and ns.backend.allocated == 0
-    assert ns.identify_ns()[26] == 1
+    assert ns.identify_ns()[26] == 4
     ns.format(0)
     assert ns.lba_size == 512
+    for bad in ({"lbaf": 8}, {"lbaf": 0, "pi": 1}, {"lbaf": 0, "mset": 1}):
+        with pytest.raises(NvmeError) as info:
+            ns.format(**bad)
+        assert info.value.status == Status.INVALID_FORMAT
     with pytest.raises(NvmeError) as info:
-        ns.format(2)
-    assert info.value.status == Status.INVALID_FORMAT
+        ns.format(0, ses=2)
+    assert info.value.status == Status.INVALID_FIELD
+    ns.format(5, mset=1, pi=2, pil=1, ses=1)                # 4096+8, extended, type 2, first bytes
+    d = ns.identify_ns()
+    assert (ns.lba_size, ns.ms, d[26], d[29]) == (4096, 8, 0x15, 0x0A)
+    assert ns.metadata is not None and ns.metadata.ms == 8
 
 
 def test_close():

@@ -21,7 +21,7 @@ NS_ATTACH = 0x15
 def fake_factory(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
     made: list[Any] = []
 
-    def factory(size: int, lba_size: int, shared: bool) -> FakeNamespace:
+    def factory(size: int, lba_size: int, shared: bool, **fmt: int) -> FakeNamespace:
         ns = FakeNamespace(nlbas=size // lba_size, lba_size=lba_size, shared=shared)
         made.append(ns)
         return ns
@@ -81,7 +81,7 @@ def test_create(subsys, fake_factory) -> None:
     assert ns is fake_factory[0] and ns.lba_size == 512 and ns.nlbas == 2048 and ns.shared
     assert a.namespaces == {} and s.attached_controllers(1) == []   # created, not attached
     assert events == [("namespace-created", 1, a)]
-    assert create(a, create_data(16, flbas=1, nmic=0)) == 2
+    assert create(a, create_data(16, flbas=4, nmic=0)) == 2
     assert s.namespaces[2].lba_size == 4096 and not s.namespaces[2].shared
 
 
@@ -90,9 +90,11 @@ def test_create_errors(subsys) -> None:
     assert create_error(a, create_data(0)) == Status.INVALID_FIELD
     assert create_error(a, create_data(8, 16)) == Status.INVALID_FIELD
     assert create_error(a, create_data(8, 4)) == Status.THIN_PROVISIONING_NOT_SUPPORTED
-    assert create_error(a, create_data(8, flbas=2)) == Status.INVALID_FORMAT
-    assert create_error(a, create_data(8, flbas=0x10)) == Status.INVALID_FORMAT
-    assert create_error(a, create_data(8, dps=1)) == Status.INVALID_FIELD
+    assert create_error(a, create_data(8, flbas=8)) == Status.INVALID_FORMAT      # no 9th format
+    assert create_error(a, create_data(8, flbas=0x10)) == Status.INVALID_FORMAT   # MSET without metadata
+    assert create_error(a, create_data(8, dps=1)) == Status.INVALID_FORMAT        # PI without metadata
+    assert create_error(a, create_data(8, flbas=5, dps=0x10)) == Status.INVALID_FIELD  # reserved DPS bit
+    assert create_error(a, create_data(8, flbas=1, dps=5)) == Status.INVALID_FIELD    # PI type 5
     assert create_error(a, create_data((1 << 30) // 512 + 1)) == Status.NS_INSUFFICIENT_CAPACITY
     assert create_error(a, create_data(8), csi=CSI.ZONED) == Status.INVALID_IO_COMMAND_SET
     with pytest.raises(NvmeError) as e:
@@ -178,11 +180,12 @@ def test_private_namespace(subsys) -> None:
 
 
 def test_default_factory_uses_real_namespace() -> None:
-    """Namespace Management create builds a real NvmNamespace."""
-    ns = admin_ns._default_factory(1 << 20, 4096, False)
+    """Namespace Management create builds a real NvmNamespace (with the requested format)."""
+    ns = admin_ns._default_factory(1 << 20, 4096, False, ms=8, pi=1)
     try:
         assert ns.lba_size == 4096 and ns.nlbas == 256 and not ns.shared
         assert ns.identify_ns()[30] == 0
+        assert ns.identify_ns()[26] == 5 and ns.identify_ns()[29] == 1   # FLBAS 4096+8, DPS type 1
     finally:
         ns.close()
 
@@ -220,7 +223,7 @@ def test_end_to_end_create_attach_aen_delete(two_hosts) -> None:
     assert struct.unpack_from("<H", d, 78)[0] == 1 and d[768:768 + len(s.subnqn)] == s.subnqn.encode()
 
     # Create a namespace (8 MiB, 4 KiB blocks) from A.
-    a.write(buf_a, create_data(2048, flbas=1))
+    a.write(buf_a, create_data(2048, flbas=4))
     e = a.cmd(0x0D, dptr1=buf_a, cdw10=0)
     assert status(e) == 0 and e.dw0 == 1
     assert s.namespaces[1].lba_size == 4096 and s.namespaces[1].nlbas == 2048

@@ -222,7 +222,8 @@ def test_copy_limits_and_errors(env):
     assert ctrl.run(copy_cmd(g, [(0, 1)] * 5, 1000)) == Status.COMMAND_SIZE_LIMIT_EXCEEDED      # MSRC
     assert ctrl.run(copy_cmd(g, [(0, 65)], 1000)) == Status.COMMAND_SIZE_LIMIT_EXCEEDED         # MSSRL
     assert ctrl.run(copy_cmd(g, [(0, 64), (0, 64), (0, 1)], 1000)) == Status.COMMAND_SIZE_LIMIT_EXCEEDED  # MCL
-    assert ctrl.run(copy_cmd(g, [(0, 1)], 1000, fmt=1)) == Status.INVALID_FIELD
+    assert ctrl.run(copy_cmd(g, [(0, 1)], 1000, fmt=1)) == Status.INVALID_FORMAT   # 64b guard format, 16b ns
+    assert ctrl.run(copy_cmd(g, [(0, 1)], 1000, fmt=4)) == Status.INVALID_FIELD
     assert ctrl.run(copy_cmd(g, [(ns.nlbas - 1, 2)], 1000)) == Status.LBA_OUT_OF_RANGE
     assert ctrl.run(copy_cmd(g, [(0, 2)], ns.nlbas - 1)) == Status.LBA_OUT_OF_RANGE
     bad = copy_cmd(g, [(0, 1)], 10)

@@ -119,8 +119,10 @@ def test_namespace_reads_back_effective_values(m):
     assert m.qom_get("/objects/ns1", "nguid") == model.nguid.hex() != ""
     assert m.qom_get("/objects/ns1", "uuid") == str(model.uuid)
     assert m.qom_get("/objects/ns1", "mssrl") == 512          # whole blocks: 1000 bytes is one block
-    model.format(1)                                             # the guest's Format NVM to 4 KiB
+    assert [m.qom_get("/objects/ns1", p) for p in ("ms", "mset", "pi", "pil", "pif")] == [0, 0, 0, 0, 0]
+    model.format(5, pi=1, pil=1)                                # the guest's Format NVM to 4 KiB + 8, PI 1
     assert m.qom_get("/objects/ns1", "lba-size") == 4096
+    assert [m.qom_get("/objects/ns1", p) for p in ("ms", "mset", "pi", "pil", "pif")] == [8, 0, 1, 1, 0]
     assert m.qom_get("/objects/ns1", "nlbas") == 256
     assert m.qom_get("/objects/ns1", "mssrl") == 4096 and m.qom_get("/objects/ns1", "mcl") == 128 * 1024
     assert m.qom_get("/objects/ns1", "size") == 1 << 20

@@ -1,9 +1,12 @@
 """Format NVM (80h): change a namespace's LBA format, which also erases it.
 
-The namespace does the work (``ns.format(lbaf)``); this handler validates
-the command: Secure Erase and Protection Information are not supported
-(Invalid Field), an LBA format the namespace lacks is Invalid Format, and NSID
-FFFFFFFFh formats every namespace attached to this controller.
+The namespace does the work (``ns.format(lbaf, mset=, pi=, pil=, ses=)``);
+this handler decodes CDW10 (LBAF with its upper bits 13:12, MSET, PI, PIL, SES)
+and picks the targets: NSID FFFFFFFFh formats every namespace attached to this
+controller. SES 1 (user data erase) is offered; SES 2 (cryptographic erase) is
+not (FNA.CES is 0), so it is Invalid Field. A format the namespace cannot take
+(unknown LBAF, PI without room in the metadata, MSET without metadata) is
+Invalid Format.
 """
 
 from __future__ import annotations
@@ -26,9 +29,12 @@ def format_nvm(ctrl: "Controller", cmd: Command) -> None:
     lbaf = (dw10 & 0xF) | (((dw10 >> 12) & 0x3) << 4)
     mset = (dw10 >> 4) & 1
     pi = (dw10 >> 5) & 0x7
+    pil = (dw10 >> 8) & 1
     ses = (dw10 >> 9) & 0x7
-    if ses or pi or mset:
-        raise NvmeError(Status.INVALID_FIELD)
+    if ses > 1:
+        raise NvmeError(Status.INVALID_FIELD, msg=f"secure erase setting {ses} not supported")
+    if pi > 3:
+        raise NvmeError(Status.INVALID_FIELD, msg=f"protection information type {pi}")
     if cmd.nsid == BROADCAST_NSID:
         targets = [ctrl.namespaces[n] for n in sorted(ctrl.namespaces)]
     elif cmd.ns is not None:
@@ -40,7 +46,7 @@ def format_nvm(ctrl: "Controller", cmd: Command) -> None:
             raise NvmeError(Status.NS_NOT_READY, dnr=False)
     for ns in targets:
         try:
-            ns.format(lbaf)
+            ns.format(lbaf, mset=mset, pi=pi, pil=pil, ses=ses)
         except NvmeError:
             raise
         except (ValueError, IndexError):

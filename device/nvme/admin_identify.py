@@ -23,6 +23,7 @@ from nvshell.device.layout import Layout
 from nvshell.device.nvme.commands import ADMIN, NVM, Command
 from nvshell.device.nvme.spec import (BROADCAST_NSID, CSI, ID_NS, IDENTIFY_SIZE, LBA_FORMATS, NVME_VERSION, PAGE_SIZE,
                                       AdminOpcode, NvmOpcode, lbaf_entry)
+from nvshell.device.nvme.lbaf import DPC_ALL, MC_BOTH
 from nvshell.device.nvme.status import NvmeError, Status
 from nvshell.device.nvme.subsystem import DEFAULT_MAX_NSID
 
@@ -58,6 +59,8 @@ VWC_FLUSH_BROADCAST = 0b11 << 1
 SGLS_SUPPORTED = 1 << 0            # 01b: SGLs supported, no alignment requirement
 SGLS_BIT_BUCKET = 1 << 16
 CNTRLTYPE_IO = 1
+#: CTRATT bit 15: Extended LBA Formats Supported (CNS 05's ELBAF list, hence the 64b guard).
+CTRATT_ELBAS = 1 << 15
 
 #: ONCS bit per optional NVM command, advertised only if the NVM table has it.
 ONCS_BY_OPCODE = {
@@ -205,6 +208,7 @@ def identify_controller(ctrl: Any) -> bytes:
         cntlid=ctrl.cntlid,
         ver=NVME_VERSION,
         oaes=OAES_NS_ATTRIBUTE,
+        ctratt=CTRATT_ELBAS,
         cntrltype=CNTRLTYPE_IO,
         oacs=OACS_FORMAT | OACS_NS_MANAGEMENT,
         acl=3,
@@ -223,7 +227,7 @@ def identify_controller(ctrl: Any) -> bytes:
         nn=max_nsid(ctrl),
         oncs=oncs(),
         vwc=VWC_PRESENT | VWC_FLUSH_BROADCAST,
-        ocfs=1 if NvmOpcode.COPY in NVM else 0,
+        ocfs=0b11 if NvmOpcode.COPY in NVM else 0,   # descriptor formats 0 (16b guard) and 1 (64b guard)
         sgls=SGLS_SUPPORTED | SGLS_BIT_BUCKET,
         mnan=max_nsid(ctrl),
         subnqn=subsys.subnqn.encode()[:255],
@@ -241,8 +245,8 @@ def identify_controller_nvm(ctrl: Any) -> bytes:
 def common_namespace_capabilities() -> bytes:
     """CNS 00 with the broadcast NSID: what every namespace created by Namespace
     Management can be, i.e. the LBA formats (nvme-cli create-ns picks FLBAS here)."""
-    return ID_NS.pack(nlbaf=len(LBA_FORMATS) - 1,
-                      **{f"lbaf{i}": lbaf_entry(lbads) for i, lbads in enumerate(LBA_FORMATS)})
+    return ID_NS.pack(nlbaf=len(LBA_FORMATS) - 1, mc=MC_BOTH, dpc=DPC_ALL,
+                      **{f"lbaf{i}": lbaf_entry(lbads, ms) for i, (lbads, ms) in enumerate(LBA_FORMATS)})
 
 
 def independent_namespace(ns: Any) -> bytes:

@@ -21,7 +21,8 @@ from typing import Any, Callable
 
 from nvshell.device.nvme.admin_identify import max_nsid, subsystem_of
 from nvshell.device.nvme.commands import ADMIN, EFFECT_NIC, Command
-from nvshell.device.nvme.spec import BROADCAST_NSID, CSI, AdminOpcode, ID_NS, IDENTIFY_SIZE, LBA_FORMATS
+from nvshell.device.nvme.lbaf import DPS_FIRST, NsFormat, split_flbas
+from nvshell.device.nvme.spec import BROADCAST_NSID, CSI, AdminOpcode, ID_NS, IDENTIFY_SIZE
 from nvshell.device.nvme.status import NvmeError, Status
 from nvshell.device.nvme.subsystem import SubsystemError
 
@@ -34,16 +35,20 @@ SEL_DETACH = 1
 CONTROLLER_LIST_MAX = IDENTIFY_SIZE // 2 - 1  # 2047 identifiers after the count
 
 
-def _default_factory(size: int, lba_size: int, shared: bool) -> Any:
-    """A new in-memory NVM namespace (imported late: namespace.py is another module's)."""
+def _default_factory(size: int, lba_size: int, shared: bool, **fmt: int) -> Any:
+    """A new in-memory NVM namespace (imported late: namespace.py is another module's).
+
+    ``fmt`` carries the metadata and protection fields of the request: ``ms``,
+    ``mset``, ``pi``, ``pil`` (the namespace's own keywords)."""
     from nvshell.device.backends import MemoryBackend
     from nvshell.device.nvme.namespace import NvmNamespace
-    return NvmNamespace(MemoryBackend(size), lba_size=lba_size, shared=shared)
+    return NvmNamespace(MemoryBackend(size), lba_size=lba_size, shared=shared, **fmt)
 
 
 #: Builds the namespace for Namespace Management create: ``(size_bytes, lba_size,
-#: shared) -> ns``. Replaceable (tests, or an object model that wants file backends).
-namespace_factory: Callable[[int, int, bool], Any] = _default_factory
+#: shared, ms=, mset=, pi=, pil=) -> ns``. Replaceable (tests, or an object model
+#: that wants file backends).
+namespace_factory: Callable[..., Any] = _default_factory
 
 
 # -------------------------------------------------------------- management
@@ -65,12 +70,15 @@ def _create(ctrl: Any, cmd: Command) -> None:
         raise NvmeError(Status.INVALID_IO_COMMAND_SET)
     data = bytes(ctrl.transfer(cmd, IDENTIFY_SIZE, allow_sgl=False).from_guest())
     req = ID_NS.unpack(data.ljust(IDENTIFY_SIZE, b"\0"))
-    index = (req.flbas & 0xF) | (((req.flbas >> 5) & 0x3) << 4)
-    if index >= len(LBA_FORMATS) or req.flbas & 0x10:  # no metadata formats, so no extended LBAs
-        raise NvmeError(Status.INVALID_FORMAT)
-    lba_size = 1 << LBA_FORMATS[index]
-    if req.dps:
-        raise NvmeError(Status.INVALID_FIELD)  # created namespaces carry no protection info
+    index, extended = split_flbas(req.flbas)
+    pi, first = req.dps & 0x7, bool(req.dps & DPS_FIRST)
+    if req.dps & ~0xF or pi > 3:
+        raise NvmeError(Status.INVALID_FIELD, msg=f"DPS {req.dps:#x}: reserved bits or PI type set")
+    try:
+        fmt = NsFormat.make(index, extended=extended, pi=pi, first=first)
+    except ValueError as exc:
+        raise NvmeError(Status.INVALID_FORMAT, msg=str(exc)) from None
+    lba_size = fmt.lba_size
     if req.nsze == 0 or req.ncap == 0 or req.ncap > req.nsze:
         raise NvmeError(Status.INVALID_FIELD)
     if req.ncap != req.nsze:
@@ -81,7 +89,8 @@ def _create(ctrl: Any, cmd: Command) -> None:
     if not subsys.free_nsid():
         raise NvmeError(Status.NSID_UNAVAILABLE)
     try:
-        ns = namespace_factory(size, lba_size, bool(req.nmic & 1))
+        ns = namespace_factory(size, lba_size, bool(req.nmic & 1), ms=fmt.ms, mset=int(fmt.extended),
+                               pi=fmt.pi, pil=int(fmt.first))
     except NvmeError:
         raise
     except Exception as exc:

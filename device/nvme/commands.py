@@ -50,6 +50,8 @@ class Command:
     cdw13: int
     cdw14: int
     cdw15: int
+    #: CDW3: bits 15:0 are bits 47:32 of the 48-bit reference tag (64b guard PI).
+    cdw3: int = 0
     #: DW0 (and DW1) of the completion entry, set by handlers that return a value.
     result: int = 0
     result_dw1: int = 0
@@ -75,7 +77,7 @@ class Command:
         return self.flags & 0x3
 
 
-#: Picks the SQE fields ``Command`` keeps (all but the reserved CDW2/CDW3), in
+#: Picks the SQE fields ``Command`` keeps (all but the reserved CDW2), in
 #: ``Command``'s own field order, so the entry's shape is declared once (``spec.SQE``).
 _FROM_SQE = operator.itemgetter(*(SQE.names.index(f.name) for f in fields(Command) if f.name in SQE.names))
 

@@ -960,6 +960,7 @@ class Controller:
         if status:
             if status not in (Status.ABORT_REQUESTED, Status.SQ_DELETION_ABORT):
                 lba = cmd.cdw10 | (cmd.cdw11 << 32) if sq.qid and cmd.opcode in LBA_OPCODES else 0
+                lba = cmd.extra.get("error_lba", lba)  # a PI check names the failing block
                 self.error_log.record(sq.qid, cmd.cid, status, dnr, nsid=cmd.nsid, lba=lba)
         elif sq.qid:
             if cmd.opcode in HOST_READ_OPCODES:

@@ -180,6 +180,14 @@ def map_data(memory: "GuestMemory", cmd: "Command", length: int, *, page_size: i
     return DataMap(memory, _validate(memory, pieces), length, bucket)
 
 
+def map_contiguous(memory: "GuestMemory", addr: int, length: int) -> DataMap:
+    """A physically contiguous buffer (the metadata pointer MPTR): one range, split only
+    where it crosses DMA regions; Data Transfer Error if any of it is not mapped."""
+    if length <= 0:
+        return DataMap(memory, [], 0)
+    return DataMap(memory, _validate(memory, [[addr, length]]), length)
+
+
 def _validate(memory: "GuestMemory", pieces: list[list]) -> list[tuple[int | None, int]]:
     """Check that every piece is mapped; split pieces that span adjacent regions."""
     out: list[tuple[int | None, int]] = []

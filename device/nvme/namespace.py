@@ -20,16 +20,20 @@ from typing import Any
 from nvshell.device.backends import Backend
 from nvshell.device.errors import PropertyError
 from nvshell.device.layout import Layout
+from nvshell.device.metadata import MetadataStore
 from nvshell.device.nvme import commands
+from nvshell.device.nvme.lbaf import DPC_ALL, FORMATS, LBA_SIZES, MC_BOTH, METADATA_SIZES, NsFormat, lbaf_index
 from nvshell.device.nvme import nvm as _nvm  # noqa: F401  (registers the NVM I/O handlers on commands.NVM)
-from nvshell.device.nvme.spec import CSI, ID_NS, IDENTIFY_SIZE, LBA_FORMATS, lbaf_entry
+from nvshell.device.nvme.spec import CSI, ID_NS, IDENTIFY_SIZE, LBA_FORMATS
 from nvshell.device.nvme.status import NvmeError, Status
 
 #: I/O Command Set specific Identify Namespace for the NVM command set (CNS 05h,
-#: CSI 00h): storage tag masks and extended LBA formats, all zero without PI.
+#: CSI 00h): storage tag mask (none), PI capabilities, and one extended LBA format
+#: per LBA format: storage tag size (6:0, none) and the guard format PIF (8:7).
 ID_NS_NVM = Layout("IdNamespaceNvm", [
-    (0, "lbstm", "Q"), (8, "pic", "B"), (12, "elbaf0", "I"), (16, "elbaf1", "I"),
-], size=IDENTIFY_SIZE)
+    (0, "lbstm", "Q"), (8, "pic", "B"),
+] + [(12 + 4 * i, f"elbaf{i}", "I") for i in range(len(LBA_FORMATS))], size=IDENTIFY_SIZE)
+ELBAF_PIF_SHIFT = 7
 
 #: One Namespace Identification Descriptor header (CNS 03h); the NID follows.
 NS_ID_DESC = Layout("NsIdDescriptor", [("nidt", "B"), ("nidl", "B"), ("rsvd", "H")])
@@ -104,9 +108,21 @@ class NvmNamespace:
 
     def __init__(self, backend: Backend, *, lba_size: int = 512, uuid: Any = None, eui64: Any = None,
                  nguid: Any = None, mssrl: int = DEFAULT_MSSRL, mcl: int = DEFAULT_MCL,
-                 msrc: int = DEFAULT_MSRC, shared: bool = True):
-        if lba_size not in tuple(1 << s for s in LBA_FORMATS):
-            raise NamespaceError(f"Parameter 'lba-size' expects {' or '.join(str(1 << s) for s in LBA_FORMATS)}")
+                 msrc: int = DEFAULT_MSRC, shared: bool = True, ms: int = 0, mset: int = 0, pi: int = 0,
+                 pil: int = 0, pif: int = 0):
+        if lba_size not in LBA_SIZES:
+            raise NamespaceError(f"Parameter 'lba-size' expects {' or '.join(str(s) for s in LBA_SIZES)}")
+        if ms not in METADATA_SIZES:
+            raise NamespaceError(f"Parameter 'ms' expects {', '.join(str(m) for m in METADATA_SIZES)}")
+        for name, value in (("mset", mset), ("pil", pil)):
+            if value not in (0, 1, False, True):
+                raise NamespaceError(f"Parameter '{name}' expects 0 or 1, not {value!r}")
+        if pil and not pi:
+            raise NamespaceError("Parameter 'pil' needs protection information ('pi' 1, 2 or 3)")
+        try:
+            fmt = NsFormat.make(lbaf_index(lba_size, ms), extended=bool(mset), pi=pi, first=bool(pil), pif=pif)
+        except ValueError as exc:
+            raise NamespaceError(str(exc)) from None
         if backend.size < lba_size:
             raise NamespaceError(f"backend of {backend.size} bytes is smaller than one {lba_size}-byte block")
         if not 1 <= msrc <= 256:
@@ -128,14 +144,25 @@ class NvmNamespace:
         self.mssrl_bytes = mssrl
         self.mcl_bytes = mcl
         self.msrc = msrc
-        self._set_lba_size(lba_size)
+        self.metadata: MetadataStore | None = None
+        self._set_format(fmt)
 
     # ------------------------------------------------------------ geometry
-    def _set_lba_size(self, lba_size: int) -> None:
-        self.lba_size = lba_size
-        self.lbads = lba_size.bit_length() - 1
-        self.lbaf = LBA_FORMATS.index(self.lbads)
+    def _set_format(self, fmt: NsFormat) -> None:
+        """Switch the geometry (and the metadata store) to ``fmt``; callers erase data first."""
+        self.fmt = fmt
+        self.lba_size = fmt.lba_size
+        self.lbads = fmt.lbaf.lbads
+        self.lbaf = fmt.index
+        self.ms = fmt.ms
+        #: The PI arithmetic of this format (None without protection information).
+        self.protection = fmt.protection
         self.nlbas = self.backend.size >> self.lbads
+        old, self.metadata = self.metadata, None
+        if old is not None:
+            old.close()
+        if fmt.ms:
+            self.metadata = MetadataStore(self.backend, self.nlbas, fmt.ms)
         #: Copy limits in blocks of the current format (at least one block).
         self.mssrl = max(1, min(0xFFFF, self.mssrl_bytes >> self.lbads))
         self.mcl = max(1, min(0xFFFFFFFF, self.mcl_bytes >> self.lbads))
@@ -156,19 +183,21 @@ class NvmNamespace:
             nsze=nsze, ncap=nsze, nuse=nsze,
             nsfeat=NSFEAT_OPTPERF,
             nlbaf=len(LBA_FORMATS) - 1,
-            flbas=self.lbaf & 0xF,
+            flbas=self.fmt.flbas,
+            mc=MC_BOTH, dpc=DPC_ALL, dps=self.fmt.dps,
             dlfeat=DLFEAT,
             nmic=NMIC_SHARED if self.shared else 0,
             nvmcap=self.size.to_bytes(16, "little"),
             npwg=pref, npwa=pref, npdg=pref, npda=pref, nows=pref,
             mssrl=self.mssrl, mcl=self.mcl, msrc=self.msrc - 1,
             nguid=self.nguid, eui64=self.eui64,
-            **{f"lbaf{i}": lbaf_entry(lbads) for i, lbads in enumerate(LBA_FORMATS)},
+            **{f"lbaf{i}": f.entry() for i, f in enumerate(FORMATS)},
         )
 
     def identify_ns_csi(self) -> bytes:
         """I/O command set specific Identify Namespace for CSI NVM (CNS 05h)."""
-        return ID_NS_NVM.pack()
+        pif = self.fmt.pif << ELBAF_PIF_SHIFT
+        return ID_NS_NVM.pack(**{f"elbaf{i}": pif for i in range(len(LBA_FORMATS))})
 
     def id_descriptors(self) -> bytes:
         """Namespace Identification Descriptor list (CNS 03h)."""
@@ -183,20 +212,36 @@ class NvmNamespace:
         return bytes(out)
 
     # ------------------------------------------------------------ management
-    def format(self, lbaf: int) -> None:
-        """Format NVM: switch to LBA format ``lbaf`` and destroy all data."""
-        if not 0 <= lbaf < len(LBA_FORMATS):
-            raise NvmeError(Status.INVALID_FORMAT, msg=f"LBA format {lbaf} not supported")
+    def format(self, lbaf: int, *, mset: int = 0, pi: int = 0, pil: int = 0, ses: int = 0) -> None:
+        """Format NVM: switch to LBA format ``lbaf`` with MSET/PI/PIL and destroy all data.
+
+        The guard format stays the namespace's (it belongs to its LBA formats).
+        ``ses`` 0 (no secure erase) and 1 (user data erase) both deallocate every
+        block, data and metadata: afterwards everything reads as zeroes with
+        all-ones metadata, which is what a user data erase promises.
+        """
+        if ses not in (0, 1):
+            raise NvmeError(Status.INVALID_FIELD, msg=f"secure erase setting {ses} not supported")
+        try:
+            fmt = NsFormat.make(lbaf, extended=bool(mset), pi=pi, first=bool(pil), pif=self.fmt.pif)
+        except ValueError as exc:
+            raise NvmeError(Status.INVALID_FORMAT, msg=str(exc)) from None
         self.backend.discard(0, self.backend.size)
-        self._set_lba_size(1 << LBA_FORMATS[lbaf])
+        if self.metadata is not None:
+            self.metadata.erase()
+        self._set_format(fmt)
 
     def close(self) -> None:
         self.ready = False
+        if self.metadata is not None:
+            self.metadata.close()
         self.backend.close()
 
     def info(self) -> dict[str, Any]:
         """For the monitor ('info namespaces')."""
         return {"nsid": self.nsid, "csi": int(self.csi), "kind": self.kind, "lba-size": self.lba_size,
+                "lbaf": self.lbaf, "ms": self.ms, "mset": int(self.fmt.extended), "pi": self.fmt.pi,
+                "pil": int(self.fmt.first), "pif": self.fmt.pif,
                 "nlbas": self.nlbas, "size": self.size, "uuid": str(self.uuid),
                 "eui64": self.eui64.hex(), "nguid": self.nguid.hex(), "shared": self.shared,
                 "ready": self.ready, "backend": self.backend.describe()}

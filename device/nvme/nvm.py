@@ -21,6 +21,7 @@ from typing import Any
 
 from nvshell.device.backends import BackendError
 from nvshell.device.layout import Layout
+from nvshell.device.nvme import nvm_meta
 from nvshell.device.nvme.commands import EFFECT_LBCC, NVM, Command
 from nvshell.device.nvme.spec import BROADCAST_NSID, NvmOpcode, mdts_bytes
 from nvshell.device.nvme.status import NvmeError, Status
@@ -32,10 +33,17 @@ DSM_ATTR_AD = 1 << 2
 
 #: Dataset Management range (16 bytes).
 DSM_RANGE = Layout("DsmRange", [("cattr", "I"), ("nlb", "I"), ("slba", "Q")])
-#: Copy source range entry, descriptor format 0 (32 bytes).
+#: Copy source range entry, descriptor format 0 (32 bytes): for the 16b guard (or no PI).
 COPY_RANGE_F0 = Layout("CopySourceRangeF0", [
     (8, "slba", "Q"), (16, "nlb", "H"), (20, "eilbrt", "I"), (24, "elbat", "H"), (26, "elbatm", "H"),
 ], size=32)
+#: Descriptor format 1 (40 bytes): for the 64b guard; bytes 26..35 are the storage tag
+#: and reference tag (big-endian, the 48-bit reference tag in the last six bytes).
+COPY_RANGE_F1 = Layout("CopySourceRangeF1", [
+    (8, "slba", "Q"), (16, "nlb", "H"), (30, "eilbrt", "6s"), (36, "elbat", "H"), (38, "elbatm", "H"),
+], size=40)
+#: Descriptor formats this device takes, by the guard format they belong to (OCFS bits 0, 1).
+COPY_FORMATS = {0: (COPY_RANGE_F0, 0), 1: (COPY_RANGE_F1, 2)}
 
 #: Verify reads the range in pieces of this size (it is not bounded by MDTS).
 VERIFY_CHUNK = 1 << 20
@@ -114,15 +122,20 @@ def map_blocks(ctrl: Any, cmd: Command) -> tuple[Any, int, int, Any]:
     ns = cmd.ns
     slba, nlb = rw_fields(cmd)
     nbytes = nlb << ns.lbads
-    check_mdts(ctrl, nbytes)
+    # Extended LBAs: the data pointer also carries the interleaved metadata (MDTS counts it).
+    xfer = nvm_meta.transfer_length(ns, cmd, nlb) if ns.ms else nbytes
+    check_mdts(ctrl, xfer)
     check_range(ns, slba, nlb)
-    return ns, slba << ns.lbads, nbytes, ctrl.transfer(cmd, nbytes)
+    return ns, slba << ns.lbads, nbytes, ctrl.transfer(cmd, xfer)
 
 
 @NVM.command(NvmOpcode.WRITE, nsid="required", effects=EFFECT_LBCC, direction="from-host")
 def write(ctrl: Any, cmd: Command) -> None:
     ns, offset, nbytes, data = map_blocks(ctrl, cmd)
-    write_blocks(ns, offset, data)
+    if ns.ms:
+        nvm_meta.write(ctrl, cmd, ns, offset >> ns.lbads, nbytes >> ns.lbads, data)
+    else:
+        write_blocks(ns, offset, data)
     if cmd.cdw12 & CDW12_FUA:
         flush_ns(ns)
     ctrl.stats.add_write(nbytes)
@@ -131,7 +144,10 @@ def write(ctrl: Any, cmd: Command) -> None:
 @NVM.command(NvmOpcode.READ, nsid="required", direction="to-host")
 def read(ctrl: Any, cmd: Command) -> None:
     ns, offset, nbytes, data = map_blocks(ctrl, cmd)
-    read_blocks(ns, offset, data)
+    if ns.ms:
+        nvm_meta.read(ctrl, cmd, ns, offset >> ns.lbads, nbytes >> ns.lbads, data)
+    else:
+        read_blocks(ns, offset, data)
     ctrl.stats.add_read(nbytes)
 
 
@@ -139,6 +155,10 @@ def read(ctrl: Any, cmd: Command) -> None:
 def compare(ctrl: Any, cmd: Command) -> None:
     """Compare host data with the media; Compare Failure on the first difference."""
     ns, offset, nbytes, data = map_blocks(ctrl, cmd)
+    if ns.ms:
+        nvm_meta.compare(ctrl, cmd, ns, offset >> ns.lbads, nbytes >> ns.lbads, data)
+        ctrl.stats.add_read(nbytes)
+        return
     scratch = bytearray(min(nbytes, VERIFY_CHUNK))
     media = memoryview(scratch)
     try:
@@ -163,6 +183,8 @@ def write_zeroes(ctrl: Any, cmd: Command) -> None:
     slba, nlb = rw_fields(cmd)
     check_range(ns, slba, nlb)
     offset, length = slba << ns.lbads, nlb << ns.lbads
+    if ns.ms:  # first: it refuses PRCHK before anything changes
+        nvm_meta.write_zeroes(cmd, ns, slba, nlb)
     try:
         if cmd.cdw12 & CDW12_DEAC:
             ns.backend.discard(offset, length)
@@ -193,16 +215,21 @@ def dataset_management(ctrl: Any, cmd: Command) -> None:
     try:
         for offset, length in ranges:
             ns.backend.discard(offset, length)
+            if ns.ms:
+                nvm_meta.deallocate(ns, offset >> ns.lbads, length >> ns.lbads)
     except BackendError as exc:
         raise _write_error(exc) from None
 
 
 @NVM.command(NvmOpcode.VERIFY, nsid="required")
 def verify(ctrl: Any, cmd: Command) -> None:
-    """Check that the range is readable (no PI here, so nothing else to verify)."""
+    """Check that the range is readable, and its protection information per PRCHK."""
     ns = cmd.ns
     slba, nlb = rw_fields(cmd)
     check_range(ns, slba, nlb)
+    if ns.ms:
+        nvm_meta.verify(cmd, ns, slba, nlb, VERIFY_CHUNK)
+        return
     offset, length = slba << ns.lbads, nlb << ns.lbads
     scratch = memoryview(bytearray(min(length, VERIFY_CHUNK)))
     try:
@@ -217,20 +244,24 @@ def verify(ctrl: Any, cmd: Command) -> None:
 
 @NVM.command(NvmOpcode.COPY, nsid="required", effects=EFFECT_LBCC, direction="from-host")
 def copy(ctrl: Any, cmd: Command) -> None:
-    """Simple Copy, source range descriptor format 0, within the namespace."""
+    """Simple Copy within the namespace: descriptor format 0 (16b guard or no PI) or 1 (64b guard)."""
     ns = cmd.ns
     sdlba = (cmd.cdw11 << 32) | cmd.cdw10
     nr = (cmd.cdw12 & 0xFF) + 1
     desc_format = (cmd.cdw12 >> 8) & 0xF
-    if desc_format != 0:
+    if desc_format not in COPY_FORMATS:
         raise NvmeError(Status.INVALID_FIELD, msg=f"copy descriptor format {desc_format} not supported")
+    layout, pif = COPY_FORMATS[desc_format]
+    if pif != ns.fmt.pif:
+        raise NvmeError(Status.INVALID_FORMAT, msg=f"copy descriptor format {desc_format} does not match "
+                                                   f"the namespace's guard format (PIF {ns.fmt.pif})")
     if nr > ns.msrc:
         raise NvmeError(Status.COMMAND_SIZE_LIMIT_EXCEEDED, msg=f"{nr} source ranges > MSRC {ns.msrc}")
-    raw = ctrl.transfer(cmd, nr * COPY_RANGE_F0.size).from_guest()
+    raw = ctrl.transfer(cmd, nr * layout.size).from_guest()
     sources = []
     total = 0
     for i in range(nr):
-        r = COPY_RANGE_F0.unpack(raw, i * COPY_RANGE_F0.size)
+        r = layout.unpack(raw, i * layout.size)
         nlb = r.nlb + 1
         if nlb > ns.mssrl:
             raise NvmeError(Status.COMMAND_SIZE_LIMIT_EXCEEDED, msg=f"source range of {nlb} blocks > MSSRL")
@@ -238,19 +269,22 @@ def copy(ctrl: Any, cmd: Command) -> None:
         if total > ns.mcl:
             raise NvmeError(Status.COMMAND_SIZE_LIMIT_EXCEEDED, msg=f"copy of {total}+ blocks > MCL {ns.mcl}")
         check_range(ns, r.slba, nlb)
-        sources.append((r.slba, nlb))
+        eilbrt = int.from_bytes(r.eilbrt, "big") if isinstance(r.eilbrt, bytes) else r.eilbrt
+        sources.append((r.slba, nlb, eilbrt, r.elbat, r.elbatm))
     check_range(ns, sdlba, total)
     # Read every source first: the destination may overlap a source range.
     buf = bytearray(total << ns.lbads)
     view = memoryview(buf)
     pos = 0
     try:
-        for slba, nlb in sources:
+        for slba, nlb, *_ in sources:
             n = nlb << ns.lbads
             ns.backend.readinto(slba << ns.lbads, view[pos:pos + n])
             pos += n
     except BackendError as exc:
         raise _read_error(exc) from None
+    if ns.ms:  # checks the sources' PI and builds the destination's before any write
+        nvm_meta.copy(cmd, ns, sources, view, sdlba)
     try:
         ns.backend.write(sdlba << ns.lbads, view)
     except BackendError as exc:

@@ -19,8 +19,9 @@ NVME_VERSION = 0x00020000
 BROADCAST_NSID = 0xFFFFFFFF
 #: Every Identify data structure (and the Namespace Management host buffer) is 4 KiB.
 IDENTIFY_SIZE = 4096
-#: Supported LBA formats: index (FLBAS) -> LBADS (log2 of the block size). No metadata.
-LBA_FORMATS: tuple[int, ...] = (9, 12)
+#: Supported LBA formats: index (FLBAS format number) -> (LBADS, metadata bytes per block).
+#: QEMU's order, so ``nvme format --lbaf=N`` means the same on both devices.
+LBA_FORMATS: tuple[tuple[int, int], ...] = tuple((lbads, ms) for lbads in (9, 12) for ms in (0, 8, 16, 64))
 
 
 def lbaf_entry(lbads: int, metadata_size: int = 0) -> int:
