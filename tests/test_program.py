@@ -312,6 +312,11 @@ bus: main-system-bus
         file = ""
         backend = "memory"
         lba-size = 512
+        ms = 0
+        mset = 0
+        pi = 0
+        pil = 0
+        pif = 0
         mssrl = 131072
         mcl = 131072
         msrc = 128
@@ -353,6 +358,11 @@ bus: main-system-bus
         file = ""
         backend = "memory"
         lba-size = 512
+        ms = 0
+        mset = 0
+        pi = 0
+        pil = 0
+        pif = 0
         mssrl = 131072
         mcl = 131072
         msrc = 128
@@ -369,6 +379,11 @@ bus: main-system-bus
         file = ""
         backend = "memory"
         lba-size = 4096
+        ms = 0
+        mset = 0
+        pi = 0
+        pil = 0
+        pif = 0
         mssrl = 131072
         mcl = 131072
         msrc = 128
