@@ -139,6 +139,9 @@ class FaultRule:
     matched: int = 0
     hits: int = 0
     _rng: random.Random = field(default_factory=random.Random, repr=False)
+    #: Guards the counters and random generators: one rule may match on several
+    #: controllers' IOThreads at once (``count=1`` must fire once, not once per thread).
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
     #: Chooses the bits action=corrupt flips (seeded apart from ``_rng``: reproducible).
     bit_rng: random.Random = field(default_factory=random.Random, repr=False)
 
@@ -251,17 +254,24 @@ class FaultRule:
                 return False
         return True
 
-    def fire(self) -> bool:
-        """Count a match and decide whether this one is hit (skip, count, probability)."""
-        self.matched += 1
-        if self.matched <= self.skip:
-            return False
-        if self.count is not None and self.hits >= self.count:
-            return False
-        if self.probability is not None and self._rng.random() >= self.probability:
-            return False
-        self.hits += 1
-        return True
+    def fire(self) -> int:
+        """Count a match and decide whether this one is hit (skip, count, probability):
+        0 for a miss, else the hit's number (1 for the first)."""
+        with self._lock:
+            self.matched += 1
+            if self.matched <= self.skip:
+                return 0
+            if self.count is not None and self.hits >= self.count:
+                return 0
+            if self.probability is not None and self._rng.random() >= self.probability:
+                return 0
+            self.hits += 1
+            return self.hits
+
+    def flip_position(self, lo: int, hi: int) -> int:
+        """A random bit number in ``[lo, hi)`` for action=corrupt (seeded, thread-safe)."""
+        with self._lock:
+            return self.bit_rng.randrange(lo, hi)
 
     @property
     def exhausted(self) -> bool:
@@ -269,7 +279,9 @@ class FaultRule:
 
     def describe(self) -> dict[str, Any]:
         """The rule as QMP returns it (and `info faults` prints it)."""
-        out: dict[str, Any] = {"id": self.id, "action": self.action, "hits": self.hits, "matched": self.matched}
+        with self._lock:
+            hits, matched = self.hits, self.matched
+        out: dict[str, Any] = {"id": self.id, "action": self.action, "hits": hits, "matched": matched}
         for key in ("ctrl", "qid", "nsid", "slba", "nlb", "count", "probability"):
             value = getattr(self, key)
             if value is not None:
@@ -356,7 +368,10 @@ class FaultSet:
               cdw12: int, cid: int = 0) -> FaultRule | None:
         """The first rule that hits this command, counting matches on the way."""
         for rule in self.rules:
-            if rule.matches(ctrl, qid, opcode, nsid, cdw10, cdw11, cdw12) and rule.fire():
+            if not rule.matches(ctrl, qid, opcode, nsid, cdw10, cdw11, cdw12):
+                continue
+            hit = rule.fire()
+            if hit:
                 detail = {"ctrl": ctrl, "qid": qid, "cid": cid, "opcode": opcode, "nsid": nsid}
                 for listener in list(self.listeners):
                     try:
@@ -366,7 +381,7 @@ class FaultSet:
                 if self.publish is not None and rule.event:
                     data: dict[str, Any] = {"id": rule.id, "action": rule.action, "device": ctrl, "qid": qid,
                                             "cid": cid, "opcode": opcode_label(qid, opcode), "nsid": nsid,
-                                            "hits": rule.hits}
+                                            "hits": hit}
                     if qid and opcode in LBA_OPCODES:
                         data["slba"], data["nlb"] = cdw10 | (cdw11 << 32), (cdw12 & 0xFFFF) + 1
                     try:

@@ -114,3 +114,31 @@ def test_lifecycle_and_listeners():
         faults.remove("a")
     assert [r.id for r in faults] == ["b"]
     assert faults.rules[0].describe()["delay"] == 5
+
+
+def test_count_holds_across_threads() -> None:
+    """One rule matching on several IOThreads at once fires exactly ``count`` times."""
+    import sys
+    import threading
+    r = FaultRule.from_args({"id": "once", "action": "drop", "count": 3})
+    hits: list[int] = []
+    start = threading.Barrier(4)
+
+    def hammer() -> None:
+        start.wait()
+        for _ in range(20000):
+            n = r.fire()
+            if n:
+                hits.append(n)
+
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)          # switch threads as often as possible
+    try:
+        threads = [threading.Thread(target=hammer) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(old)
+    assert sorted(hits) == [1, 2, 3] and r.hits == 3 and r.matched == 80000

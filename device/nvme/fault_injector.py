@@ -7,9 +7,10 @@ state and installs ``ctrl.hooks`` entries *only while* a rule may hit this
 controller (or while an effect is still running), so with no rules the data
 path pays exactly what it did before: one ``is None`` check per hook.
 
-Threads: ``on_submit``/``on_complete``/``on_interrupt`` and every timer run on
-the controller's IOThread.  ``sync`` runs on whichever thread changed the rule
-set; it only stores or clears hook attributes (atomic) and reads counters.
+Threads: everything here runs on the controller's IOThread: the hooks, every
+timer, and ``sync`` (a rule-set change on another thread reaches it through
+``rules_changed``, which submits ``sync`` to the IOThread and waits for it, so a
+rule is in force, or gone, when ``fault_add``/``fault_del`` returns).
 
 Actions (what the host sees):
 
@@ -76,16 +77,24 @@ class FaultInjector:
     def install(self) -> "FaultInjector":
         """Watch the rule set; hooks come and go with the rules that concern us."""
         if not self._installed:
-            self.faults.watchers.append(self.sync)
+            self.faults.watchers.append(self.rules_changed)
             self._installed = True
-        self.sync()
+        self.rules_changed()
         return self
+
+    def rules_changed(self) -> None:
+        """The rule set changed (any thread): re-sync on the controller's IOThread."""
+        iothread = getattr(self.ctrl, "iothread", None)
+        if iothread is None:
+            self.sync()
+        else:
+            iothread.run(self.sync)
 
     def uninstall(self) -> None:
         """Stop injecting (controller going away): hooks cleared, watcher removed."""
         if self._installed:
             try:
-                self.faults.watchers.remove(self.sync)
+                self.faults.watchers.remove(self.rules_changed)
             except ValueError:
                 pass
             self._installed = False
@@ -287,7 +296,7 @@ class FaultInjector:
         dmap = self.ctrl.transfer(cmd, nlb * lba_size)
         memory = self.ctrl.memory
         for _ in range(rule.bits):
-            pos = rule.bit_rng.randrange(lo * 8, hi * 8)
+            pos = rule.flip_position(lo * 8, hi * 8)
             byte, bit = divmod(pos, 8)
             offset = 0
             for addr, length in dmap.segments:
