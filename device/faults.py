@@ -29,7 +29,7 @@ from nvshell.device.nvme.status import Status
 log = logging.getLogger(__name__)
 
 ACTIONS = ("status", "delay", "drop", "corrupt", "dma-error", "fatal", "ns-not-ready", "ns-remove", "aen",
-           "irq-loss")
+           "irq-loss", "keep-alive-expire")
 
 #: QMP event sent for every hit of a rule whose ``event`` is on.
 FAULT_EVENT = "X_NVME_FAULT_INJECTED"

@@ -36,6 +36,7 @@ def rig():
     ns.nsid = 1
     h.io.run(h.ctrl.attach_namespace, ns)
     h.enable()
+    h.enable_notices()
     h.create_queue_pair(1, vector=1)
     published: list[tuple[str, dict]] = []
     faults = FaultSet(publish=lambda name, data: published.append((name, data)))

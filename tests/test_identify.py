@@ -57,7 +57,7 @@ def test_identify_controller_offsets(setup) -> None:
     assert d[4:24] == b"SER123".ljust(20)                        # SN, space padded
     assert d[24:64] == b"nvshell NVMe Ctrl".ljust(40)            # MN
     assert d[64:72] == b"1.0     "                               # FR
-    assert d[73:76] == b"\x00\x54\x52"                           # IEEE OUI, LSB first
+    assert d[73:76] == b"\x00\x54\x52"                           # IEEE OUI (configured), LSB first
     assert d[76] & 0b10 and not d[76] & 0b1                      # CMIC multi-controller, one port
     assert d[77] == 7                                            # MDTS
     assert u16(d, 78) == 5                                       # CNTLID
@@ -68,7 +68,7 @@ def test_identify_controller_offsets(setup) -> None:
     assert oacs & (1 << 1) and oacs & (1 << 3) and not oacs & (1 << 8)
     assert d[258] == 3 and d[259] == 3                           # ACL, AERL
     assert d[260] == 0b011                                       # FRMW: 1 slot, slot 1 RO
-    assert d[261] == 0b110                                       # LPA: effects + extended data
+    assert d[261] == 0b111                                       # LPA: per-NS SMART, effects, extended data
     assert d[262] == 63                                          # ELPE
     assert d[263] == 0                                           # NPSS
     assert u16(d, 266) == 0x157 and u16(d, 268) == 0x175         # WCTEMP, CCTEMP

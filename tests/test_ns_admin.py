@@ -167,7 +167,7 @@ def test_attach_errors(subsys) -> None:
     assert attach_error(a, 0xFFFFFFFF, [1]) == Status.INVALID_FIELD
     assert attach_error(a, 7, [1]) == Status.INVALID_FIELD       # not allocated
     assert attach_error(a, nsid, [1], sel=2) == Status.INVALID_FIELD
-    attach(a, nsid, [])    # empty list: nothing to do
+    assert attach_error(a, nsid, []) == Status.CONTROLLER_LIST_INVALID    # an empty list
     assert a.namespaces == {}
 
 
@@ -203,6 +203,7 @@ def two_hosts(monkeypatch: pytest.MonkeyPatch):
         h.ctrl.subsystem = s
         h.io.run(s.add_controller, h.ctrl)
         h.enable()
+        h.enable_notices()
         hosts.append(h)
     yield s, hosts[0], hosts[1], tc.status
     for h in hosts:

@@ -181,12 +181,17 @@ def test_dataset_management_deallocate(env):
     g.write(lst, DSM_RANGE.pack(nlb=1, slba=0))
     assert ctrl.run(make_cmd(NvmOpcode.DATASET_MANAGEMENT, dptr1=lst, cdw10=0, cdw11=1)) == Status.SUCCESS
     assert ns.backend.read(0, 1) == b"\xaa"
-    # 256 ranges, the last one out of range: nothing is deallocated
+    # 255 ranges (DMRL), the last one out of range: nothing is deallocated
     lst2 = g.alloc(2)
-    entries = [DSM_RANGE.pack(nlb=1, slba=i) for i in range(255)] + [DSM_RANGE.pack(nlb=2, slba=ns.nlbas - 1)]
+    entries = [DSM_RANGE.pack(nlb=1, slba=i) for i in range(254)] + [DSM_RANGE.pack(nlb=2, slba=ns.nlbas - 1)]
     g.write(lst2, b"".join(entries))
-    cmd = make_cmd(NvmOpcode.DATASET_MANAGEMENT, dptr1=lst2, dptr2=lst2 + PAGE, cdw10=255, cdw11=1 << 2)
+    cmd = make_cmd(NvmOpcode.DATASET_MANAGEMENT, dptr1=lst2, dptr2=lst2 + PAGE, cdw10=254, cdw11=1 << 2)
     assert ctrl.run(cmd) == Status.LBA_OUT_OF_RANGE
+    assert ns.backend.read(0, 1) == b"\xaa"
+    # 256 ranges: more than Identify DMRL (255) allows
+    g.write(lst2, b"".join([DSM_RANGE.pack(nlb=1, slba=i) for i in range(256)]))
+    cmd = make_cmd(NvmOpcode.DATASET_MANAGEMENT, dptr1=lst2, dptr2=lst2 + PAGE, cdw10=255, cdw11=1 << 2)
+    assert ctrl.run(cmd) == Status.COMMAND_SIZE_LIMIT_EXCEEDED
     assert ns.backend.read(0, 1) == b"\xaa"
 
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
 
+from nvshell.device.nvme.controller import Features
 from nvshell.device.nvme.commands import NVM, Command
 from nvshell.device.nvme.dataxfer import DataMap, map_data
 from nvshell.device.nvme.status import NvmeError, Status
@@ -68,12 +69,14 @@ class FakeStats:
 
 @dataclass
 class FakeCtrl:
-    """What the NVM handlers use of a Controller: memory, transfer, config.mdts, stats, namespaces."""
+    """What the NVM handlers use of a Controller: memory, transfer, config.mdts, stats, namespaces,
+    features (the volatile write cache)."""
 
     memory: GuestMemory
     mdts: int = 7
     stats: FakeStats = field(default_factory=FakeStats)
     namespaces: dict = field(default_factory=dict)
+    features: Features = field(default_factory=Features)
 
     @property
     def config(self) -> SimpleNamespace:

@@ -121,7 +121,7 @@ class FakeController:
             self.changed_namespaces.clear()
         return changed
 
-    def log_page_read(self, log_id: int, rae: bool = False) -> None:
+    def log_page_read(self, log_id: int, rae: bool = False, cleared: bool = False) -> None:
         if not rae:
             self.logs_read.append(log_id)
 

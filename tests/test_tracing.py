@@ -179,7 +179,9 @@ def test_every_trace_point_fires_with_declared_fields(tmp_path: Path, doorbells:
         g.c.region_read(RegionIndex.CONFIG, 0, 64)
         g.c.region_write(RegionIndex.CONFIG, 0x04, (0x0006).to_bytes(2, "little"))
         workload(g)
-        # An AER outstanding, then a namespace change completes it.
+        # Notices enabled (as the Linux driver does), an AER outstanding, then a
+        # namespace change completes it.
+        g.cmd(AdminOpcode.SET_FEATURES, cdw10=0x0B, cdw11=0x100)
         g.cid += 1
         q = g.q[0]
         from nvshell.device.nvme.spec import SQE

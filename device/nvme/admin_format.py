@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from nvshell.device.nvme.commands import ADMIN, EFFECT_CSUPP, EFFECT_LBCC, EFFECT_NCC, EFFECT_NIC, Command
+from nvshell.device.nvme.commands import ADMIN, EFFECT_CSE_SINGLE, EFFECT_LBCC, EFFECT_NCC, Command
 from nvshell.device.nvme.spec import BROADCAST_NSID, AdminOpcode
 from nvshell.device.nvme.status import NvmeError, Status
 
@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 
 @ADMIN.command(AdminOpcode.FORMAT_NVM, nsid="optional",
-               effects=EFFECT_CSUPP | EFFECT_LBCC | EFFECT_NCC | EFFECT_NIC)
+               effects=EFFECT_LBCC | EFFECT_NCC | EFFECT_CSE_SINGLE)
 def format_nvm(ctrl: "Controller", cmd: Command) -> None:
     dw10 = cmd.cdw10
     lbaf = (dw10 & 0xF) | (((dw10 >> 12) & 0x3) << 4)
@@ -51,3 +51,6 @@ def format_nvm(ctrl: "Controller", cmd: Command) -> None:
             raise
         except (ValueError, IndexError):
             raise NvmeError(Status.INVALID_FORMAT) from None
+        # The other controllers' hosts see a namespace whose format changed under them.
+        if ctrl.subsystem is not None:
+            ctrl.subsystem.namespace_changed(ns.nsid, except_ctrl=ctrl)

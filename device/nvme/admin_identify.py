@@ -48,8 +48,7 @@ CNS_IO_COMMAND_SETS = 0x1C
 # Identify Controller bit fields
 CMIC_MULTI_CONTROLLER = 1 << 1
 OAES_NS_ATTRIBUTE = 1 << 8
-OACS_FORMAT = 1 << 1
-OACS_NS_MANAGEMENT = 1 << 3
+LPA_SMART_PER_NS = 1 << 0
 LPA_CMD_EFFECTS = 1 << 1
 LPA_EXTENDED_DATA = 1 << 2
 FRMW_SLOT1_RO = 1 << 0
@@ -70,6 +69,16 @@ ONCS_BY_OPCODE = {
     NvmOpcode.WRITE_ZEROES: 1 << 3,
     NvmOpcode.VERIFY: 1 << 7,
     NvmOpcode.COPY: 1 << 8,
+}
+#: OACS bit per optional admin command, advertised only if the admin table has it
+#: (a command set is advertised once its handler is registered, never before).
+OACS_BY_OPCODE = {
+    0x80: 1 << 1,   # Format NVM
+    0x11: 1 << 2,   # Firmware Image Download (and Commit)
+    0x0D: 1 << 3,   # Namespace Management (and Attachment)
+    0x14: 1 << 4,   # Device Self-test
+    0x7C: 1 << 8,   # Doorbell Buffer Config
+    0x86: 1 << 9,   # Get LBA Status
 }
 #: ONCS bits for features (Get Features SEL = saved/default/supported, Timestamp):
 #: implemented by admin_features.py.
@@ -179,6 +188,16 @@ def _u128(value: int) -> bytes:
     return int(value).to_bytes(16, "little")
 
 
+def oacs(table: Any = ADMIN) -> int:
+    return sum(bit for opcode, bit in OACS_BY_OPCODE.items() if opcode in table)
+
+
+#: LPA bits contributed by log pages other modules register (admin_log.LOG_PAGES).
+def lpa() -> int:
+    from nvshell.device.nvme import admin_log
+    return LPA_CMD_EFFECTS | LPA_EXTENDED_DATA | admin_log.lpa_bits()
+
+
 def oncs(table: Any = NVM) -> int:
     bits = ONCS_FEATURES
     for opcode, bit in ONCS_BY_OPCODE.items():
@@ -186,6 +205,14 @@ def oncs(table: Any = NVM) -> int:
             bits |= bit
     return bits
 
+
+
+def _kas() -> int:
+    """KAS once the Keep Alive command is registered (0 = Keep Alive unsupported)."""
+    if 0x18 not in ADMIN:
+        return 0
+    from nvshell.device.nvme.admin_keepalive import KAS
+    return KAS
 
 
 def identify_controller(ctrl: Any) -> bytes:
@@ -210,17 +237,18 @@ def identify_controller(ctrl: Any) -> bytes:
         oaes=OAES_NS_ATTRIBUTE,
         ctratt=CTRATT_ELBAS,
         cntrltype=CNTRLTYPE_IO,
-        oacs=OACS_FORMAT | OACS_NS_MANAGEMENT,
+        oacs=oacs(),
         acl=3,
         aerl=cfg.aerl,
         frmw=FRMW_SLOT1_RO | FRMW_ONE_SLOT,
-        lpa=LPA_CMD_EFFECTS | LPA_EXTENDED_DATA,
+        lpa=lpa(),
         elpe=ctrl.error_log.capacity - 1,
         npss=0,
         wctemp=0x157,
         cctemp=0x175,
         tnvmcap=_u128(allocated + unallocated),
         unvmcap=_u128(unallocated),
+        kas=_kas(),
         sqes=0x66,
         cqes=0x44,
         maxcmd=min(cfg.mqes + 1, 0xFFFF),
@@ -237,9 +265,10 @@ def identify_controller(ctrl: Any) -> bytes:
 
 def identify_controller_nvm(ctrl: Any) -> bytes:
     """CNS 06 for CSI NVM. Zero means "no limit beyond MDTS" for VSL/WZSL/WUSL,
-    which lets the Linux driver size Write Zeroes by MDTS; DMRL 255 bounds the
-    ranges per Dataset Management command like QEMU does."""
-    return ID_CTRL_NVM.pack(dmrl=255)
+    which lets the Linux driver size Write Zeroes by MDTS; DMRL bounds the ranges
+    per Dataset Management command (nvm.py refuses more)."""
+    from nvshell.device.nvme.nvm import DSM_MAX_RANGES
+    return ID_CTRL_NVM.pack(dmrl=DSM_MAX_RANGES)
 
 
 def common_namespace_capabilities() -> bytes:

@@ -1,5 +1,11 @@
-"""Get Log Page (admin opcode 02h): Error, SMART/Health, Firmware Slot, Changed
-Namespace List and Commands Supported and Effects.
+"""Get Log Page (admin opcode 02h) and the pages every controller has: Supported
+Log Pages, Error, SMART/Health (controller-wide and per namespace), Firmware
+Slot, Changed Namespace List and Commands Supported and Effects.
+
+Pages are declared in ``LOG_PAGES`` (``register``) with their size and NSID
+scope; the modules of optional commands register theirs (self-test, sanitize,
+telemetry...), so the Supported Log Pages page and Identify LPA follow from
+what is registered.
 
 Every page is built whole as bytes (they are small) and then cut by the Log
 Page Offset and the requested length: LPA bit 2 (extended data) promises hosts
@@ -16,7 +22,8 @@ without RAE.
 from __future__ import annotations
 
 import struct
-from typing import TYPE_CHECKING, Any, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from nvshell.device.layout import Layout
 from nvshell.device.nvme.commands import ADMIN, EFFECT_CSUPP, NVM, Command, CommandTable
@@ -25,7 +32,6 @@ from nvshell.device.nvme.status import NvmeError, Status
 
 if TYPE_CHECKING:  # pragma: no cover
     from nvshell.device.nvme.controller import ErrorLogEntry
-
 
 ERROR_ENTRY = Layout("ErrorInformationEntry", [
     (0, "error_count", "Q"), (8, "sqid", "H"), (10, "cid", "H"), (12, "status", "H"),
@@ -53,6 +59,9 @@ FW_SLOT_LOG = Layout("FirmwareSlotLog", [
 CHANGED_NS_LIST_SIZE = 4096
 CHANGED_NS_MAX = CHANGED_NS_LIST_SIZE // 4
 CMD_EFFECTS_SIZE = 4096
+SUPPORTED_LOG_PAGES_SIZE = 1024
+#: Identify LPA bit 0: SMART / Health Information per namespace.
+LPA_SMART_PER_NS = 1 << 0
 
 #: No wear model: the spare stays full and nothing is ever used up.
 AVAILABLE_SPARE = 100
@@ -138,6 +147,59 @@ def io_table(ctrl: Any, csi: int) -> CommandTable | None:
     return next((ns.commands for ns in ctrl.namespaces.values() if ns.csi == csi), None)
 
 
+# ---------------------------------------------------------------- registry
+#: NSID scopes of a log page: "controller" (NSID 0 or FFFFFFFFh only, anything
+#: else is Invalid Field), "namespace" (an active NSID, or FFFFFFFFh for the whole
+#: controller; LPA bit 0 for SMART).
+SCOPES = ("controller", "namespace")
+
+
+@dataclass(frozen=True)
+class LogPageInfo:
+    """One log page: how to build it and what the handler checks before."""
+
+    lid: int
+    name: str
+    #: ``build(ctrl, cmd) -> bytes``: the whole page (cut by offset and length).
+    build: Callable[[Any, Command], bytes]
+    #: Nominal size in bytes (an offset at or beyond it is Invalid Field), or a
+    #: function of the controller for pages whose size varies.
+    size: int | Callable[[Any], int]
+    scope: str = "controller"
+    #: LPA bits a host may rely on once this page exists.
+    lpa: int = 0
+    #: ``after(ctrl, cmd, rae)``: what reading the page does (clear it...).
+    after: Callable[[Any, Command, bool], None] | None = None
+    #: A read without RAE empties the page, so events still queued for it are
+    #: answered by that read (``Controller.log_page_read``).
+    cleared_by_read: bool = False
+
+    def page_size(self, ctrl: Any) -> int:
+        return self.size(ctrl) if callable(self.size) else self.size
+
+
+LOG_PAGES: dict[int, LogPageInfo] = {}
+
+
+def register(lid: int, name: str, build: Callable[[Any, Command], bytes], size: int | Callable[[Any], int], *,
+             scope: str = "controller", lpa: int = 0,
+             after: Callable[[Any, Command, bool], None] | None = None,
+             cleared_by_read: bool = False) -> LogPageInfo:
+    """Declare a log page (this module and the modules of other commands' pages)."""
+    if scope not in SCOPES:
+        raise ValueError(f"scope must be one of {SCOPES}, not {scope!r}")
+    info = LOG_PAGES[lid] = LogPageInfo(lid, name, build, size, scope, lpa, after, cleared_by_read)
+    return info
+
+
+def lpa_bits() -> int:
+    """Identify LPA bits of the registered pages."""
+    bits = 0
+    for info in LOG_PAGES.values():
+        bits |= info.lpa
+    return bits
+
+
 # ---------------------------------------------------------------- handler
 @ADMIN.command(AdminOpcode.GET_LOG_PAGE, nsid="optional", direction="to-host")
 def get_log_page(ctrl: Any, cmd: Command) -> None:
@@ -146,40 +208,66 @@ def get_log_page(ctrl: Any, cmd: Command) -> None:
     numd = ((cmd.cdw10 >> 16) & 0xFFFF) | ((cmd.cdw11 & 0xFFFF) << 16)
     length = (numd + 1) * 4
     offset = cmd.cdw12 | (cmd.cdw13 << 32)
-    csi = (cmd.cdw14 >> 24) & 0xFF
     if offset & 3:
         raise NvmeError(Status.INVALID_FIELD)
 
-    if lid == LogPage.ERROR:
-        page = error_log(ctrl)
-        size = 64 * ctrl.error_log.capacity
-    elif lid == LogPage.SMART:
-        if cmd.nsid not in (0, BROADCAST_NSID):  # LPA bit 0 clear: no per-namespace SMART
-            raise NvmeError(Status.INVALID_FIELD)
-        page = smart_log(ctrl)
-        size = SMART_LOG.size
-    elif lid == LogPage.FW_SLOT:
-        page = fw_slot_log(ctrl)
-        size = FW_SLOT_LOG.size
-    elif lid == LogPage.CHANGED_NS_LIST:
-        size = CHANGED_NS_LIST_SIZE
-        # Peek now, clear only once the data reached the host.
-        page = changed_ns_list(ctrl.take_changed_namespaces(clear=False))
-    elif lid == LogPage.CMD_EFFECTS:
-        page = effects_log(io_table(ctrl, csi))
-        size = CMD_EFFECTS_SIZE
-    else:
+    info = LOG_PAGES.get(lid)
+    if info is None:
         raise NvmeError(Status.INVALID_LOG_PAGE)
-    if offset >= size:
+    if cmd.nsid not in (0, BROADCAST_NSID):
+        if info.scope == "controller":
+            raise NvmeError(Status.INVALID_FIELD, msg=f"log page {lid:#x} is not namespace specific")
+        if cmd.ns is None:
+            raise NvmeError(Status.INVALID_NSID if not 1 <= cmd.nsid <= _max_nsid(ctrl)
+                            else Status.INVALID_FIELD)
+    if offset >= info.page_size(ctrl):
         raise NvmeError(Status.INVALID_FIELD)
-
     # Map (and so check against MDTS) before touching any data: NUMD is 32 bits
     # wide, and a page padded to NUMD would be a 16 GiB allocation for a command
     # that then fails. Past this point ``length`` is within MDTS.
     xfer = ctrl.transfer(cmd, length, allow_sgl=False)
+    page = info.build(ctrl, cmd)
     data = page[offset:offset + length]
     xfer.to_guest(data + bytes(length - len(data)))
+    if info.after is not None:
+        info.after(ctrl, cmd, rae)
     if not rae:
-        if lid == LogPage.CHANGED_NS_LIST:
-            ctrl.take_changed_namespaces(clear=True)
-        ctrl.log_page_read(lid)
+        ctrl.log_page_read(lid, cleared=info.cleared_by_read)
+
+
+def _max_nsid(ctrl: Any) -> int:
+    subsystem = ctrl.subsystem
+    return subsystem.max_nsid if subsystem is not None else 0xFFFFFFFE
+
+
+def supported_log_pages(ctrl: Any, cmd: Command) -> bytes:
+    """Supported Log Pages (00h): one dword per LID, bit 0 LSUPP, bit 1 IOS (the Log
+    Page Offset is an offset in bytes for every page here, not an index)."""
+    entries = [0] * 256
+    for lid in LOG_PAGES:
+        entries[lid] = 1
+    return struct.pack("<256I", *entries)
+
+
+def _changed_ns_after(ctrl: Any, cmd: Command, rae: bool) -> None:
+    if not rae:
+        ctrl.take_changed_namespaces(clear=True)
+
+
+def _smart(ctrl: Any, cmd: Command) -> bytes:
+    if cmd.ns is not None:
+        from nvshell.device.nvme.admin_smart_ns import namespace_smart_log
+        return namespace_smart_log(ctrl, cmd.ns)
+    return smart_log(ctrl)
+
+
+register(LogPage.SUPPORTED_LOG_PAGES, "supported-log-pages", supported_log_pages, SUPPORTED_LOG_PAGES_SIZE)
+register(LogPage.ERROR, "error", lambda ctrl, cmd: error_log(ctrl), lambda ctrl: 64 * ctrl.error_log.capacity)
+register(LogPage.SMART, "smart", _smart, SMART_LOG.size, scope="namespace", lpa=LPA_SMART_PER_NS)
+register(LogPage.FW_SLOT, "firmware-slot", lambda ctrl, cmd: fw_slot_log(ctrl), FW_SLOT_LOG.size)
+# Peek at the list when building; clear it only once the data reached the host.
+register(LogPage.CHANGED_NS_LIST, "changed-namespace-list",
+         lambda ctrl, cmd: changed_ns_list(ctrl.take_changed_namespaces(clear=False)), CHANGED_NS_LIST_SIZE,
+         after=_changed_ns_after, cleared_by_read=True)
+register(LogPage.CMD_EFFECTS, "commands-supported-and-effects",
+         lambda ctrl, cmd: effects_log(io_table(ctrl, (cmd.cdw14 >> 24) & 0xFF)), CMD_EFFECTS_SIZE)

@@ -151,7 +151,7 @@ def namespace_attachment(ctrl: Any, cmd: Command) -> None:
     data = bytes(ctrl.transfer(cmd, IDENTIFY_SIZE, allow_sgl=False).from_guest()).ljust(IDENTIFY_SIZE, b"\0")
     count = min(struct.unpack_from("<H", data)[0], CONTROLLER_LIST_MAX)
     cntlids = list(struct.unpack_from(f"<{count}H", data, 2))
-    if len(set(cntlids)) != len(cntlids):
+    if not cntlids or len(set(cntlids)) != len(cntlids):
         raise NvmeError(Status.CONTROLLER_LIST_INVALID)
     targets = []
     for cntlid in cntlids:

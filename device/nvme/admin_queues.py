@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from nvshell.device.nvme.commands import ADMIN, EFFECT_CCC, Command
+from nvshell.device.nvme.commands import ADMIN, Command
 from nvshell.device.nvme.spec import AdminOpcode
 from nvshell.device.nvme.status import NvmeError, Status
 
@@ -34,7 +34,7 @@ def _check_mapped(ctrl: "Controller", base: int, nbytes: int) -> None:
         raise NvmeError(Status.DATA_TRANSFER_ERROR)
 
 
-@ADMIN.command(AdminOpcode.CREATE_IO_CQ, effects=EFFECT_CCC)
+@ADMIN.command(AdminOpcode.CREATE_IO_CQ)
 def create_io_cq(ctrl: "Controller", cmd: Command) -> None:
     qid = cmd.cdw10 & 0xFFFF
     qsize = cmd.cdw10 >> 16          # 0-based
@@ -50,7 +50,7 @@ def create_io_cq(ctrl: "Controller", cmd: Command) -> None:
     ctrl.create_cq(qid, cmd.dptr1, qsize + 1, ien, vector)
 
 
-@ADMIN.command(AdminOpcode.CREATE_IO_SQ, effects=EFFECT_CCC)
+@ADMIN.command(AdminOpcode.CREATE_IO_SQ)
 def create_io_sq(ctrl: "Controller", cmd: Command) -> None:
     qid = cmd.cdw10 & 0xFFFF
     qsize = cmd.cdw10 >> 16
@@ -69,7 +69,7 @@ def create_io_sq(ctrl: "Controller", cmd: Command) -> None:
     ctrl.create_sq(qid, cmd.dptr1, qsize + 1, cq, qprio)
 
 
-@ADMIN.command(AdminOpcode.DELETE_IO_SQ, effects=EFFECT_CCC)
+@ADMIN.command(AdminOpcode.DELETE_IO_SQ)
 def delete_io_sq(ctrl: "Controller", cmd: Command) -> None:
     qid = cmd.cdw10 & 0xFFFF
     if not qid or ctrl.sq(qid) is None:
@@ -77,7 +77,7 @@ def delete_io_sq(ctrl: "Controller", cmd: Command) -> None:
     ctrl.delete_sq(qid)
 
 
-@ADMIN.command(AdminOpcode.DELETE_IO_CQ, effects=EFFECT_CCC)
+@ADMIN.command(AdminOpcode.DELETE_IO_CQ)
 def delete_io_cq(ctrl: "Controller", cmd: Command) -> None:
     qid = cmd.cdw10 & 0xFFFF
     cq = ctrl.cq(qid) if qid else None

@@ -46,8 +46,9 @@ class ControllerConfig:
     #: Identify VID / SSVID (PCI vendor and subsystem vendor IDs).
     vid: int = PCI_VENDOR_ID
     ssvid: int = PCI_VENDOR_ID
-    #: IEEE OUI for Identify IEEE (3 bytes).
-    oui: int = 0x000000
+    #: IEEE OUI for Identify IEEE (3 bytes): SPDK's vfio-user target's (50-6B-8D, the
+    #: Nutanix OUI), matching the PCI vendor ID 4E58h above.
+    oui: int = 0x506B8D
     #: Commands fetched from one SQ per processing round (fairness between
     #: queues, and a bound on how long the socket waits behind the data path).
     sq_batch: int = 64

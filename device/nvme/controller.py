@@ -67,6 +67,11 @@ CSTS_CFS = 1 << 1
 CSTS_SHST_MASK = 0x3 << 2
 CSTS_SHST_COMPLETE = 0x2 << 2
 CAP_TO = 0x0F                   # 7.5 s ready timeout (500 ms units)
+#: CAP.CRMS: CRWMS (bit 59), mandatory since NVMe 2.0: ready "with media", the only
+#: mode here (CRIMS, bit 60, clear: CC.CRIME stays 0).
+CAP_CRWMS = 1 << 59
+#: CRTO: CRWMT (15:0) and CRIMT (31:16) in 500 ms units; both CAP.TO.
+CRTO = CAP_TO | (CAP_TO << 16)
 CAP_CSS_NVM = 1 << 0
 CAP_CSS_IOCS = 1 << 6           # "one or more I/O command sets": CC.CSS=110b, CNS 05/06
 CSS_NVM = 0
@@ -229,7 +234,8 @@ class Features:
     #: (TMPSEL, THSEL) -> Kelvin; THSEL 0 = over, 1 = under. Only TMPSEL 0 (composite).
     temp_over: int = 0x157                  # 343 K = 70 C
     temp_under: int = 0
-    error_recovery: int = 0                 # TLER (100 ms units); DULBE unsupported
+    #: Error Recovery is namespace specific: nsid -> TLER (100 ms units); DULBE unsupported.
+    error_recovery: dict[int, int] = field(default_factory=dict)
     volatile_wc: bool = True
     int_coalescing: int = 0                 # THR | TIME << 8 (accepted, not applied)
     #: vector -> Coalescing Disable bit.
@@ -243,6 +249,8 @@ class Features:
     host_behavior: bytes = bytes(512)
     #: Number of Queues requested by the host (0-based NSQR, NCQR), or None.
     num_queues_requested: tuple[int, int] | None = None
+    #: Keep Alive Timeout in ms (0: no timer); ``admin_keepalive`` runs the timer.
+    keep_alive_ms: int = 0
 
     def timestamp_now(self) -> tuple[int, int]:
         """(milliseconds, origin): origin 1 if the host set it, else 0 (since reset)."""
@@ -279,7 +287,7 @@ class Controller:
         self.removed = False
 
         self.cap = (config.mqes & 0xFFFF) | (1 << 16) | (CAP_TO << 24) \
-            | ((CAP_CSS_NVM | CAP_CSS_IOCS) << 37)
+            | ((CAP_CSS_NVM | CAP_CSS_IOCS) << 37) | CAP_CRWMS
         self.vs = NVME_VERSION
         self.cc = 0
         self.csts = 0
@@ -400,6 +408,8 @@ class Controller:
             return self.acq & 0xFFFFFFFF
         if off == Reg.ACQ + 4:
             return self.acq >> 32
+        if off == Reg.CRTO:
+            return CRTO
         if DOORBELL_PAGE_OFFSET <= off < DOORBELL_PAGE_OFFSET + DOORBELL_PAGE_SIZE and self._db_map is not None:
             return int.from_bytes(self._db_map[off:off + 4], "little")
         return 0  # reserved, NSSR, CMB/PMR/BP registers (absent), trapped doorbells
@@ -886,7 +896,8 @@ class Controller:
                         # Shared and still reachable through another controller (detached
                         # here while I/O was in flight): a path error, which a multipath host
                         # fails over, instead of an error it returns to the application.
-                        if self.subsystem is not None and self.subsystem.attached_controllers(cmd.nsid):
+                        if self.subsystem is not None and any(
+                                c != self.cntlid for c in self.subsystem.attached_controllers(cmd.nsid)):
                             raise NvmeError(Status.INTERNAL_PATH_ERROR, dnr=False)
                         raise NvmeError(Status.INVALID_NSID)
                 elif not ns.ready:
@@ -1030,6 +1041,8 @@ class Controller:
         (at most ``max_aer_retention`` kept). An event type reported stays masked until
         the host reads its log page (``log_page_read``)."""
         event = (int(event_type), int(info), int(log_page))
+        if event[0] == AsyncEventType.NOTICE and not self.features.async_event_config >> (8 + event[1]) & 1:
+            return  # the host did not enable this notice (Asynchronous Event Configuration)
         if event in self._events:
             return  # the same notice is already waiting: one is enough
         if len(self._events) >= self.config.max_aer_retention:
@@ -1057,13 +1070,19 @@ class Controller:
                                          info=info, log_page=page)
             self.complete(cmd, Status.SUCCESS)
 
-    def log_page_read(self, log_id: int, rae: bool = False) -> None:
-        """Called by Get Log Page: reading a log page (RAE=0) unmasks its event type."""
+    def log_page_read(self, log_id: int, rae: bool = False, cleared: bool = False) -> None:
+        """Called by Get Log Page: reading a log page (RAE=0) unmasks its event type.
+
+        ``cleared``: the page accumulates every change and the read emptied it (the
+        Changed Namespace List), so events still queued for it are answered by this
+        read; delivering them would send the host to a page it has just emptied."""
         if rae:
             return
         for etype, page in list(self._masked.items()):
             if page == log_id:
                 del self._masked[etype]
+        if cleared and any(page == log_id for _, _, page in self._events):
+            self._events = deque(e for e in self._events if e[2] != log_id)
         self._deliver_events()
 
     def pending_events(self) -> list[tuple[int, int, int]]:

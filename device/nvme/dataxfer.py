@@ -348,9 +348,10 @@ class _SglState:
             raise NvmeError(Status.SGL_DESCRIPTOR_TYPE_INVALID, msg=f"SGL descriptor type {dtype}.{sgl_id & 0xf}")
         if not length:
             return
-        if not self.remaining:
+        if length > self.remaining:
+            # Identify SGLS bit 18 is clear: an SGL may not describe more than the transfer.
             raise NvmeError(Status.DATA_SGL_LENGTH_INVALID, msg="SGL longer than the transfer")
-        n = min(length, self.remaining)
+        n = length
         self.remaining -= n
         segs = self.segs
         if dtype == SGL_BIT_BUCKET:

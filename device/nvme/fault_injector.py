@@ -29,6 +29,10 @@ Actions (what the host sees):
 * ``aen``: SMART critical warning / temperature (or a notice) is raised and
   an Asynchronous Event posted; removing the rule clears the warning again.
 * ``irq-loss``: the command completes but its CQ's interrupt is not raised.
+* ``keep-alive-expire``: the Keep Alive Timer expires now, as if the host had
+  missed its deadline (error log entry, CSTS.CFS); the command is held, like
+  every command a failed controller no longer processes. Without an armed timer
+  (KATO 0) there is nothing to expire and the command runs normally.
 """
 
 from __future__ import annotations
@@ -208,6 +212,13 @@ class FaultInjector:
 
     def _do_fatal(self, rule: FaultRule, cmd: Command) -> Any:
         self.ctrl.fatal(f"fault rule '{rule.id}' on {opcode_label(cmd.sqid, cmd.opcode)} cid {cmd.cid}")
+        return DEFERRED
+
+    def _do_keep_alive_expire(self, rule: FaultRule, cmd: Command) -> Any:
+        from nvshell.device.nvme import admin_keepalive
+        if not admin_keepalive.armed(self.ctrl):
+            return None
+        admin_keepalive.expire(self.ctrl, f"keep alive timer expired (fault rule '{rule.id}')")
         return DEFERRED
 
     def _do_corrupt(self, rule: FaultRule, cmd: Command) -> Any:

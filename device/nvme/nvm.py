@@ -22,6 +22,7 @@ from typing import Any
 from nvshell.device.backends import BackendError
 from nvshell.device.layout import Layout
 from nvshell.device.nvme import nvm_meta
+from nvshell.device.nvme.admin_smart_ns import count_read, count_write
 from nvshell.device.nvme.commands import EFFECT_LBCC, NVM, Command
 from nvshell.device.nvme.spec import BROADCAST_NSID, NvmOpcode, mdts_bytes
 from nvshell.device.nvme.status import NvmeError, Status
@@ -47,6 +48,9 @@ COPY_FORMATS = {0: (COPY_RANGE_F0, 0), 1: (COPY_RANGE_F1, 2)}
 
 #: Verify reads the range in pieces of this size (it is not bounded by MDTS).
 VERIFY_CHUNK = 1 << 20
+#: Ranges one Dataset Management command may carry: Identify DMRL (a byte, so at
+#: most 255; the 256th range NR allows is refused).
+DSM_MAX_RANGES = 255
 
 
 # ------------------------------------------------------------------ helpers
@@ -103,6 +107,13 @@ def flush_ns(ns: Any) -> None:
         raise _write_error(exc) from None
 
 
+def make_durable(ctrl: Any, cmd: Command, ns: Any) -> None:
+    """After a write: with FUA, or with the volatile write cache turned off (Set
+    Features 06h), the data must be on stable storage before the CQE."""
+    if cmd.cdw12 & CDW12_FUA or not ctrl.features.volatile_wc:
+        flush_ns(ns)
+
+
 # ------------------------------------------------------------------ handlers
 @NVM.command(NvmOpcode.FLUSH, nsid="optional")
 def flush(ctrl: Any, cmd: Command) -> None:
@@ -136,9 +147,9 @@ def write(ctrl: Any, cmd: Command) -> None:
         nvm_meta.write(ctrl, cmd, ns, offset >> ns.lbads, nbytes >> ns.lbads, data)
     else:
         write_blocks(ns, offset, data)
-    if cmd.cdw12 & CDW12_FUA:
-        flush_ns(ns)
+    make_durable(ctrl, cmd, ns)
     ctrl.stats.add_write(nbytes)
+    count_write(ns, nbytes)
 
 
 @NVM.command(NvmOpcode.READ, nsid="required", direction="to-host")
@@ -149,6 +160,7 @@ def read(ctrl: Any, cmd: Command) -> None:
     else:
         read_blocks(ns, offset, data)
     ctrl.stats.add_read(nbytes)
+    count_read(ns, nbytes)
 
 
 @NVM.command(NvmOpcode.COMPARE, nsid="required", direction="from-host")
@@ -192,8 +204,7 @@ def write_zeroes(ctrl: Any, cmd: Command) -> None:
             ns.backend.write_zeroes(offset, length)
     except BackendError as exc:
         raise _write_error(exc) from None
-    if cmd.cdw12 & CDW12_FUA:
-        flush_ns(ns)
+    make_durable(ctrl, cmd, ns)
 
 
 @NVM.command(NvmOpcode.DATASET_MANAGEMENT, nsid="required", effects=EFFECT_LBCC,
@@ -204,6 +215,8 @@ def dataset_management(ctrl: Any, cmd: Command) -> None:
     if not cmd.cdw11 & DSM_ATTR_AD:
         return
     nr = (cmd.cdw10 & 0xFF) + 1
+    if nr > DSM_MAX_RANGES:
+        raise NvmeError(Status.COMMAND_SIZE_LIMIT_EXCEEDED, msg=f"{nr} ranges > DMRL {DSM_MAX_RANGES}")
     raw = ctrl.transfer(cmd, nr * DSM_RANGE.size).from_guest()
     ranges = []
     for i in range(nr):
@@ -219,6 +232,8 @@ def dataset_management(ctrl: Any, cmd: Command) -> None:
                 nvm_meta.deallocate(ns, offset >> ns.lbads, length >> ns.lbads)
     except BackendError as exc:
         raise _write_error(exc) from None
+    if not ctrl.features.volatile_wc:
+        flush_ns(ns)
 
 
 @NVM.command(NvmOpcode.VERIFY, nsid="required")
@@ -289,5 +304,4 @@ def copy(ctrl: Any, cmd: Command) -> None:
         ns.backend.write(sdlba << ns.lbads, view)
     except BackendError as exc:
         raise _write_error(exc) from None
-    if cmd.cdw12 & CDW12_FUA:
-        flush_ns(ns)
+    make_durable(ctrl, cmd, ns)

@@ -86,6 +86,7 @@ class Reg(enum.IntEnum):
     ACQ = 0x30
     CMBLOC = 0x38
     CMBSZ = 0x3C
+    CRTO = 0x68
     DOORBELLS = 0x1000
 
 
@@ -108,10 +109,13 @@ class AdminOpcode(enum.IntEnum):
     NAMESPACE_MANAGEMENT = 0x0D
     FIRMWARE_COMMIT = 0x10
     FIRMWARE_DOWNLOAD = 0x11
+    DEVICE_SELF_TEST = 0x14
     NAMESPACE_ATTACHMENT = 0x15
     KEEP_ALIVE = 0x18
     DOORBELL_BUFFER_CONFIG = 0x7C
     FORMAT_NVM = 0x80
+    SANITIZE = 0x84
+    GET_LBA_STATUS = 0x86
 
 
 class NvmOpcode(enum.IntEnum):
@@ -178,8 +182,16 @@ class NoticeInfo(enum.IntEnum):
 
 
 class LogPage(enum.IntEnum):
+    SUPPORTED_LOG_PAGES = 0x00
     ERROR = 0x01
     SMART = 0x02
     FW_SLOT = 0x03
     CHANGED_NS_LIST = 0x04
     CMD_EFFECTS = 0x05
+    DEVICE_SELF_TEST = 0x06
+    TELEMETRY_HOST = 0x07
+    TELEMETRY_CONTROLLER = 0x08
+    PERSISTENT_EVENT = 0x0D
+    LBA_STATUS = 0x0E
+    SANITIZE_STATUS = 0x81
+    OCP_SMART_EXTENDED = 0xC0

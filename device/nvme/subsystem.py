@@ -246,6 +246,16 @@ class Subsystem:
             cntlid = next((c for c, x in self.controllers.items() if x is ctrl), None)
             return cntlid is not None and cntlid in self._attached.get(nsid, ())
 
+    def namespace_changed(self, nsid: int, *, except_ctrl: Any = None) -> None:
+        """An attribute of ``nsid`` changed (format, capacity): Changed Namespace List
+        entry and Namespace Attribute Changed notice on every controller it is attached
+        to but ``except_ctrl`` (the one whose host made the change)."""
+        with self._lock:
+            ctrls = [self.controllers[c] for c in sorted(self._attached.get(nsid, ()))
+                     if c in self.controllers and self.controllers[c] is not except_ctrl]
+        for ctrl in ctrls:
+            self._on_ctrl(ctrl, _tell_host, ctrl, nsid)
+
     # --------------------------------------------------------------- listeners
     def notify(self, kind: str, nsid: int, ns: Any, ctrl: Any) -> None:
         """Tell listeners about a guest-made change; a failing listener is logged only."""
