@@ -139,7 +139,9 @@ def test_format_of_a_shared_namespace_tells_the_other_controllers(tmp_path):
         for h in (a, b):
             h.enable_notices(0x100)
         aer_a, aer_b = a.submit(0x0C), b.submit(0x0C)
-        e = a.cmd(0x80, nsid=ns.nsid, cdw10=1)                  # LBA format 1: 4 KiB
+        from nvshell.device.nvme.spec import LBA_FORMATS
+        lbaf = LBA_FORMATS.index((12, 0))                      # 4 KiB, no metadata
+        e = a.cmd(0x80, nsid=ns.nsid, cdw10=lbaf)
         assert status(e) == 0 and ns.lba_size == 4096
         got = b.reap()
         assert got.cid == aer_b and got.dw0 == 0x040002
