@@ -7,6 +7,11 @@ the NVMe types registered (``device.objects``), plus:
   thread (the monitor marshals them to its loop).  ``DEVICE_DELETED`` after a
   ``device_del`` completes; ``X_NVME_CLIENT_CONNECTED`` / ``X_NVME_CLIENT_DISCONNECTED``
   ``{"device", "socket"}`` when a vfio-user client comes or goes.
+* ``device_del`` never blocks the control plane: a controller no host uses goes at
+  once (``DEVICE_DELETED`` before the call returns); one a host uses has its
+  namespaces detached with an AEN, and a removal thread gives the host up to
+  ``REMOVAL_GRACE`` seconds to read the Changed Namespace List before the device
+  goes and ``DEVICE_DELETED`` follows, as QEMU's asynchronous unplug does.
 * guest-made changes (Namespace Management/Attachment) reach the subsystem
   listeners on an IOThread.  A listener must never block (the control plane may be
   waiting on that IOThread while holding the machine lock), so they are queued with
@@ -25,6 +30,7 @@ import collections
 import logging
 import os
 import threading
+import time
 from typing import Any, Callable
 
 from nvshell.device import objects as nvme_objects
@@ -35,6 +41,11 @@ from nvshell.device.qom import TYPES, Object, ObjectTree, TypeRegistry
 log = logging.getLogger(__name__)
 
 EventCallback = Callable[[str, dict[str, Any]], None]
+
+#: How long an asynchronous device_del waits for the host to read the Changed
+#: Namespace List (seconds), and how long it then leaves for the host's rescan.
+REMOVAL_GRACE = 2.0
+RESCAN_GRACE = 0.5
 
 
 class Machine(ObjectTree):
@@ -51,6 +62,10 @@ class Machine(ObjectTree):
         self._closed = False
         #: Fault injection rules, applied by an injector on every controller (device/faults.py).
         self.faults = FaultSet(publish=self.publish)
+        #: Devices whose asynchronous removal is under way -> the thread finishing it.
+        self._unplugging: dict[Object, threading.Thread] = {}
+        #: Set by shutdown: pending removals stop waiting for the host.
+        self._hurry = threading.Event()
 
     # ---------------------------------------------------------------- events
     def subscribe(self, callback: EventCallback) -> Callable[[], None]:
@@ -138,16 +153,53 @@ class Machine(ObjectTree):
             return super().device_add(driver, id, props)
 
     def device_del(self, id: str) -> Object:
-        """``device_del``: returns once the device is gone, after publishing ``DEVICE_DELETED``."""
+        """``device_del``: start removing a device; ``DEVICE_DELETED`` says when it is gone
+        (at once for a device no host uses, see the module docstring)."""
         with self.lock:
             self._run_deferred()
-            obj = super().device_del(id)
-            path = "/machine/peripheral/" + (obj.id or "") if obj.id else f"/machine/peripheral-anon/{obj.name}"
-        data: dict[str, Any] = {"path": path}
-        if obj.id:
-            data = {"device": obj.id, "path": path}
-        self.publish("DEVICE_DELETED", data)
+            obj = self.lookup_device(id)
+            if obj in self._unplugging:
+                raise ObjectError(f"Device {obj.id or obj.path()} is already in the process of unplug")
+            obj.check_delete(self)
+            path = obj.path()
+            if not (isinstance(obj, nvme_objects.ControllerDevice) and obj.detach_for_removal()):
+                self._delete(obj)
+                self._device_deleted(obj, path)
+                return obj
+            thread = threading.Thread(target=self._finish_unplug, args=(obj, path), daemon=True,
+                                      name=f"device-del-{obj.id or obj.name}")
+            self._unplugging[obj] = thread
+        thread.start()
         return obj
+
+    def _finish_unplug(self, obj: nvme_objects.ControllerDevice, path: str) -> None:
+        """The removal thread: wait for the host (never on the control plane), then delete."""
+        deadline = time.monotonic() + REMOVAL_GRACE
+        took = obj.host_took_changes()
+        while not took and not self._hurry.is_set() and time.monotonic() < deadline:
+            self._hurry.wait(0.02)
+            took = obj.host_took_changes()
+        if took:
+            self._hurry.wait(min(RESCAN_GRACE, max(0.0, deadline - time.monotonic())))
+        try:
+            with self.lock:
+                if obj.parent is not None:      # shutdown may have taken it already
+                    self._delete(obj)
+        except Exception:
+            log.exception("device_del of %s failed", path)
+        finally:
+            with self.lock:
+                self._unplugging.pop(obj, None)
+        self._device_deleted(obj, path)
+
+    def _device_deleted(self, obj: Object, path: str) -> None:
+        data: dict[str, Any] = {"device": obj.id, "path": path} if obj.id else {"path": path}
+        self.publish("DEVICE_DELETED", data)
+
+    def pending_unplug(self) -> list[str]:
+        """Ids (or paths) of the devices whose removal is still under way."""
+        with self.lock:
+            return [o.id or o.path() for o in self._unplugging]
 
     def qom_list(self, path: str) -> list[dict[str, str]]:
         with self.lock:
@@ -241,6 +293,11 @@ class Machine(ObjectTree):
 
     def shutdown(self) -> None:
         """Stop every controller (sockets unlinked), free namespaces (backends closed). Idempotent."""
+        self._hurry.set()
+        with self.lock:
+            pending = list(self._unplugging.values())
+        for thread in pending:             # they finish at once now (and need the lock)
+            thread.join(5.0)
         with self.lock:
             self._closed = True
             self._run_deferred()

@@ -592,35 +592,38 @@ class ControllerDevice(Object):
                 event["reason"] = str(data["reason"])
             m.publish(name, event)
 
-    #: How long device_del waits for the host to take in the namespace detach (seconds).
-    REMOVAL_GRACE = 2.0
+    def detach_for_removal(self) -> bool:
+        """First step of ``device_del`` while a host uses the controller: detach every
+        namespace with the Namespace Attribute Changed AEN, so a multipath host drops these
+        paths cleanly (a path that just dies can fail a bio with EIO instead of failing it
+        over). Returns whether a host was told (the machine then gives it time to read the
+        Changed Namespace List, off the control plane, before ``finalize``)."""
+        ctrl, sub = self.model, self.subsys_obj()
+        if ctrl is None or not self.connected() or self.iothread is None or not self.iothread.running:
+            return False
+        if sub is not None and sub.model is not None:
+            for nsid in list(sub.model.namespaces):
+                if sub.model.is_attached(nsid, ctrl):
+                    _quiet(lambda n=nsid: sub.model.detach(n, ctrl, notify=True))
+        return True
 
-    def _detach_all_for_removal(self, sub: SubsystemObject | None) -> None:
-        """Detach every namespace from this controller with the Namespace Attribute Changed
-        AEN, then wait (at most ``REMOVAL_GRACE``) until the host has read the Changed
-        Namespace List log and had a moment to rescan."""
-        import time
-        ctrl = self.model
-        if sub is None or sub.model is None or not getattr(ctrl, "namespaces", None):
-            return
-        for nsid in list(sub.model.namespaces):
-            if sub.model.is_attached(nsid, ctrl):
-                _quiet(lambda n=nsid: sub.model.detach(n, ctrl, notify=True))
-        deadline = time.monotonic() + self.REMOVAL_GRACE
-        while getattr(ctrl, "changed_namespaces", None) and time.monotonic() < deadline and self.connected():
-            time.sleep(0.02)
-        if not getattr(ctrl, "changed_namespaces", None):
-            time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))  # the host's rescan after the log
+    def host_took_changes(self) -> bool:
+        """Whether the host has read the Changed Namespace List (or is gone); asked on the
+        controller's IOThread, which owns that state."""
+        ctrl, iothread = self.model, self.iothread
+        if ctrl is None or iothread is None or not iothread.running or not self.connected():
+            return True
+        try:
+            return not iothread.run(lambda: bool(ctrl.changed_namespaces), timeout=1.0)
+        except Exception:
+            return True
 
     def finalize(self, ctx: Any) -> None:
         sub = self.subsys_obj()
         if (self.model is not None and self.connected() and self.iothread is not None and self.iothread.running
                 and hasattr(self.model, "surprise_remove")):
-            # A host is using it: first detach its namespaces with an AEN so a multipath host
-            # drops these paths cleanly (a path that just dies can fail a bio with EIO instead of
-            # failing it over), then make the removal visible at once (see
+            # A host is still connected: make the removal visible at once (see
             # Controller.surprise_remove) rather than leaving I/O to time out on a closed socket.
-            self._detach_all_for_removal(sub)
             _quiet(self.iothread.run, self.model.surprise_remove)
         if self.server is not None:
             _quiet(self.server.close)

@@ -233,7 +233,9 @@ def test_device_del_one_controller_keeps_namespace_and_other_path(tmp_path: Path
     results: dict[str, Any] = {}
 
     async def remove(qmp: Any) -> None:
-        await qmp.execute("device_del", {"id": "ctrlb"})
+        with qmp.listener("DEVICE_DELETED") as deleted:      # device_del is asynchronous, like QEMU's
+            await qmp.execute("device_del", {"id": "ctrlb"})
+            await asyncio.wait_for(deleted.get(), 10)
         results["attached"] = await qmp.execute("qom-get", {"path": "/objects/ns1", "property": "attached"})
         results["controllers"] = await qmp.execute("qom-get", {"path": "/objects/subsys0",
                                                                "property": "controllers"})
