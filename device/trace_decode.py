@@ -1,4 +1,4 @@
-"""Read trace files written by ``TraceFileWriter``: the logic behind ``scripts/nvtrace.py``.
+"""Read trace files written by ``TraceFileWriter``: the reader behind ``nvtrace`` (``nvshell.nvtrace``).
 
 Why a module and not just a script: the tests (and the shell, should it want to replay
 a recording) use the same reader, filters and summary without a subprocess.
@@ -10,10 +10,8 @@ written, ``--follow``) simply waits for the rest of its bytes.
 
 from __future__ import annotations
 
-import argparse
 import fnmatch
 import json
-import sys
 import time
 from collections import Counter, defaultdict
 from typing import IO, Any, Callable, Iterable, Iterator
@@ -135,51 +133,3 @@ class Summary:
                              f"{s['p99']:>10.1f} {s['max']:>10.1f}"
                              + (f"  errors={s['errors']}" if s.get("errors") else ""))
         return "\n".join(lines)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="nvtrace",
-        description="Decode an nvshell trace file (recorded with -trace file=PATH, msgpack records) "
-                    "into text lines (as the shell prints them), JSON lines, or a summary.",
-        epilog="Examples: nvtrace t.msgpack --name 'nvme_cmd_*'; nvtrace t.msgpack --summary; "
-               "nvtrace t.msgpack --follow --json | jq .",
-    )
-    p.add_argument("file", help="trace file written by nvshell")
-    p.add_argument("--json", action="store_true", help="print one JSON object per record instead of text")
-    p.add_argument("--summary", action="store_true",
-                   help="print counts per trace point and latency percentiles (p50/p90/p99/max, us) "
-                        "per opcode and per queue from nvme_cmd_complete records, instead of the records")
-    p.add_argument("--follow", "-f", action="store_true",
-                   help="keep reading as the file grows (like tail -f); Ctrl-C ends "
-                        "(and prints the summary with --summary)")
-    p.add_argument("--name", metavar="GLOB", help="only records whose trace point name matches GLOB")
-    return p
-
-
-def main(argv: list[str] | None = None, out: IO[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    out = out or sys.stdout
-    summary = Summary() if args.summary else None
-    rc = 0
-    try:
-        for r in filter_names(iter_records(args.file, follow=args.follow), args.name):
-            if summary is not None:
-                summary.feed(r)
-            else:
-                out.write((to_json(r) if args.json else format_record(r)) + "\n")
-                if args.follow:
-                    out.flush()
-    except OSError as e:
-        print(f"nvtrace: {args.file}: {e.strerror or e}", file=sys.stderr)
-        return 2
-    except TraceDecodeError as e:
-        print(f"nvtrace: {args.file}: {e}", file=sys.stderr)
-        rc = 1
-    except KeyboardInterrupt:
-        pass
-    except BrokenPipeError:
-        return 0
-    if summary is not None:
-        out.write(summary.render() + "\n")
-    return rc

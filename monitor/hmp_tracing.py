@@ -218,7 +218,7 @@ def _file_status_text(status: dict[str, Any]) -> str:
 
 
 @hmp_command("trace-file", "op? arg*?", params="[on [PATH]|off|flush]",
-             help="record trace events to a msgpack file (decode with scripts/nvtrace.py); no argument: show state")
+             help="record trace events to a msgpack file (decode with nvtrace); no argument: show state")
 async def hmp_trace_file(ctx: Any, args: dict[str, Any]) -> str:
     op, arg = args["op"], args["arg"]
     if op is None:

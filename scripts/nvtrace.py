@@ -1,10 +1,8 @@
 #!/usr/bin/env python3
-"""nvtrace: decode nvshell trace files (``-trace file=PATH``) as text, JSON lines or a summary.
+"""nvtrace from a source checkout that is not installed: ``python scripts/nvtrace.py ...``.
 
-Usage: python scripts/nvtrace.py FILE [--json] [--summary] [--follow] [--name GLOB]
-(run with --help for details).  The logic lives in ``device.trace_decode`` so that it
-can be tested and reused without a subprocess; this file only makes the repository
-importable when the script is run from a checkout.
+The installed package provides ``nvtrace`` as a console script (``nvshell.nvtrace``); this file
+only puts the repository on the import path first.
 """
 
 from __future__ import annotations
@@ -14,7 +12,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from nvshell.device.trace_decode import main  # noqa: E402
+from nvshell.nvtrace import console_main  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(main())
+    console_main()

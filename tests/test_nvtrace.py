@@ -1,4 +1,4 @@
-"""Trace file decoder (device/trace_decode.py) and the scripts/nvtrace.py command."""
+"""Trace file decoder (device/trace_decode.py) and the nvtrace command (nvshell/nvtrace.py, scripts/nvtrace.py)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from nvshell.device.trace_decode import Summary, TraceDecodeError, filter_names, iter_records, main, to_json
+from nvshell.device.trace_decode import Summary, TraceDecodeError, filter_names, iter_records, to_json
+from nvshell.nvtrace import main
 
 ROOT = Path(__file__).resolve().parent.parent
 
