@@ -102,3 +102,10 @@ def qom_list_properties(ctx: Any, args: dict) -> list:
 @qmp_command("device-list-properties", args=[Arg("typename", "str")], returns=[OBJECT_PROPERTY_INFO])
 def device_list_properties(ctx: Any, args: dict) -> list:
     return jsonable(machine_of(ctx).type_properties(args["typename"]))
+
+
+@qmp_command("x-nvme-query-config", returns="any")
+def query_config(ctx: Any, args: dict) -> dict:
+    """Every object and device as ``-readconfig`` JSON, with effective values (what the guest
+    sees now): save the result to a file and ``nvshell -readconfig FILE`` rebuilds it."""
+    return jsonable(machine_of(ctx).dump_config())

@@ -137,7 +137,7 @@ class Object:
     def set(self, name: str, raw: Any, ctx: Any = None) -> None:
         """Parse and store a value; after completion only ``mutable`` properties may change."""
         p = self.find_property(name)
-        if p.read_only or (p.getter is not None and p.setter is None):
+        if not p.settable:
             raise PropertyError(f"Property '{self.typename}.{name}' is read-only")
         if self.completed and not p.mutable:
             can = [q.name for q in self._static_props().values() if q.mutable]

@@ -377,3 +377,8 @@ class Property:
 
     def is_link(self) -> bool:
         return isinstance(self.type, LinkType)
+
+    @property
+    def settable(self) -> bool:
+        """The user may give it (at creation; afterwards only if ``mutable``)."""
+        return not self.read_only and not (self.getter is not None and self.setter is None)

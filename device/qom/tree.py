@@ -132,7 +132,7 @@ class ObjectTree:
             if key == "id":
                 continue
             p = obj.find_property(key)  # "Property 'T.key' not found"
-            if p.read_only or (p.getter is not None and p.setter is None):
+            if not p.settable:
                 raise PropertyError(f"Property '{typename}.{key}' is read-only")
             obj.set(key, raw, self)
         for p in obj.list_properties():
@@ -278,6 +278,36 @@ class ObjectTree:
                 emit(c, depth + 1)
         emit(self.qom_tree(path), 0)
         return "\n".join(lines) + "\n"
+
+    def dump_config(self) -> dict[str, list[dict[str, Any]]]:
+        """The tree as ``-readconfig`` JSON: ``{"objects": [...], "devices": [...]}``.
+
+        Each entry holds the type, the id and every settable property with its *effective*
+        value (what ``qom-get`` returns), so reading the dump back with ``-readconfig``
+        rebuilds the same device as the guest sees it now (a guest's Format NVM and the
+        namespaces it created included).  Links are written as the target's id, as a user
+        would write them.  Order is creation order, which the reader does not need (it
+        orders by references) but keeps the file readable.
+        """
+        with self.lock:
+            return {"objects": [self._dump(o, "qom-type") for o in self.objects()],
+                    "devices": [self._dump(d, "driver") for d in self.devices()]}
+
+    def _dump(self, obj: Object, type_key: str) -> dict[str, Any]:
+        entry: dict[str, Any] = {type_key: obj.typename}
+        if obj.id:
+            entry["id"] = obj.id
+        for p in obj.registry.properties(obj.typename).values():
+            if not p.settable:
+                continue
+            value = obj.get(p.name)
+            if value is None:
+                continue  # unset and without default: the reader applies the same rule
+            if p.is_link():
+                entry[p.name] = value.id or value.path()
+            else:
+                entry[p.name] = p.type.to_json(value)
+        return entry
 
     def device_properties(self, obj: Object) -> list[tuple[str, str]]:
         """``(name, formatted value)`` of a device's declared properties, for ``info qtree``."""
