@@ -166,13 +166,13 @@ class AdminHost:
         data[26] = flbas
         data[30] = nmic
         self.ram.write(self.buf, bytes(data))
-        return self.run(AdminOpcode.NS_MANAGEMENT, dptr1=self.buf, cdw10=0).dw0
+        return self.run(AdminOpcode.NAMESPACE_MANAGEMENT, dptr1=self.buf, cdw10=0).dw0
 
     def ns_attach(self, nsid: int, cntlids: list[int], detach: bool = False) -> None:
         data = bytearray(PAGE)
         struct.pack_into(f"<H{len(cntlids)}H", data, 0, len(cntlids), *cntlids)
         self.ram.write(self.buf, bytes(data))
-        self.run(AdminOpcode.NS_ATTACHMENT, nsid=nsid, dptr1=self.buf, cdw10=1 if detach else 0)
+        self.run(AdminOpcode.NAMESPACE_ATTACHMENT, nsid=nsid, dptr1=self.buf, cdw10=1 if detach else 0)
 
     def _take_aen(self, entry: Any) -> bool:
         if entry.cid not in self._outstanding_aer:
