@@ -157,8 +157,9 @@ class AdminHost:
                  cdw11=numd >> 16)
         return self.ram.read(self.buf, nbytes)
 
-    def format_nvm(self, nsid: int, lbaf: int) -> None:
-        self.run(AdminOpcode.FORMAT_NVM, nsid=nsid, cdw10=lbaf & 0xF)
+    def format_nvm(self, nsid: int, lbaf: int, *, mset: int = 0, pi: int = 0, pil: int = 0) -> None:
+        cdw10 = (lbaf & 0xF) | (mset << 4) | (pi << 5) | (pil << 8) | ((lbaf >> 4) << 12)
+        self.run(AdminOpcode.FORMAT_NVM, nsid=nsid, cdw10=cdw10)
 
     def ns_create(self, nsze: int, flbas: int = 0, nmic: int = 1) -> int:
         data = bytearray(PAGE)

@@ -54,7 +54,7 @@ def config(file_path: Path) -> dict[str, Any]:
              "attached-to": ["all"]},
             {"qom-type": "x-nvme-ns-nvm", "id": "ns2", "subsys": "subsys0", "size": "4M", "backend": "null",
              "lba-size": 4096, "eui64": NS2_EUI64, "nguid": NS2_NGUID, "mssrl": "16K", "mcl": "64K",
-             "msrc": 8, "attached-to": ["ctrl0"]},
+             "msrc": 8, "ms": 16, "pi": 3, "pif": 2, "attached-to": ["ctrl0"]},
             {"qom-type": "x-nvme-ns-nvm", "id": "ns3", "subsys": "sub2", "file": str(file_path), "nsid": 5,
              "attached-to": ["ctrl1"]},
         ],
@@ -118,13 +118,27 @@ class NsView:
     nsid: int
     idns: bytes
     descriptors: dict[int, bytes]
+    #: I/O Command Set specific Identify Namespace for the NVM command set (CNS 05h, CSI 00h).
+    idns_nvm: bytes
+
+    @property
+    def format_index(self) -> int:
+        flbas = self.idns[26]
+        return (flbas & 0xF) | (((flbas >> 5) & 0x3) << 4)
+
+    @property
+    def lbaf(self) -> int:
+        """The LBA Format entry in use: MS (15:0), LBADS (23:16)."""
+        return struct.unpack_from("<I", self.idns, 128 + 4 * self.format_index)[0]
+
+    @property
+    def elbaf(self) -> int:
+        """The Extended LBA Format entry in use: STS (6:0), PIF (8:7)."""
+        return struct.unpack_from("<I", self.idns_nvm, 12 + 4 * self.format_index)[0]
 
     @property
     def lbads(self) -> int:
-        flbas = self.idns[26]
-        index = (flbas & 0xF) | (((flbas >> 5) & 0x3) << 4)
-        (lbaf,) = struct.unpack_from("<I", self.idns, 128 + 4 * index)
-        return (lbaf >> 16) & 0xFF
+        return (self.lbaf >> 16) & 0xFF
 
     @property
     def nsze(self) -> int:
@@ -159,7 +173,7 @@ class CtrlView:
                 nidt, nidl = raw[pos], raw[pos + 1]
                 desc[nidt] = raw[pos + 4:pos + 4 + nidl]
                 pos += 4 + nidl
-            self.ns[nsid] = NsView(nsid, h.identify(0x00, nsid=nsid), desc)
+            self.ns[nsid] = NsView(nsid, h.identify(0x00, nsid=nsid), desc, h.identify(0x05, nsid=nsid, csi=0))
 
     @property
     def subnqn(self) -> str:
@@ -325,6 +339,26 @@ def _ns_msrc(w: World, inst: Inst, v: Any) -> None:
     eq(v, w.ns_view(inst).idns[80] + 1, f"{inst.id}.msrc vs MSRC (0's based)")
 
 
+def _ns_ms(w: World, inst: Inst, v: Any) -> None:
+    eq(v, w.ns_view(inst).lbaf & 0xFFFF, f"{inst.id}.ms vs the LBA format's MS")
+
+
+def _ns_mset(w: World, inst: Inst, v: Any) -> None:
+    eq(v, (w.ns_view(inst).idns[26] >> 4) & 1, f"{inst.id}.mset vs FLBAS bit 4 (extended LBA)")
+
+
+def _ns_pi(w: World, inst: Inst, v: Any) -> None:
+    eq(v, w.ns_view(inst).idns[29] & 0x7, f"{inst.id}.pi vs DPS bits 2:0")
+
+
+def _ns_pil(w: World, inst: Inst, v: Any) -> None:
+    eq(v, (w.ns_view(inst).idns[29] >> 3) & 1, f"{inst.id}.pil vs DPS bit 3")
+
+
+def _ns_pif(w: World, inst: Inst, v: Any) -> None:
+    eq(v, (w.ns_view(inst).elbaf >> 7) & 0x3, f"{inst.id}.pif vs the Extended LBA format's PIF")
+
+
 def _ns_nlbas(w: World, inst: Inst, v: Any) -> None:
     eq(v, w.ns_view(inst).nsze, f"{inst.id}.nlbas vs NSZE")
 
@@ -396,6 +430,11 @@ CHECKS: dict[tuple[str, str], Check] = {
     ("x-nvme-ns-nvm", "file"): _ns_file,
     ("x-nvme-ns-nvm", "backend"): _ns_backend,
     ("x-nvme-ns-nvm", "lba-size"): _ns_lba_size,
+    ("x-nvme-ns-nvm", "ms"): _ns_ms,
+    ("x-nvme-ns-nvm", "mset"): _ns_mset,
+    ("x-nvme-ns-nvm", "pi"): _ns_pi,
+    ("x-nvme-ns-nvm", "pil"): _ns_pil,
+    ("x-nvme-ns-nvm", "pif"): _ns_pif,
     ("x-nvme-ns-nvm", "mssrl"): _ns_blocks(74, "<H"),
     ("x-nvme-ns-nvm", "mcl"): _ns_blocks(76, "<I"),
     ("x-nvme-ns-nvm", "msrc"): _ns_msrc,
@@ -570,6 +609,15 @@ class Walk:
         assert not self.failures, "\n".join(self.failures)
 
 
+def format_index(idns: bytes, lba_size: int, ms: int) -> int:
+    """The index of the LBA format with this data and metadata size in an Identify Namespace."""
+    for i in range(idns[25] + 1):   # NLBAF is 0's based
+        (entry,) = struct.unpack_from("<I", idns, 128 + 4 * i)
+        if 1 << ((entry >> 16) & 0xFF) == lba_size and entry & 0xFFFF == ms:
+            return i
+    raise AssertionError(f"no LBA format {lba_size}+{ms} in Identify Namespace")
+
+
 @pytest.fixture
 def running(tmp_path: Path):
     backing = tmp_path / "ns3.img"
@@ -602,18 +650,25 @@ def test_every_property_reads_back_what_the_host_sees(running: World) -> None:
     walk.check_qom_set("as configured")
     walk.report()
 
-    # The host formats ns1 to 4 KiB blocks and creates (then attaches) a namespace of its own.
+    # The host formats ns1 to 4 KiB blocks with 8 bytes of interleaved metadata carrying type 1
+    # protection information in its first bytes, and creates (then attaches) a namespace of
+    # its own with 4 KiB blocks; LBA format indexes are looked up as a host does.
     host = w.ctrls["ctrl0"]
-    ns1_nsid = w.insts["ns1"].values["nsid"]
-    host.host.format_nvm(ns1_nsid, lbaf=1)
-    nsid = host.host.ns_create(nsze=1024, flbas=1)
+    view = w.ns_view(w.insts["ns1"])
+    ns1_nsid = view.nsid
+    fmt_pi = format_index(view.idns, 4096, 8)
+    host.host.format_nvm(ns1_nsid, lbaf=fmt_pi, mset=1, pi=1, pil=1)
+    fmt_plain = format_index(view.idns, 4096, 0)
+    nsid = host.host.ns_create(nsze=1024, flbas=(fmt_plain & 0xF) | ((fmt_plain >> 4) << 5))
     host.host.ns_attach(nsid, [host.cntlid])
     walk.run("after Format NVM and Namespace Management")
     walk.report()
     created = [i for i in w.insts.values() if i.type.startswith("x-nvme-ns") and i.values.get("nsid") == nsid
                and i.values["subsys"] == "/objects/subsys0"]
     assert len(created) == 1, f"the host-created namespace {nsid} has no object: {sorted(w.insts)}"
-    assert w.insts["ns1"].values["lba-size"] == 4096 and created[0].values["lba-size"] == 4096
+    ns1 = w.insts["ns1"].values
+    assert (ns1["lba-size"], ns1["ms"], ns1["mset"], ns1["pi"], ns1["pil"]) == (4096, 8, 1, 1, 1), ns1
+    assert created[0].values["lba-size"] == 4096 and created[0].values["ms"] == 0
     assert created[0].values["size"] == 4 << 20 and created[0].values["attached"] == ["ctrl0"]
     walk.check_qom_set("after Format NVM and Namespace Management")
     walk.run("after qom-set")
