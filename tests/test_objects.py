@@ -10,6 +10,7 @@ import pytest
 import nvshell.device.vfio_user.server as server_mod
 from nvshell.device.errors import ObjectError, ObjectNotFound, PropertyError
 from nvshell.device.machine import Machine
+from nvshell.device.nvme.spec import LBA_FORMATS
 
 
 class FakeController:
@@ -285,7 +286,7 @@ def test_config_dump_reads_back_as_the_same_device(m, tmp_path):
     ns = m.object_add("x-nvme-ns-nvm", "ns1", {"size": "1M", "attached-to": ["all"]})
     m.object_add("x-nvme-ns-nvm", "ns2", {"subsys": "subsys0", "size": "1M", "backend": "null",
                                           "attached-to": "ctrl0"})
-    ns.model.format(1)                                   # the guest's Format NVM
+    ns.model.format(LBA_FORMATS.index((12, 0)))                                   # the guest's Format NVM
     dump = m.dump_config()
     nss = {o["id"]: o for o in dump["objects"]}
     assert nss["ns1"]["lba-size"] == 4096 and nss["ns1"]["backend"] == "memory"
