@@ -25,6 +25,8 @@ PAGE = 4096
 QSIZE = 32
 #: CC: EN, CSS 110b (all I/O command sets), MPS 4 KiB, IOSQES 6, IOCQES 4.
 CC_ENABLE = 1 | (6 << 4) | (6 << 16) | (4 << 20)
+FID_ASYNC_EVENT_CONFIG = 0x0B
+AEC_NS_ATTRIBUTE = 1 << 8
 REG_CAP, REG_CC, REG_CSTS, REG_AQA, REG_ASQ, REG_ACQ = 0x00, 0x14, 0x1C, 0x24, 0x28, 0x30
 
 
@@ -63,6 +65,8 @@ class AdminHost:
             self._aens: list[int] = []
             self._outstanding_aer: set[int] = set()
             self.enable()
+            # Asynchronous Event Configuration: namespace attribute notices, as Linux enables them.
+            self.set_features(FID_ASYNC_EVENT_CONFIG, AEC_NS_ATTRIBUTE)
         except BaseException:
             self.client.close()
             raise
@@ -147,6 +151,9 @@ class AdminHost:
         self.ram.write(self.buf, bytes(PAGE))
         self.run(AdminOpcode.IDENTIFY, nsid=nsid, dptr1=self.buf, cdw10=cns | (cntid << 16), cdw11=csi << 24)
         return self.ram.read(self.buf, PAGE)
+
+    def set_features(self, fid: int, cdw11: int) -> int:
+        return self.run(AdminOpcode.SET_FEATURES, cdw10=fid, cdw11=cdw11).dw0
 
     def get_features(self, fid: int, cdw11: int = 0) -> int:
         return self.run(AdminOpcode.GET_FEATURES, cdw10=fid, cdw11=cdw11).dw0
