@@ -14,11 +14,18 @@ the NVMe types registered (``device.objects``), plus:
   goes and ``DEVICE_DELETED`` follows, as QEMU's asynchronous unplug does.
 * guest-made changes (Namespace Management/Attachment) reach the subsystem
   listeners on an IOThread.  A listener must never block (the control plane may be
-  waiting on that IOThread while holding the machine lock), so they are queued with
-  ``defer`` and applied under the lock at the next opportunity: right away when the
-  lock is free, else by the lock holder before any read of the tree.
+  waiting on that IOThread while holding the machine lock), and the object tree
+  belongs to the control plane, so they are queued with ``defer`` and applied under
+  the lock on the control plane: on its loop when one is set
+  (``set_control_plane(loop.call_soon_threadsafe)``, as ``nvshell.main`` does), and
+  in any case before any API call reads the tree.  An IOThread never changes it.
 * convenience: ``attach(ns_id, ctrl_id)`` / ``detach(ns_id, ctrl_id)``,
   ``shutdown()``, and ``default_topology(machine)``.
+* typed queries for the monitor: ``query_controllers()`` and ``query_queues()``
+  return a ``concurrent.futures.Future`` of dataclasses; the tree is read under the
+  machine lock, and whatever belongs to a controller (its counters, its queues) is
+  computed on that controller's IOThread through ``iothread.submit``, never read
+  across threads. The monitor awaits the future without blocking its loop.
 
 Every method raises ``device.errors.NvshellError`` subclasses with QEMU-like messages;
 ``error_class`` gives the QMP class.
@@ -27,11 +34,13 @@ Every method raises ``device.errors.NvshellError`` subclasses with QEMU-like mes
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import logging
 import os
 import threading
 import time
-from typing import Any, Callable
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
 
 from nvshell.device import objects as nvme_objects
 from nvshell.device.faults import FaultSet
@@ -46,6 +55,66 @@ EventCallback = Callable[[str, dict[str, Any]], None]
 #: Namespace List (seconds), and how long it then leaves for the host's rescan.
 REMOVAL_GRACE = 2.0
 RESCAN_GRACE = 0.5
+
+
+@dataclass(frozen=True)
+class ControllerStatus:
+    """One controller for ``x-nvme-query-controllers`` (the shell's toolbar polls it)."""
+
+    id: str
+    subsystem: str
+    cntlid: int
+    socket: str
+    connected: bool
+    #: Host read + write commands completed (SMART counters, read on the IOThread).
+    io_commands: int
+
+
+@dataclass(frozen=True)
+class QueueStatus:
+    """One controller's queues for ``x-nvme-query-queues`` (``Controller.queue_info``)."""
+
+    device: str
+    state: str
+    queues: tuple[dict[str, Any], ...]
+
+
+def _gather(futures: Sequence["concurrent.futures.Future[Any]"],
+            build: Callable[[list[Any]], Any]) -> "concurrent.futures.Future[Any]":
+    """A future of ``build(results)`` once every one of ``futures`` is done (first error wins)."""
+    out: concurrent.futures.Future[Any] = concurrent.futures.Future()
+    remaining = [len(futures)]
+    lock = threading.Lock()
+
+    def one_done(_: Any) -> None:
+        with lock:
+            remaining[0] -= 1
+            if remaining[0]:
+                return
+        try:
+            out.set_result(build([f.result() for f in futures]))
+        except BaseException as exc:
+            out.set_exception(exc)
+
+    if not futures:
+        out.set_result(build([]))
+    for f in futures:
+        f.add_done_callback(one_done)
+    return out
+
+
+def _on_iothread(dev: Any, fn: Callable[[Any], Any], idle: Any) -> "concurrent.futures.Future[Any]":
+    """``fn(controller)`` on the device's IOThread; ``idle`` while it has none (realizing, removed)."""
+    model, iothread = dev.model, dev.iothread
+    if model is None or iothread is None:
+        done: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        done.set_result(idle)
+        return done
+    return iothread.submit(fn, model)
+
+
+def _io_commands(ctrl: Any) -> int:
+    return int(ctrl.stats.host_read_commands + ctrl.stats.host_write_commands)
 
 
 class Machine(ObjectTree):
@@ -64,6 +133,8 @@ class Machine(ObjectTree):
         self.faults = FaultSet(publish=self.publish)
         #: Devices whose asynchronous removal is under way -> the thread finishing it.
         self._unplugging: dict[Object, threading.Thread] = {}
+        #: Schedules a callable on the control plane's loop (None: at the next API call).
+        self._control_plane: Callable[[Callable[[], None]], Any] | None = None
         #: Set by shutdown: pending removals stop waiting for the host.
         self._hurry = threading.Event()
 
@@ -90,14 +161,19 @@ class Machine(ObjectTree):
                 log.exception("event subscriber %r failed on %s", cb, event)
 
     # ------------------------------------------------------- deferred changes
+    def set_control_plane(self, call_soon: Callable[[Callable[[], None]], Any] | None) -> None:
+        """Where deferred tree changes run: e.g. ``loop.call_soon_threadsafe`` of the monitor's loop."""
+        self._control_plane = call_soon
+
     def defer(self, fn: Callable[[], None]) -> None:
         """Queue a tree change from a thread that must not block (see module docstring)."""
         self._deferred.append(fn)
-        if self.lock.acquire(blocking=False):
+        call_soon = self._control_plane
+        if call_soon is not None:
             try:
-                self._run_deferred()
-            finally:
-                self.lock.release()
+                call_soon(self.sync)
+            except RuntimeError:          # the loop is closed: the next API call applies it
+                pass
 
     def _run_deferred(self) -> None:
         while self._deferred:
@@ -200,6 +276,38 @@ class Machine(ObjectTree):
         """Ids (or paths) of the devices whose removal is still under way."""
         with self.lock:
             return [o.id or o.path() for o in self._unplugging]
+
+    # ------------------------------------------------------- typed queries
+    def _controllers(self, device: str | None = None) -> list[nvme_objects.ControllerDevice]:
+        """Every controller, or the one named ``device`` (ObjectNotFound / ObjectError); lock held."""
+        self._run_deferred()
+        if device is None:
+            return [d for d in super().devices() if isinstance(d, nvme_objects.ControllerDevice)]
+        dev = self.lookup_device(device)
+        if not isinstance(dev, nvme_objects.ControllerDevice):
+            raise ObjectError(f"Device '{device}' is not an NVMe controller")
+        return [dev]
+
+    def query_controllers(self) -> "concurrent.futures.Future[list[ControllerStatus]]":
+        """Every controller's identity and connection state, and its I/O counter."""
+        with self.lock:
+            rows = []
+            for dev in self._controllers():
+                sub = dev.subsys_obj()
+                rows.append((dev, dict(id=dev.id or dev.path(), subsystem=(sub.id or sub.path()) if sub else "",
+                                       cntlid=int(dev.get_json("cntlid") or 0), socket=dev.socket_path or "",
+                                       connected=dev.connected())))
+            counters = [_on_iothread(dev, _io_commands, 0) for dev, _ in rows]
+        return _gather(counters, lambda counts: [ControllerStatus(**fields, io_commands=n)
+                                                 for (_, fields), n in zip(rows, counts)])
+
+    def query_queues(self, device: str | None = None) -> "concurrent.futures.Future[list[QueueStatus]]":
+        """Each controller's (or ``device``'s) queues, computed on its IOThread."""
+        with self.lock:
+            devs = self._controllers(device)
+            heads = [(dev.id or dev.path(), "connected" if dev.connected() else "waiting") for dev in devs]
+            queues = [_on_iothread(dev, lambda c: tuple(c.queue_info()), ()) for dev in devs]
+        return _gather(queues, lambda qs: [QueueStatus(name, state, q) for (name, state), q in zip(heads, qs)])
 
     def qom_list(self, path: str) -> list[dict[str, str]]:
         with self.lock:
@@ -331,4 +439,4 @@ def default_topology(machine: Machine) -> None:
                                                          "attached-to": ["all"]})
 
 
-__all__ = ["Machine", "default_topology", "NvshellError", "ObjectError", "ObjectNotFound", "PropertyError"]
+__all__ = ["Machine", "ControllerStatus", "QueueStatus", "default_topology", "NvshellError", "ObjectError", "ObjectNotFound", "PropertyError"]

@@ -11,7 +11,8 @@ import asyncio
 from typing import Any
 
 from nvshell.device.qom.properties import BoolType, EnumType, IntType, ListType
-from nvshell.monitor.errors import DeviceNotFound, GenericError
+from nvshell.monitor.errors import GenericError
+from nvshell.monitor.jsonify import jsonable
 from nvshell.monitor.registry import Arg, qmp_command
 
 TYPE_SUBSYSTEM = "x-nvme-subsystem"
@@ -120,52 +121,18 @@ def query_namespaces(ctx: Any, args: dict) -> list[dict[str, Any]]:
     return [namespace_info(o) for o in _machine(ctx).objects() if o.is_a(TYPE_NS)]
 
 
-def io_commands(model: Any) -> int:
-    """Read and write commands completed so far (the controller's SMART counters)."""
-    if model is None:          # the device is being created or removed
-        return 0
-    return model.stats.host_read_commands + model.stats.host_write_commands
-
-
 @qmp_command("x-nvme-query-controllers", returns=["any"])
-def query_controllers(ctx: Any, args: dict) -> list[dict[str, Any]]:
-    """Every controller: id, subsystem, cntlid, socket, connected, io-commands (cheap: toolbar)."""
-    out = []
-    for d in _machine(ctx).devices():
-        if not d.is_a(TYPE_CTRL):
-            continue
-        sub = _subsystem_of(d)
-        out.append({"id": _name(d), "subsystem": _name(sub) if sub is not None else None,
-                    "cntlid": _get(d, "cntlid"), "socket": _get(d, "socket"),
-                    "connected": bool(_get(d, "connected", False)),
-                    "io-commands": io_commands(d.model)})
-    return out
-
-
-def _controller(m: Any, device: str) -> Any:
-    for d in m.devices():
-        if d.id == device:
-            if not d.is_a(TYPE_CTRL):
-                raise GenericError(f"Device '{device}' is not an NVMe controller")
-            return d
-    raise DeviceNotFound(f"Device '{device}' not found")
+async def query_controllers(ctx: Any, args: dict) -> list[dict[str, Any]]:
+    """Every controller: id, subsystem, cntlid, socket, connected, io-commands (cheap: toolbar).
+    ``Machine.query_controllers`` reads the counters on each controller's IOThread."""
+    return jsonable(await asyncio.wrap_future(_machine(ctx).query_controllers()))
 
 
 @qmp_command("x-nvme-query-queues", args=[Arg("device", "str", optional=True)], returns=["any"])
 async def query_queues(ctx: Any, args: dict) -> list[dict[str, Any]]:
     """Per controller (or just ``device``): its queues from ``Controller.queue_info()``,
-    run on the controller's IOThread (the only thread that may read queue state)."""
-    m = _machine(ctx)
-    ctrls = [_controller(m, args["device"])] if "device" in args else [d for d in m.devices() if d.is_a(TYPE_CTRL)]
-    out = []
-    for d in ctrls:
-        model, iothread = d.model, d.iothread
-        queues: list[dict[str, Any]] = []
-        if model is not None and iothread is not None:  # None while created or removed
-            queues = list(await asyncio.wrap_future(iothread.submit(model.queue_info)))
-        out.append({"device": _name(d), "state": "connected" if _get(d, "connected") else "waiting",
-                    "queues": queues})
-    return out
+    computed on the controller's IOThread (the only thread that may read queue state)."""
+    return jsonable(await asyncio.wrap_future(_machine(ctx).query_queues(args.get("device"))))
 
 
 # ---------------------------------------------------------------------------------------

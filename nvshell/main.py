@@ -135,6 +135,7 @@ async def serve(args: argparse.Namespace, run_dir: Path, specs: "cmdline.Specs",
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     machine = Machine(run_dir)
+    machine.set_control_plane(loop.call_soon_threadsafe)   # guest-made tree changes run on this loop
     servers: list[QMPServer] = []
     try:
         if specs.empty:

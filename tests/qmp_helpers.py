@@ -106,6 +106,8 @@ class MonitorThread:
         self.server, self.ctx, self.tcp = self.call(self._start(max_message))
 
     async def _start(self, max_message: Optional[int]) -> tuple:
+        if hasattr(self.machine, "set_control_plane"):
+            self.machine.set_control_plane(asyncio.get_running_loop().call_soon_threadsafe)
         ctx = MonitorContext(machine=self.machine, request_shutdown=self._on_shutdown, trace=self.trace)
         kwargs = {} if max_message is None else {"max_message": max_message}
         server = QMPServer(ctx, **kwargs)

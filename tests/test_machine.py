@@ -79,3 +79,24 @@ def test_second_controller_and_removal(m, tmp_path):
     assert not (tmp_path / "ctrl0.sock").exists()
     assert active_nsids(m, "ctrl1") == [1]
     assert m.qom_get("/objects/subsys0", "controllers") == ["ctrl1"]
+
+
+def test_queries_read_controller_state_on_its_iothread(m, monkeypatch) -> None:
+    """query_controllers / query_queues: typed results, controller state read on its IOThread."""
+    from nvshell.device import machine as machine_mod
+    seen: list[str] = []
+    real = machine_mod._io_commands
+
+    def recording(ctrl):
+        seen.append(threading.current_thread().name)
+        return real(ctrl)
+    monkeypatch.setattr(machine_mod, "_io_commands", recording)
+    default_topology(m)
+    (row,) = m.query_controllers().result(5)
+    assert isinstance(row, machine_mod.ControllerStatus)
+    assert (row.id, row.subsystem, row.cntlid, row.connected, row.io_commands) == ("ctrl0", "subsys0", 1, False, 0)
+    assert seen == ["iothread-ctrl0"]
+    (q,) = m.query_queues("ctrl0").result(5)
+    assert q.device == "ctrl0" and q.state == "waiting" and q.queues == ()
+    with pytest.raises(machine_mod.ObjectNotFound, match="Device 'nope' not found"):
+        m.query_queues("nope")

@@ -229,6 +229,7 @@ def test_guest_created_namespace_is_mirrored(m):
     assert m.qom_get("/objects/s", "namespaces") == [f"ns-auto-{nsid}"]
     sub.remove_namespace(nsid)
     sub.notify("namespace-deleted", nsid, ns, None)
+    m.sync()                       # no control-plane loop here: apply the queued guest change
     assert m.find_object(f"ns-auto-{nsid}") is None
 
 
@@ -306,3 +307,19 @@ def test_config_dump_reads_back_as_the_same_device(m, tmp_path):
         assert m2.dump_config() == dump
     finally:
         m2.shutdown()
+
+
+def test_guest_changes_run_on_the_control_plane_not_the_iothread(m):
+    """A subsystem listener's tree change is handed to the control plane's scheduler."""
+    from nvshell.device.backends import MemoryBackend
+    from nvshell.device.nvme.namespace import NvmNamespace
+    scheduled = []
+    m.set_control_plane(scheduled.append)
+    m.object_add("x-nvme-subsystem", "s", {})
+    sub = m.find_object("s").model
+    ns = NvmNamespace(MemoryBackend(1 << 20))
+    nsid = sub.add_namespace(ns)
+    sub.notify("namespace-created", nsid, ns, None)
+    assert m.find_object(f"ns-auto-{nsid}") is None and scheduled == [m.sync]   # not applied by the notifier
+    scheduled[0]()                                                              # the loop runs it
+    assert m.find_object(f"ns-auto-{nsid}") is not None
