@@ -5,16 +5,22 @@ while nc/socat users send newlines and split lines; so messages are delimited by
 bracket depth, skipping strings and escapes, like QEMU's json-streamer.  A message is
 decoded only once it is complete.
 
-Error recovery follows QEMU's parser, which resets on errors: a byte that cannot
-appear outside a JSON string (binary garbage) yields one parse error and drops the
-partial message; parsing resumes with the next plausible byte.  Too deep nesting
-yields one error for the whole (skipped) message.  A message growing past
-``max_size`` without completing is fatal: the session reports it and closes.
+Error recovery follows QEMU's lexer, which resets on errors: a byte that cannot
+appear where it is (binary garbage, an ASCII control character -- also inside a
+string --, 0xFE/0xFF, an upper-case letter outside a string other than an
+exponent's ``E``) yields one parse error and drops the partial message; parsing
+resumes with the next plausible byte.  So an arrow key typed into socat
+(``ESC [ A``) costs two parse errors instead of opening an array that swallows
+every later command.  Too deep nesting yields one error for the whole (skipped)
+message.  A number JSON can carry but a reply cannot (``1e400`` is infinity) is a
+parse error.  A message growing past ``max_size`` without completing is fatal:
+the session reports it and closes.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass
 from typing import Any, Union
@@ -27,9 +33,16 @@ _OPEN = frozenset(b"{[")
 _CLOSE = frozenset(b"}]")
 _BARE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+.-,:}]")
 # inside a message (outside strings): the next byte that is not plain token material
-_OUT = re.compile(rb"[^ \t\r\n,:A-Za-z0-9+.\-]")
-# inside a string: the next quote or backslash
-_IN = re.compile(rb'["\\]')
+# (keywords are lower case; an upper-case letter is matched and checked: only an
+# exponent's E is valid)
+_OUT = re.compile(rb"[^ \t\r\n,:a-z0-9+.\-]")
+# inside a string: the next quote or backslash, or a byte that cannot be in a string
+_IN = re.compile(rb'["\\\x00-\x1f\xfe\xff]')
+_DIGITS = frozenset(b"0123456789")
+# after an error: where to start again (as QEMU's lexer: the start of an object or
+# array, or just after a control character such as the newline ending the bad line)
+_RESYNC = re.compile(rb"[\[{\x00-\x08\x0a-\x1f]")
+_E = 0x45
 # end of a bare top-level token (a scalar or stray punctuation)
 _BARE_END = re.compile(rb"[^A-Za-z0-9+.\-,:}\]]")
 
@@ -60,6 +73,13 @@ def _no_constants(name: str) -> Any:
     raise ValueError(f"invalid literal '{name}'")
 
 
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number '{text}' is out of range")
+    return value
+
+
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict:
     result: dict = {}
     for key, value in pairs:
@@ -76,7 +96,8 @@ def decode(raw: bytes) -> Item:
     except UnicodeDecodeError:
         return ParseError("JSON parse error, invalid UTF-8 sequence in string")
     try:
-        return Message(json.loads(text, parse_constant=_no_constants, object_pairs_hook=_no_duplicates))
+        return Message(json.loads(text, parse_constant=_no_constants, parse_float=_finite,
+                                  object_pairs_hook=_no_duplicates))
     except json.JSONDecodeError as exc:
         return ParseError(f"JSON parse error, {exc.msg}")
     except ValueError as exc:
@@ -93,6 +114,8 @@ class JSONStreamParser:
         self.max_depth = max_depth
         self.failed = False
         self._after_garbage = False
+        #: After an error, bytes are skipped up to a resynchronisation point (see _RESYNC).
+        self._recovering = False
         self._reset()
 
     def _reset(self) -> None:
@@ -104,6 +127,17 @@ class JSONStreamParser:
         self._in_string = False
         self._escape = False
         self._discard: str | None = None
+
+    def _after_digit(self, data: bytes, pos: int, start: int) -> bool:
+        """The byte before ``pos`` (in ``data`` or the held part of the message) is a digit."""
+        if pos > start:
+            return data[pos - 1] in _DIGITS
+        return bool(self._buf) and self._buf[-1] in _DIGITS
+
+    def discard(self) -> None:
+        """Drop the partial message (the session is gone: free its buffer now)."""
+        self._reset()
+        self.failed = True
 
     @property
     def pending(self) -> int:
@@ -134,6 +168,7 @@ class JSONStreamParser:
             if not self._after_garbage:
                 out.append(ParseError(f"JSON parse error, stray '{_stray(data[pos])}'"))
             self._after_garbage = True
+            self._recovering = True
             self._reset()
             start = pos + 1
 
@@ -148,12 +183,23 @@ class JSONStreamParser:
                     i = n
                     break
                 i = m.end()
-                if data[m.start()] == 0x5C:
+                b = data[m.start()]
+                if b == 0x5C:
                     self._escape = True
+                elif b != 0x22:
+                    garbage(m.start())
                 else:
                     self._in_string = False
                     if self._depth == 0:
                         complete(i)
+                continue
+            if not self._active and self._recovering:
+                m = _RESYNC.search(data, i)
+                if m is None:
+                    i = start = n
+                    break
+                self._recovering = False
+                i = start = m.start() if data[m.start()] in _OPEN else m.end()
                 continue
             if not self._active:
                 b = data[i]
@@ -200,6 +246,8 @@ class JSONStreamParser:
                     complete(i)
             elif b == 0x22:
                 self._in_string = True
+            elif b == _E and self._after_digit(data, m.start(), start):
+                pass
             else:
                 garbage(m.start())
                 i = m.start() + 1

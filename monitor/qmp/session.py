@@ -32,8 +32,19 @@ from nvshell.monitor.registry import Registry
 log = logging.getLogger("nvshell.monitor.qmp")
 
 READ_SIZE = 65536
-#: A client that does not read its events is dropped once this much output is queued.
-MAX_OUTPUT_BUFFER = 64 * 1024 * 1024
+# Memory a QMP client can make us hold (issue 13: "bound memory per session and in
+# total"). Input: at most ``max_message`` (10 MiB) of one unfinished message per
+# session and MAX_TOTAL_INPUT over all sessions; the session that would pass the
+# total is told and closed. Output: replies are flow-controlled -- past
+# OUTPUT_HIGH_WATER queued bytes the session stops reading requests until the
+# client reads -- and events, which cannot wait, are capped per session at
+# MAX_OUTPUT_BUFFER or an equal share of MAX_TOTAL_OUTPUT, whichever is smaller
+# (but at least MIN_OUTPUT_BUFFER); a client over its cap is dropped.
+MAX_TOTAL_INPUT = 64 * 1024 * 1024
+OUTPUT_HIGH_WATER = 1024 * 1024
+MAX_OUTPUT_BUFFER = 16 * 1024 * 1024
+MAX_TOTAL_OUTPUT = 64 * 1024 * 1024
+MIN_OUTPUT_BUFFER = 2 * OUTPUT_HIGH_WATER
 NEGOTIATION_EXPECTED = "Expecting capabilities negotiation with 'qmp_capabilities'"
 
 
@@ -90,6 +101,11 @@ def parse_request(value: Any) -> tuple[str, Optional[dict], bool, Any]:
 class QMPSession:
     """Serve one connected client until it leaves or the server closes."""
 
+    #: Bytes of unfinished input held by all sessions, and how many sessions are open
+    #: (the monitor is one asyncio loop: plain class attributes suffice).
+    input_total = 0
+    live = 0
+
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, registry: Registry, ctx: Any,
                  *, peer: str = "", max_message: int = MAX_MESSAGE,
                  on_close: Optional[Callable[["QMPSession"], None]] = None) -> None:
@@ -102,6 +118,11 @@ class QMPSession:
         self._held_events: list[dict] = []
         self._on_close = on_close
         self._close_callbacks: list[Callable[["QMPSession"], None]] = []
+        self._input_held = 0
+        QMPSession.live += 1
+        transport = writer.transport
+        if transport is not None:
+            transport.set_write_buffer_limits(high=OUTPUT_HIGH_WATER)
 
     # -- output ---------------------------------------------------------------
     def _write(self, message: dict) -> bool:
@@ -119,11 +140,24 @@ class QMPSession:
             self.abort()
             return False
         transport = self.writer.transport
-        if transport is not None and transport.get_write_buffer_size() > MAX_OUTPUT_BUFFER:
+        if transport is not None and transport.get_write_buffer_size() > self.output_cap():
             log.warning("QMP client %s does not read its output; dropping it", self.peer)
             self.abort()
             return False
         return True
+
+    @staticmethod
+    def output_cap() -> int:
+        """Queued output above which a session is dropped (see MAX_TOTAL_OUTPUT)."""
+        share = MAX_TOTAL_OUTPUT // max(1, QMPSession.live)
+        return max(MIN_OUTPUT_BUFFER, min(MAX_OUTPUT_BUFFER, share))
+
+    def _account_input(self) -> bool:
+        """Track this session's unfinished input in the total; False if over the limit."""
+        held = self.parser.pending
+        QMPSession.input_total += held - self._input_held
+        self._input_held = held
+        return QMPSession.input_total <= MAX_TOTAL_INPUT
 
     def deliver_event(self, event: dict) -> None:
         """Called on the loop thread for every monitor event."""
@@ -166,7 +200,13 @@ class QMPSession:
                     break
                 if not data:
                     break
-                for item in self.parser.feed(data):
+                items = self.parser.feed(data)
+                if not self._account_input():
+                    log.warning("QMP client %s: unfinished input of all clients exceeds %d bytes; dropping it",
+                                self.peer, MAX_TOTAL_INPUT)
+                    items.append(ParseError(f"JSON parse error, the monitor holds more than {MAX_TOTAL_INPUT} "
+                                            "bytes of unfinished input", fatal=True))
+                for item in items:
                     if isinstance(item, ParseError):
                         self._reply(False, None, error=GenericError(item.desc))
                         if item.fatal:
@@ -175,6 +215,8 @@ class QMPSession:
                             break
                     else:
                         await self._handle(item)
+                        if self._output_queued() > OUTPUT_HIGH_WATER:
+                            await self._flush()  # wait for the client to read: replies never pile up
                     if self.state is SessionState.CLOSED:
                         break
                 await self._flush()
@@ -184,6 +226,10 @@ class QMPSession:
             log.exception("QMP session %s failed", self.peer)
         finally:
             self.close()
+
+    def _output_queued(self) -> int:
+        transport = self.writer.transport
+        return transport.get_write_buffer_size() if transport is not None else 0
 
     async def _flush(self) -> None:
         if self.state is SessionState.CLOSED or self.writer.is_closing():
@@ -238,6 +284,12 @@ class QMPSession:
         if self.state is SessionState.CLOSED:
             return
         self.state = SessionState.CLOSED
+        QMPSession.live -= 1
+        # Free what the client made us hold now, not when a GC pass breaks the
+        # asyncio reference cycles around a closed connection.
+        self.parser.discard()
+        self._account_input()
+        self._held_events = []
         try:
             self.writer.close()
         except Exception:
