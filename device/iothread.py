@@ -21,6 +21,7 @@ next to no CPU while a busy one reacts within microseconds.
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import heapq
 import itertools
@@ -34,6 +35,32 @@ from typing import Any, Callable, TypeVar
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+#: How long ``run``/``call`` wait for an IOThread by default. Every wait on an
+#: IOThread has a bound: a stuck one (a bug, a blocking write) must cost the caller
+#: an error, never a monitor that stops answering.
+CALL_TIMEOUT = 10.0
+
+
+class IOThreadTimeout(TimeoutError):
+    """An IOThread did not run a request in time (QMP answers it as a GenericError)."""
+
+    error_class = "GenericError"
+
+
+async def wait_future(future: "concurrent.futures.Future[T]", what: str, timeout: float | None = None) -> T:
+    """Await a future an IOThread completes (``submit``, or several gathered), at most
+    ``timeout`` (CALL_TIMEOUT) seconds; then ``IOThreadTimeout`` naming ``what``."""
+    limit = CALL_TIMEOUT if timeout is None else timeout
+    try:
+        return await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(future)), limit)
+    except TimeoutError:
+        if future.done() and not future.cancelled():
+            raise  # the work itself raised a TimeoutError
+        future.cancel()
+        log.warning("%s not done within %g s", what, limit)
+        raise IOThreadTimeout(f"an IOThread did not answer within {limit:g} s (busy or stuck): "
+                              f"{what} abandoned") from None
 
 #: After the last useful poll, keep spinning (timeout 0) for this long.
 BUSY_SPIN = 0.002
@@ -118,9 +145,30 @@ class IOThread:
             self.call_soon(call)
         return future
 
-    def run(self, fn: Callable[..., T], *args: Any, timeout: float = 10.0) -> T:
-        """``submit`` and wait for the result (directly when already on the thread)."""
-        return self.submit(fn, *args).result(timeout)
+    def run(self, fn: Callable[..., T], *args: Any, timeout: float | None = None) -> T:
+        """``submit`` and wait at most ``timeout`` (CALL_TIMEOUT) for the result
+        (directly when already on the thread); ``IOThreadTimeout`` if it does not come."""
+        future = self.submit(fn, *args)
+        limit = CALL_TIMEOUT if timeout is None else timeout
+        try:
+            return future.result(limit)
+        except TimeoutError:
+            if future.done():
+                raise  # fn itself raised a TimeoutError
+            raise self._gave_up(future, fn, limit) from None
+
+    async def call(self, fn: Callable[..., T], *args: Any, timeout: float | None = None) -> T:
+        """``run`` for asyncio callers (the monitor): awaits without blocking the loop."""
+        name = getattr(fn, "__qualname__", None) or repr(fn)
+        return await wait_future(self.submit(fn, *args), f"{name} on IOThread '{self.name}'", timeout)
+
+    def _gave_up(self, future: "concurrent.futures.Future[Any]", fn: Callable[..., Any],
+                 limit: float) -> IOThreadTimeout:
+        future.cancel()  # if it has not started, it never will
+        name = getattr(fn, "__qualname__", None) or repr(fn)
+        log.warning("IOThread %s: %s not done within %g s", self.name, name, limit)
+        return IOThreadTimeout(f"IOThread '{self.name}' did not answer within {limit:g} s "
+                               f"(busy or stuck); {name} abandoned")
 
     def call_soon(self, fn: Callable[[], Any]) -> None:
         """Queue ``fn`` to run on the IOThread; thread-safe, never blocks."""

@@ -7,9 +7,9 @@ same data over the socket, and scripts can consume it as JSON.  Results are plai
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
+from nvshell.device.iothread import wait_future
 from nvshell.device.qom.properties import BoolType, EnumType, IntType, ListType
 from nvshell.monitor.errors import GenericError
 from nvshell.monitor.jsonify import jsonable
@@ -125,14 +125,15 @@ def query_namespaces(ctx: Any, args: dict) -> list[dict[str, Any]]:
 async def query_controllers(ctx: Any, args: dict) -> list[dict[str, Any]]:
     """Every controller: id, subsystem, cntlid, socket, connected, io-commands (cheap: toolbar).
     ``Machine.query_controllers`` reads the counters on each controller's IOThread."""
-    return jsonable(await asyncio.wrap_future(_machine(ctx).query_controllers()))
+    return jsonable(await wait_future(_machine(ctx).query_controllers(), "x-nvme-query-controllers"))
 
 
 @qmp_command("x-nvme-query-queues", args=[Arg("device", "str", optional=True)], returns=["any"])
 async def query_queues(ctx: Any, args: dict) -> list[dict[str, Any]]:
     """Per controller (or just ``device``): its queues from ``Controller.queue_info()``,
-    computed on the controller's IOThread (the only thread that may read queue state)."""
-    return jsonable(await asyncio.wrap_future(_machine(ctx).query_queues(args.get("device"))))
+    computed on the controller's IOThread (the only thread that may read queue state);
+    the wait is bounded (``IOThreadTimeout``: a clear error, not a silent monitor)."""
+    return jsonable(await wait_future(_machine(ctx).query_queues(args.get("device")), "x-nvme-query-queues"))
 
 
 # ---------------------------------------------------------------------------------------

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import logging
 import os
 import signal
+import stat
 import sys
 from pathlib import Path
 
@@ -95,14 +97,31 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def prepare_run_dir(path: Path) -> Path:
-    """Create the run directory owner-only; refuse one that others can write to."""
+    """Create the run directory owner-only, or check an existing one; never fix one up.
+
+    Why refuse rather than chmod: ``--run-dir /tmp`` would lock every other user out
+    of /tmp, and a symlink planted by another user at the default
+    ``/tmp/nvshell-$UID`` would have us chmod (and put our sockets in) whatever it
+    points to. An existing directory must be a real directory (not a symlink), ours,
+    and closed to group and others; otherwise nvshell stops with this error.
+    """
     path = path.expanduser()
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    st = path.stat()
+    if path.parent != path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(mode=0o700)
+    except FileExistsError:
+        pass
+    st = path.lstat()
+    if stat.S_ISLNK(st.st_mode):
+        raise NvshellError(f"run directory {path} is a symbolic link; give a real directory (--run-dir)")
+    if not stat.S_ISDIR(st.st_mode):
+        raise NvshellError(f"run directory {path} exists and is not a directory")
     if st.st_uid != os.getuid():
-        raise NvshellError(f"run directory {path} belongs to another user")
+        raise NvshellError(f"run directory {path} belongs to another user (uid {st.st_uid})")
     if st.st_mode & 0o077:
-        os.chmod(path, 0o700)
+        raise NvshellError(f"run directory {path} is open to group or others (mode {stat.S_IMODE(st.st_mode):04o}); "
+                           "use a private directory (mode 0700) or a new path")
     return path
 
 
@@ -151,6 +170,10 @@ async def serve(args: argparse.Namespace, run_dir: Path, specs: "cmdline.Specs",
             server = QMPServer(ctx)
             await server.listen(address)
             servers.append(server)
+            if address.kind == "tcp" and not _loopback(address.host):
+                print(f"nvshell: warning: QMP on {server.describe()} has no authentication: anyone who can "
+                      "reach it controls nvshell (opens and truncates files, creates sockets, quits); "
+                      "see README, 'What a QMP client can do'", file=sys.stderr)
         for sig in (signal.SIGTERM, signal.SIGHUP):
             loop.add_signal_handler(sig, stop.set)
         # SIGINT: cancel the shell's running command, else stop cleanly like SIGTERM (status 0).
@@ -198,6 +221,18 @@ def _apply_trace_options(ctx: MonitorContext, options: list[str]) -> None:
     # Called even without -trace: it installs the tracing sinks (latency statistics).
     from nvshell.monitor.trace_options import apply_trace_options
     apply_trace_options(ctx, options)
+
+
+def _loopback(host: str | None) -> bool:
+    """``host`` only accepts connections from this machine (no host: every interface)."""
+    if not host:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a name: it may resolve to anything
 
 
 def _announce(machine: Machine, servers: list[QMPServer], *, quiet: bool) -> None:

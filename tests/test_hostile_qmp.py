@@ -132,3 +132,34 @@ def test_replies_to_a_client_that_does_not_read_are_flow_controlled(mon):
         got += 1
     assert got >= count
     alive(mon)
+
+
+def test_a_stuck_iothread_costs_a_clear_error_not_a_silent_monitor(tmp_path, monkeypatch):
+    import threading
+
+    from nvshell.cmdline import default_topology
+    from nvshell.device import iothread as IOT
+    from nvshell.device.machine import Machine
+
+    machine = Machine(str(tmp_path))
+    default_topology(machine)
+    mon = MonitorThread(tmp_path, machine)
+    release = threading.Event()
+    try:
+        c = RawClient(mon.unix_path)
+        assert c.cmd("x-nvme-query-queues")["return"][0]["device"] == "ctrl0"
+        monkeypatch.setattr(IOT, "CALL_TIMEOUT", 0.5)
+        machine.lookup_device("ctrl0").iothread.call_soon(lambda: release.wait(10))  # wedge it
+        t0 = time.monotonic()
+        reply = c.cmd("x-nvme-query-queues")
+        assert time.monotonic() - t0 < 3
+        assert reply["error"]["class"] == "GenericError"
+        assert "did not answer within 0.5 s" in reply["error"]["desc"], reply
+        assert c.cmd("query-status")["return"]["running"] is True  # the monitor goes on
+        release.set()
+        monkeypatch.setattr(IOT, "CALL_TIMEOUT", 10.0)
+        assert c.cmd("x-nvme-query-queues")["return"][0]["device"] == "ctrl0"
+        c.close()
+    finally:
+        release.set()
+        mon.stop()
