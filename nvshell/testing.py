@@ -51,7 +51,7 @@ class NvshellProcess:
         self.log_path = self.run_dir.parent / f"{self.run_dir.name}.log"
 
     def start(self, wait_for: list[str] | None = None, timeout: float = 20.0) -> "NvshellProcess":
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # nvshell refuses an open one
         self._log = open(self.log_path, "w")
         self.proc = subprocess.Popen([sys.executable, "-m", "nvshell", *self.args], cwd=self.run_dir.parent, env=self.env,
                                      stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT, text=True)

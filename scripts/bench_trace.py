@@ -124,7 +124,7 @@ class TreeProcess(NvshellProcess):
         self.tree = tree
 
     def start(self, wait_for: list[str] | None = None, timeout: float = 20.0) -> "TreeProcess":
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._log = open(self.log_path, "w")
         self.proc = subprocess.Popen([sys.executable, "-m", "nvshell", *self.args], cwd=self.tree, env=self.env,
                                      stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT, text=True)
