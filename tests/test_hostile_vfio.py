@@ -9,6 +9,7 @@ import fcntl
 import logging
 import os
 import stat
+import statistics
 import time
 
 import pytest
@@ -269,8 +270,9 @@ def test_65535_dma_maps_in_bounded_time(guest):
     h, _ = dma_map(c, (5 << 13) + 0x800, 0x1000)  # overlaps an existing map: found by bisection
     assert errno_of(h) == E.EEXIST
     # bounded: the last maps cost about what the first did (with a scan per map the
-    # rate fell 14x by 8000 maps)
-    first, last = sum(timings[1:101]) / 100, sum(timings[-100:]) / 100
+    # rate fell 14x by 8000 maps). Medians: a shared machine's scheduling noise hits
+    # single windows, not the typical one.
+    first, last = statistics.median(timings[1:101]), statistics.median(timings[-100:])
     assert last < 4 * first + 0.002, (first, last, total)
     assert total < 60, total
     assert errno_of(dma_unmap(c, 0, 0, flags=P.DmaUnmapFlag.ALL)[0]) == 0
