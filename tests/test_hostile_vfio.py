@@ -341,3 +341,32 @@ def test_a_former_client_cannot_ring_the_next_clients_doorbells(tmp_path):
     finally:
         old_db.close()
         g.close()
+
+
+def test_the_region_table_agrees_with_a_brute_force_model():
+    """Seeded random maps/unmaps (bucket splits and empty buckets included) against a dict."""
+    import random
+
+    from nvshell.device.vfio_user.dma import DmaMapError, GuestMemory
+    rng = random.Random(13)
+    mem, ref = GuestMemory(), {}
+    for _ in range(6000):
+        addr, size = rng.randrange(0, 3000) * 0x1000, rng.choice([0x1000, 0x3000])
+        if rng.random() < 0.65:
+            overlaps = any(a < addr + size and addr < a + s for a, s in ref.items())
+            try:
+                mem.map(addr, size, None, 0, 3)
+                assert not overlaps
+                ref[addr] = size
+            except DmaMapError:
+                assert overlaps
+        elif ref:
+            addr = rng.choice(list(ref))
+            mem.unmap(addr, ref.pop(addr))
+    assert len(mem) == len(ref) and [(r.addr, r.size) for r in mem.regions] == sorted(ref.items())
+    for addr in range(0, 3010 * 0x1000, 0x800):
+        region = mem.region_at(addr)
+        want = [a for a, s in ref.items() if a <= addr < a + s]
+        assert (region.addr if region else None) == (want[0] if want else None), hex(addr)
+    mem.unmap_all()
+    assert len(mem) == 0 and mem.region_at(0) is None
