@@ -46,7 +46,8 @@ from nvshell.device.faults import AEN_KINDS, AEN_WARNING_BITS, FaultRule, FaultS
 from nvshell.device.nvme.spec import LBA_OPCODES, opcode_label
 from nvshell.device.nvme.commands import DEFERRED, Command
 from nvshell.device.nvme.spec import AsyncEventType, LogPage, NoticeInfo
-from nvshell.device.nvme.status import NvmeError, Status
+from nvshell.device.nvme import nvm_uncorrectable
+from nvshell.device.nvme.status import SCT, NvmeError, Status
 
 if TYPE_CHECKING:
     from nvshell.device.nvme.controller import Controller
@@ -190,6 +191,10 @@ class FaultInjector:
 
     # ------------------------------------------------------------- actions
     def _do_status(self, rule: FaultRule, cmd: Command) -> Any:
+        if rule.status >> 8 == SCT.MEDIA and cmd.sqid and cmd.opcode in LBA_OPCODES:
+            ns = self.ctrl.namespaces.get(cmd.nsid)
+            if ns is not None:  # a device tracks LBAs it reported a media error for (Get LBA Status)
+                nvm_uncorrectable.note_media_error(ns, cmd.cdw10 | (cmd.cdw11 << 32), (cmd.cdw12 & 0xFFFF) + 1)
         raise NvmeError(rule.status, dnr=rule.dnr, more=rule.more)
 
     def _do_dma_error(self, rule: FaultRule, cmd: Command) -> Any:

@@ -22,6 +22,8 @@ from typing import Any
 from nvshell.device.backends import BackendError
 from nvshell.device.layout import Layout
 from nvshell.device.nvme import nvm_meta
+# Importing it registers Write Uncorrectable in the NVM table, beside the others.
+from nvshell.device.nvme import nvm_uncorrectable as unc
 from nvshell.device.nvme.admin_smart_ns import count_read, count_write
 from nvshell.device.nvme.commands import EFFECT_LBCC, NVM, Command
 from nvshell.device.nvme.spec import BROADCAST_NSID, NvmOpcode, mdts_bytes
@@ -150,11 +152,15 @@ def write(ctrl: Any, cmd: Command) -> None:
     make_durable(ctrl, cmd, ns)
     ctrl.stats.add_write(nbytes)
     count_write(ns, nbytes)
+    if unc.TRACKING:
+        unc.written(ns, offset >> ns.lbads, nbytes >> ns.lbads)
 
 
 @NVM.command(NvmOpcode.READ, nsid="required", direction="to-host")
 def read(ctrl: Any, cmd: Command) -> None:
     ns, offset, nbytes, data = map_blocks(ctrl, cmd)
+    if unc.ANY:
+        unc.check_readable(ns, offset >> ns.lbads, nbytes >> ns.lbads)
     if ns.ms:
         nvm_meta.read(ctrl, cmd, ns, offset >> ns.lbads, nbytes >> ns.lbads, data)
     else:
@@ -167,6 +173,8 @@ def read(ctrl: Any, cmd: Command) -> None:
 def compare(ctrl: Any, cmd: Command) -> None:
     """Compare host data with the media; Compare Failure on the first difference."""
     ns, offset, nbytes, data = map_blocks(ctrl, cmd)
+    if unc.ANY:
+        unc.check_readable(ns, offset >> ns.lbads, nbytes >> ns.lbads)
     if ns.ms:
         nvm_meta.compare(ctrl, cmd, ns, offset >> ns.lbads, nbytes >> ns.lbads, data)
         ctrl.stats.add_read(nbytes)
@@ -205,6 +213,8 @@ def write_zeroes(ctrl: Any, cmd: Command) -> None:
     except BackendError as exc:
         raise _write_error(exc) from None
     make_durable(ctrl, cmd, ns)
+    if unc.TRACKING:
+        unc.written(ns, slba, nlb)
 
 
 @NVM.command(NvmOpcode.DATASET_MANAGEMENT, nsid="required", effects=EFFECT_LBCC,
@@ -234,6 +244,9 @@ def dataset_management(ctrl: Any, cmd: Command) -> None:
         raise _write_error(exc) from None
     if not ctrl.features.volatile_wc:
         flush_ns(ns)
+    if unc.TRACKING:
+        for offset, length in ranges:
+            unc.written(ns, offset >> ns.lbads, length >> ns.lbads)
 
 
 @NVM.command(NvmOpcode.VERIFY, nsid="required")
@@ -242,6 +255,8 @@ def verify(ctrl: Any, cmd: Command) -> None:
     ns = cmd.ns
     slba, nlb = rw_fields(cmd)
     check_range(ns, slba, nlb)
+    if unc.ANY:
+        unc.check_readable(ns, slba, nlb)
     if ns.ms:
         nvm_meta.verify(cmd, ns, slba, nlb, VERIFY_CHUNK)
         return
@@ -287,6 +302,9 @@ def copy(ctrl: Any, cmd: Command) -> None:
         eilbrt = int.from_bytes(r.eilbrt, "big") if isinstance(r.eilbrt, bytes) else r.eilbrt
         sources.append((r.slba, nlb, eilbrt, r.elbat, r.elbatm))
     check_range(ns, sdlba, total)
+    if unc.ANY:
+        for slba, nlb, *_ in sources:
+            unc.check_readable(ns, slba, nlb)
     # Read every source first: the destination may overlap a source range.
     buf = bytearray(total << ns.lbads)
     view = memoryview(buf)
@@ -305,3 +323,5 @@ def copy(ctrl: Any, cmd: Command) -> None:
     except BackendError as exc:
         raise _write_error(exc) from None
     make_durable(ctrl, cmd, ns)
+    if unc.TRACKING:
+        unc.written(ns, sdlba, total)
