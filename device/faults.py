@@ -29,7 +29,7 @@ from nvshell.device.nvme.status import Status
 log = logging.getLogger(__name__)
 
 ACTIONS = ("status", "delay", "drop", "corrupt", "dma-error", "fatal", "ns-not-ready", "ns-remove", "aen",
-           "irq-loss", "keep-alive-expire")
+           "irq-loss", "keep-alive-expire", "self-test-fail")
 
 #: QMP event sent for every hit of a rule whose ``event`` is on.
 FAULT_EVENT = "X_NVME_FAULT_INJECTED"
@@ -133,6 +133,10 @@ class FaultRule:
     bits: int = 1
     duration_ms: int = 1000
     aen: str = "smart-critical"
+    #: action=self-test-fail: result code (DSTS 3:0), failing segment, failing LBA.
+    result: int = 7
+    segment: int = 7
+    lba: int | None = None
     #: Send X_NVME_FAULT_INJECTED for each hit (off for high-rate probabilistic rules).
     event: bool = True
     # counters
@@ -146,7 +150,8 @@ class FaultRule:
     bit_rng: random.Random = field(default_factory=random.Random, repr=False)
 
     ARGUMENTS = ("id", "action", "ctrl", "qid", "opcode", "queue", "nsid", "slba", "nlb", "count", "skip",
-                 "probability", "seed", "status", "dnr", "more", "delay", "bits", "duration", "aen", "event")
+                 "probability", "seed", "status", "dnr", "more", "delay", "bits", "duration", "aen", "event",
+                 "result", "segment", "lba")
 
     @classmethod
     def from_args(cls, args: dict[str, Any]) -> "FaultRule":
@@ -204,6 +209,12 @@ class FaultRule:
         rule.bits = _int(args, "bits", 1, 64) or 1
         rule.duration_ms = _int(args, "duration", 0, 3_600_000) if "duration" in args else 1000  # type: ignore[assignment]
         rule.event = _bool(args, "event") if "event" in args else True
+        rule.result = _int(args, "result", 1, 9) or 7
+        rule.segment = _int(args, "segment", 0, 255) if "segment" in args else 7  # type: ignore[assignment]
+        rule.lba = _int(args, "lba", 0, (1 << 64) - 1)
+        if action == "self-test-fail" and rule.slba is not None:
+            raise PropertyError("action=self-test-fail matches the Device Self-test command: give the failing "
+                                "LBA as lba=, not slba=")
         rule.aen = str(args.get("aen", "smart-critical"))
         if rule.aen not in AEN_KINDS:
             raise PropertyError(f"Parameter 'aen' expects one of {', '.join(AEN_KINDS)}, got '{rule.aen}'")
@@ -309,6 +320,12 @@ class FaultRule:
             out["event"] = False
         if self.action == "aen":
             out["aen"] = self.aen
+        if self.action == "self-test-fail":
+            out["result"], out["segment"] = self.result, self.segment
+            if self.lba is not None:
+                out["lba"] = self.lba
+            if self.status != int(Status.UNRECOVERED_READ_ERROR):
+                out["status"] = f"{self.status:#05x}"
         return out
 
 

@@ -56,7 +56,7 @@ def _when_text(rule: dict[str, Any]) -> str:
     return ", ".join(parts) or "always"
 
 
-_ACTION_PARAMS = ("status", "dnr", "more", "delay", "bits", "duration", "aen")
+_ACTION_PARAMS = ("status", "dnr", "more", "delay", "bits", "duration", "aen", "result", "segment", "lba")
 
 
 def _action_text(rule: dict[str, Any]) -> str:

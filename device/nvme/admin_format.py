@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from nvshell.device.nvme.commands import ADMIN, EFFECT_CSE_SINGLE, EFFECT_LBCC, EFFECT_NCC, Command
+from nvshell.device.nvme import admin_selftest
 from nvshell.device.nvme import nvm_uncorrectable as unc
 from nvshell.device.nvme.spec import BROADCAST_NSID, AdminOpcode
 from nvshell.device.nvme.status import NvmeError, Status
@@ -53,6 +54,7 @@ def format_nvm(ctrl: "Controller", cmd: Command) -> None:
         except (ValueError, IndexError):
             raise NvmeError(Status.INVALID_FORMAT) from None
         unc.erased(ns)          # every LBA has new content: nothing uncorrectable or tracked
+        admin_selftest.namespace_formatted(ctrl, ns.nsid)
         # The other controllers' hosts see a namespace whose format changed under them.
         if ctrl.subsystem is not None:
             ctrl.subsystem.namespace_changed(ns.nsid, except_ctrl=ctrl)

@@ -207,6 +207,14 @@ def oncs(table: Any = NVM) -> int:
 
 
 
+def _edstt() -> int:
+    """EDSTT (extended self-test minutes) once Device Self-test is registered."""
+    if AdminOpcode.DEVICE_SELF_TEST not in ADMIN:
+        return 0
+    from nvshell.device.nvme.admin_selftest import EDSTT_MINUTES
+    return EDSTT_MINUTES
+
+
 def _kas() -> int:
     """KAS once the Keep Alive command is registered (0 = Keep Alive unsupported)."""
     if 0x18 not in ADMIN:
@@ -249,6 +257,7 @@ def identify_controller(ctrl: Any) -> bytes:
         tnvmcap=_u128(allocated + unallocated),
         unvmcap=_u128(unallocated),
         kas=_kas(),
+        edstt=_edstt(),
         sqes=0x66,
         cqes=0x44,
         maxcmd=min(cfg.mqes + 1, 0xFFFF),

@@ -29,6 +29,9 @@ Actions (what the host sees):
 * ``aen``: SMART critical warning / temperature (or a notice) is raised and
   an Asynchronous Event posted; removing the rule clears the warning again.
 * ``irq-loss``: the command completes but its CQ's interrupt is not raised.
+* ``self-test-fail``: the Device Self-test the command starts (or the next one)
+  ends with ``result`` (default 7: a segment failed), ``segment`` (7), failing
+  ``lba`` and ``status`` as diagnostic information.
 * ``keep-alive-expire``: the Keep Alive Timer expires now, as if the host had
   missed its deadline (error log entry, CSTS.CFS); the command is held, like
   every command a failed controller no longer processes. Without an armed timer
@@ -226,7 +229,14 @@ class FaultInjector:
         admin_keepalive.expire(self.ctrl, f"keep alive timer expired (fault rule '{rule.id}')")
         return DEFERRED
 
-    def _do_corrupt(self, rule: FaultRule, cmd: Command) -> Any:
+    def _do_self_test_fail(self, rule: FaultRule, cmd: Command) -> Any:
+        from nvshell.device.nvme import admin_selftest
+        nsid = rule.nsid if rule.nsid is not None else (cmd.nsid if cmd.nsid not in (0, 0xFFFFFFFF) else None)
+        admin_selftest.inject_failure(self.ctrl, admin_selftest.Failure(
+            rule.result, rule.segment, nsid, rule.lba, rule.status if rule.result >= 5 else None))
+        return None     # the command runs: the test it starts ends with that result
+
+
         cmd.extra[_CORRUPT] = rule
         self._corrupting += 1
         if self.ctrl.hooks.on_complete is None:

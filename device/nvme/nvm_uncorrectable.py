@@ -124,6 +124,10 @@ def _changed() -> None:
     generation = (generation + 1) & 0xFFFF
 
 
+def uncorrectable(ns: Any) -> RangeSet:
+    return _UNCORRECTABLE.get(ns) or RangeSet()
+
+
 def tracked(ns: Any) -> RangeSet:
     return _TRACKED.get(ns) or RangeSet()
 
