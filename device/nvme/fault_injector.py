@@ -236,7 +236,7 @@ class FaultInjector:
             rule.result, rule.segment, nsid, rule.lba, rule.status if rule.result >= 5 else None))
         return None     # the command runs: the test it starts ends with that result
 
-
+    def _do_corrupt(self, rule: FaultRule, cmd: Command) -> Any:
         cmd.extra[_CORRUPT] = rule
         self._corrupting += 1
         if self.ctrl.hooks.on_complete is None:
