@@ -13,6 +13,7 @@ from nvshell.testing import (  # noqa: F401  (re-exported for the tests)
     GuestUnavailable,
     NvshellProcess,
     guest_unavailable_reason,
+    read_trace,
     run_guest as _run_guest,
 )
 
