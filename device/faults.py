@@ -28,8 +28,10 @@ from nvshell.device.nvme.status import Status
 
 log = logging.getLogger(__name__)
 
-ACTIONS = ("status", "delay", "drop", "corrupt", "dma-error", "fatal", "ns-not-ready", "ns-remove", "aen",
-           "irq-loss", "keep-alive-expire", "self-test-fail")
+ACTIONS = ("status", "delay", "drop", "corrupt", "pi-corrupt", "dma-error", "fatal", "ns-not-ready", "ns-remove",
+           "aen", "irq-loss", "keep-alive-expire", "self-test-fail")
+#: Protection information fields action=pi-corrupt damages (``field=``).
+PI_FIELDS = ("guard", "apptag", "reftag")
 
 #: QMP event sent for every hit of a rule whose ``event`` is on.
 FAULT_EVENT = "X_NVME_FAULT_INJECTED"
@@ -137,6 +139,8 @@ class FaultRule:
     result: int = 7
     segment: int = 7
     lba: int | None = None
+    #: The PI tuple field action=pi-corrupt damages.
+    pi_field: str = "guard"
     #: Send X_NVME_FAULT_INJECTED for each hit (off for high-rate probabilistic rules).
     event: bool = True
     # counters
@@ -150,7 +154,7 @@ class FaultRule:
     bit_rng: random.Random = field(default_factory=random.Random, repr=False)
 
     ARGUMENTS = ("id", "action", "ctrl", "qid", "opcode", "queue", "nsid", "slba", "nlb", "count", "skip",
-                 "probability", "seed", "status", "dnr", "more", "delay", "bits", "duration", "aen", "event",
+                 "probability", "seed", "status", "dnr", "more", "delay", "bits", "duration", "aen", "field", "event",
                  "result", "segment", "lba")
 
     @classmethod
@@ -218,9 +222,14 @@ class FaultRule:
         rule.aen = str(args.get("aen", "smart-critical"))
         if rule.aen not in AEN_KINDS:
             raise PropertyError(f"Parameter 'aen' expects one of {', '.join(AEN_KINDS)}, got '{rule.aen}'")
-        if action == "corrupt" and rule.opcode not in (None, int(NvmOpcode.READ)):
-            raise PropertyError("action=corrupt applies to reads: use opcode=read")
-        if action == "corrupt":
+        rule.pi_field = str(args.get("field", "guard"))
+        if rule.pi_field not in PI_FIELDS:
+            raise PropertyError(f"Parameter 'field' expects one of {', '.join(PI_FIELDS)}, got '{rule.pi_field}'")
+        if "field" in args and action != "pi-corrupt":
+            raise PropertyError("Parameter 'field' is only used by action=pi-corrupt")
+        if action in ("corrupt", "pi-corrupt") and rule.opcode not in (None, int(NvmOpcode.READ)):
+            raise PropertyError(f"action={action} applies to reads: use opcode=read")
+        if action in ("corrupt", "pi-corrupt"):
             rule.opcode, rule.opcode_name, rule.queue_kind = int(NvmOpcode.READ), "read", "io"
         return rule
 
@@ -312,6 +321,8 @@ class FaultRule:
             out["delay"] = self.delay_ms
         if self.action == "corrupt":
             out["bits"] = self.bits
+        if self.action == "pi-corrupt":
+            out["field"] = self.pi_field
         if self.action in ("ns-not-ready", "ns-remove"):
             out["duration"] = self.duration_ms
         if self.action == "dma-error" and self.dnr:

@@ -352,3 +352,47 @@ def test_metadata_persists_in_the_file_backend(tmp_path):
     again.metadata.read(3, buf)
     assert bytes(buf) == b"12345678" + b"\xff" * 8
     again.close()
+
+
+# ---------------------------------------------------------------- fault injection
+@pytest.mark.parametrize("nsid, field, pos", [(1, "guard", 0), (1, "reftag", 4), (2, "apptag", 8), (3, "reftag", 4)])
+def test_pi_corrupt_fault_damages_the_returned_tuple_only(host, nsid, field, pos):
+    from nvshell.device.faults import FaultRule, FaultSet
+    from nvshell.device.nvme.fault_injector import install
+    g = host
+    lba, ms, mset = LAYOUT[nsid][:3]
+    data = payload(2 * lba, 30)
+    assert io(g, NvmOpcode.WRITE, nsid, 210, 2, data=data, flags=PRACT, mptr=0) == 0
+    faults = FaultSet()
+    injector = g.io.run(install, g.ctrl, faults)
+    try:
+        faults.add(FaultRule.from_args({"id": "p1", "action": "pi-corrupt", "field": field, "nsid": nsid,
+                                        "slba": 211, "nlb": 1}))
+        length = 2 * (lba + ms) if mset else 2 * lba
+        assert io(g, NvmOpcode.READ, nsid, 210, 2, length=length, flags=G | A | R, mptr=0 if mset else None) == 0
+        wire = g.ram.read(g.buf, length)
+        md = (wire[lba:lba + ms] + wire[2 * lba + ms:]) if mset else g.ram.read(g.md, 2 * ms)
+        clean = tuple64 if LAYOUT[nsid][5] else tuple16
+        assert md[:ms] == clean(data[:lba], 0, 210)                   # block 210 is outside the rule
+        second = clean(data[lba:], 0, 211)
+        assert md[ms + pos] == second[pos] ^ 0x5A and md[ms:ms + pos] == second[:pos]
+        assert (wire[:lba] + wire[lba + ms:2 * lba + ms] if mset else wire) == data   # the data is intact
+        faults.remove("p1")
+        assert io(g, NvmOpcode.READ, nsid, 210, 2, length=length, mptr=0 if mset else None) == 0
+        md = g.ram.read(g.buf + 2 * lba + ms, ms) if mset else g.ram.read(g.md, 2 * ms)[ms:]
+        assert md[:len(second)] == second                              # the media never changed
+    finally:
+        g.io.run(injector.uninstall)
+
+
+def test_pi_corrupt_rule_arguments():
+    from nvshell.device.errors import PropertyError
+    from nvshell.device.faults import FaultRule
+    rule = FaultRule.from_args({"id": "p", "action": "pi-corrupt", "field": "apptag"})
+    assert rule.describe()["field"] == "apptag" and rule.describe()["opcode"] == "read"
+    with pytest.raises(PropertyError, match="Parameter 'field' expects one of guard, apptag, reftag"):
+        FaultRule.from_args({"id": "p", "action": "pi-corrupt", "field": "crc"})
+    with pytest.raises(PropertyError, match="only used by action=pi-corrupt"):
+        FaultRule.from_args({"id": "p", "action": "corrupt", "field": "guard"})
+    with pytest.raises(PropertyError, match="applies to reads"):
+        FaultRule.from_args({"id": "p", "action": "pi-corrupt", "opcode": "write"})

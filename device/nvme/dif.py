@@ -185,8 +185,21 @@ def command_reftag(pif: int, cdw3: int, cdw14: int) -> int:
     return cdw14
 
 
+#: The fields of a PI tuple a fault rule can damage.
+TUPLE_FIELDS = ("guard", "apptag", "reftag")
+#: Byte offset of each field inside the tuple, per guard format.
+_FIELD_OFFSETS = {PIF_16: {"guard": 0, "apptag": 2, "reftag": 4}, PIF_64: {"guard": 0, "apptag": 8, "reftag": 10}}
+
+
+def field_offset(prot: Protection, what: str) -> int:
+    """Offset inside one block's metadata of the first byte of a tuple field."""
+    return prot.offset + _FIELD_OFFSETS[prot.pif][what]
+
+
 def corrupt_tuple(prot: Protection, md: memoryview, what: str) -> None:
     """Fault injection: damage one field of the tuple in ``md`` (the data stays intact)."""
-    start = prot.offset + {"guard": 0, "apptag": 2 if prot.pif == PIF_16 else 8,
-                           "reftag": 4 if prot.pif == PIF_16 else 10}[what]
-    md[start] ^= 0x5A
+    md[field_offset(prot, what)] ^= CORRUPT_MASK
+
+
+#: What a PI fault XORs into the first byte of the field: never a no-op, never all ones.
+CORRUPT_MASK = 0x5A

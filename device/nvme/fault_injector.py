@@ -20,6 +20,12 @@ Actions (what the host sees):
   aborts it or resets the controller; either ends it).
 * ``corrupt``: a read runs normally, then ``bits`` bits of the data already in
   guest memory are flipped (within the rule's LBA range) before the CQE.
+* ``pi-corrupt``: a read runs normally (the device's own checks pass), then one
+  field (``field=guard|apptag|reftag``) of the protection information tuple of
+  each block it returns inside the rule's range is damaged in guest memory (the
+  metadata buffer, or the interleaved metadata of extended LBAs) before the CQE;
+  the data and the media stay intact. A read whose PI does not cross the bus
+  (PRACT with metadata that is only the tuple) returns nothing to damage.
 * ``dma-error``: the command completes with Data Transfer Error, no data moved.
 * ``fatal``: CSTS.CFS is set and the command is held (the host must reset).
 * ``ns-not-ready``: for ``duration`` ms, commands to the namespace complete
@@ -47,7 +53,9 @@ from typing import TYPE_CHECKING, Any
 from nvshell.device import trace as T
 from nvshell.device.faults import AEN_KINDS, AEN_WARNING_BITS, FaultRule, FaultSet
 from nvshell.device.nvme.spec import LBA_OPCODES, opcode_label
+from nvshell.device.nvme import dif, nvm_meta
 from nvshell.device.nvme.commands import DEFERRED, Command
+from nvshell.device.nvme.dataxfer import map_contiguous
 from nvshell.device.nvme.spec import AsyncEventType, LogPage, NoticeInfo
 from nvshell.device.nvme import nvm_uncorrectable
 from nvshell.device.nvme.status import SCT, NvmeError, Status
@@ -116,7 +124,7 @@ class FaultInjector:
             return
         actions = {r.action for r in rules}
         submit = bool(rules) or bool(self._not_ready)
-        complete = "corrupt" in actions or self._corrupting > 0
+        complete = "corrupt" in actions or "pi-corrupt" in actions or self._corrupting > 0
         interrupt = "irq-loss" in actions or bool(self._lose_irq)
         self._set_hooks(submit, complete, interrupt)
 
@@ -176,7 +184,10 @@ class FaultInjector:
         self._corrupting -= 1
         if status == 0:
             try:
-                self._flip_bits(rule, cmd)
+                if rule.action == "pi-corrupt":
+                    self._corrupt_pi(rule, cmd)
+                else:
+                    self._flip_bits(rule, cmd)
             except Exception:
                 log.exception("%s: corrupting the data of cid %d failed", self.ctrl.name, cmd.cid)
         if self._corrupting <= 0:
@@ -243,6 +254,8 @@ class FaultInjector:
             self.sync()
         return None
 
+    _do_pi_corrupt = _do_corrupt
+
     def _do_irq_loss(self, rule: FaultRule, cmd: Command) -> Any:
         sq = self.ctrl.sq(cmd.sqid)
         if sq is not None:
@@ -305,6 +318,34 @@ class FaultInjector:
         return None
 
     # ------------------------------------------------------------ corrupt
+    @staticmethod
+    def _rule_blocks(rule: FaultRule, cmd: Command) -> tuple[int, int, int]:
+        """(SLBA, first, end) of the command's blocks that lie in the rule's range."""
+        slba, nlb = cmd.cdw10 | (cmd.cdw11 << 32), (cmd.cdw12 & 0xFFFF) + 1
+        first, end = slba, slba + nlb
+        if rule.slba is not None:
+            first = max(first, rule.slba)
+            end = min(end, rule.slba + (rule.nlb if rule.nlb is not None else end))
+        return slba, first, end
+
+    def _corrupt_pi(self, rule: FaultRule, cmd: Command) -> None:
+        """Damage ``rule.pi_field`` of the PI tuple of each returned block in the rule's range."""
+        ns = cmd.ns
+        prot = getattr(ns, "protection", None)
+        if prot is None or cmd.opcode not in LBA_OPCODES or nvm_meta.strips(ns, cmd):
+            return
+        slba, first, end = self._rule_blocks(rule, cmd)
+        nlb = (cmd.cdw12 & 0xFFFF) + 1
+        ms, where = ns.ms, dif.field_offset(prot, rule.pi_field)
+        if ns.fmt.extended:
+            step, base = ns.lba_size + ms, ns.lba_size + where
+            dmap = self.ctrl.transfer(cmd, nlb * step)
+        else:
+            step, base = ms, where
+            dmap = map_contiguous(self.ctrl.memory, cmd.mptr, nlb * ms)
+        for lba in range(first, end):
+            _xor_byte(self.ctrl.memory, dmap, (lba - slba) * step + base, dif.CORRUPT_MASK)
+
     def _flip_bits(self, rule: FaultRule, cmd: Command) -> None:
         """Flip ``rule.bits`` bits of the read data in guest memory, inside the rule's range."""
         ns = cmd.ns
@@ -324,14 +365,19 @@ class FaultInjector:
         for _ in range(rule.bits):
             pos = rule.flip_position(lo * 8, hi * 8)
             byte, bit = divmod(pos, 8)
-            offset = 0
-            for addr, length in dmap.segments:
-                if offset <= byte < offset + length:
-                    if addr is not None:
-                        view = memory.view(addr + byte - offset, 1, write=True)  # type: ignore[union-attr]
-                        view[0] ^= 1 << bit
-                    break
-                offset += length
+            _xor_byte(memory, dmap, byte, 1 << bit)
+
+
+def _xor_byte(memory: Any, dmap: Any, byte: int, mask: int) -> None:
+    """XOR ``mask`` into byte ``byte`` of a transfer, in guest memory (bit buckets: nothing)."""
+    offset = 0
+    for addr, length in dmap.segments:
+        if offset <= byte < offset + length:
+            if addr is not None:
+                view = memory.view(addr + byte - offset, 1, write=True)
+                view[0] ^= mask
+            return
+        offset += length
 
 
 def install(ctrl: "Controller", faults: FaultSet) -> FaultInjector:
