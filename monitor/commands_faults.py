@@ -19,8 +19,8 @@ from nvshell.monitor.registry import Arg, qmp_command
 #: The rule arguments, as QMP declares them ("any": a number or a string with one).
 FAULT_ARGS = [
     Arg("id", "str", doc="rule name"),
-    Arg("action", "str", True, "status (default), delay, drop, corrupt, dma-error, fatal, ns-not-ready, "
-                               "ns-remove, aen, irq-loss, keep-alive-expire, self-test-fail"),
+    Arg("action", "str", True, "status (default), delay, drop, corrupt, pi-corrupt, dma-error, fatal, "
+                               "ns-not-ready, ns-remove, aen, irq-loss, keep-alive-expire, self-test-fail"),
     Arg("ctrl", "str", True, "controller (device id) to match"),
     Arg("qid", "any", True, "submission queue id to match (0: admin)"),
     Arg("queue", "str", True, "admin or io: which opcode table 'opcode' names"),
@@ -39,6 +39,7 @@ FAULT_ARGS = [
     Arg("bits", "any", True, "action=corrupt: bits to flip (default 1)"),
     Arg("duration", "any", True, "ns-not-ready / ns-remove: milliseconds (default 1000)"),
     Arg("aen", "str", True, "action=aen: smart-critical, temperature, spare, ns-changed"),
+    Arg("field", "str", True, "action=pi-corrupt: guard (default), apptag or reftag"),
     Arg("event", "any", True, "send X_NVME_FAULT_INJECTED per hit (default on)"),
     Arg("result", "any", True, "action=self-test-fail: self-test result code 1..9 (default 7, segment failed)"),
     Arg("segment", "any", True, "action=self-test-fail: number of the failing segment (default 7)"),

@@ -13,9 +13,9 @@ from nvshell.monitor import format as fmt
 from nvshell.monitor.hmp import HMPError, hmp_command, info_command, parse_opts, qmp
 
 FAULT_PARAMS = ("id=str[,ctrl=dev][,qid=n][,opcode=name|n][,nsid=n][,slba=n,nlb=n]"
-                "[,count=n][,skip=n][,probability=p,seed=n],action=status|delay|drop|corrupt|dma-error|"
-                "fatal|ns-not-ready|ns-remove|aen|irq-loss[,status=name|n|sct/sc][,dnr=on][,more=on]"
-                "[,delay=ms][,bits=n][,duration=ms][,aen=kind][,event=off]")
+                "[,count=n][,skip=n][,probability=p,seed=n],action=status|delay|drop|corrupt|pi-corrupt|"
+                "dma-error|fatal|ns-not-ready|ns-remove|aen|irq-loss[,status=name|n|sct/sc][,dnr=on][,more=on]"
+                "[,delay=ms][,bits=n][,duration=ms][,aen=kind][,field=guard|apptag|reftag][,event=off]")
 
 
 @hmp_command("fault_add", "options*", params=FAULT_PARAMS,
@@ -56,7 +56,7 @@ def _when_text(rule: dict[str, Any]) -> str:
     return ", ".join(parts) or "always"
 
 
-_ACTION_PARAMS = ("status", "dnr", "more", "delay", "bits", "duration", "aen", "result", "segment", "lba")
+_ACTION_PARAMS = ("status", "dnr", "more", "delay", "bits", "duration", "aen", "field", "result", "segment", "lba")
 
 
 def _action_text(rule: dict[str, Any]) -> str:
