@@ -166,6 +166,11 @@ async def serve(args: argparse.Namespace, run_dir: Path, specs: "cmdline.Specs",
         if args.fault:
             from nvshell.monitor.commands_faults import apply_fault_options
             apply_fault_options(machine, args.fault)
+        # Handlers before the QMP socket appears: whoever sees the socket may signal us at once.
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            loop.add_signal_handler(sig, stop.set)
+        # SIGINT: cancel the shell's running command, else stop cleanly like SIGTERM (status 0).
+        route_sigint(loop, stop.set)
         for address in [parse_qmp_address(f"unix:{run_dir / 'qmp.sock'},server=on,wait=off"), *qmp_addresses]:
             server = QMPServer(ctx)
             await server.listen(address)
@@ -174,10 +179,6 @@ async def serve(args: argparse.Namespace, run_dir: Path, specs: "cmdline.Specs",
                 print(f"nvshell: warning: QMP on {server.describe()} has no authentication: anyone who can "
                       "reach it controls nvshell (opens and truncates files, creates sockets, quits); "
                       "see README, 'What a QMP client can do'", file=sys.stderr)
-        for sig in (signal.SIGTERM, signal.SIGHUP):
-            loop.add_signal_handler(sig, stop.set)
-        # SIGINT: cancel the shell's running command, else stop cleanly like SIGTERM (status 0).
-        route_sigint(loop, stop.set)
         _announce(machine, servers, quiet=not sys.stdin.isatty() and not args.no_shell)
         return await _run_frontend(args, ctx, stop)
     finally:
