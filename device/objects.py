@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 from nvshell.device.errors import NvshellError, ObjectError, PropertyError
 from nvshell.device.nvme.spec import CSI
+from nvshell.device.nvme.subsystem import DEFAULT_CAPACITY as DEFAULT_NS_MGMT_CAPACITY
 from nvshell.device.qom import (TYPE_DEVICE, TYPES, USER_CREATABLE, BoolType, EnumType, IntType, LinkType, ListType,
                         Object, Property, SizeType, StrType, TypeInfo, TypeRegistry)
 
@@ -132,7 +133,7 @@ class SubsystemObject(Object):
         from nvshell.device.nvme.subsystem import Subsystem, SubsystemError
         try:
             uid = uuid_mod.UUID(self.get("uuid"))
-            self.model = Subsystem(self.get("subnqn") or None, uid)
+            self.model = Subsystem(self.get("subnqn") or None, uid, capacity=self.get("ns-mgmt-capacity"))
         except SubsystemError as e:
             raise ObjectError(f"{self.id}: {e}") from None
         self._values["subnqn"] = self.model.subnqn
@@ -141,6 +142,10 @@ class SubsystemObject(Object):
 
     def is_live(self) -> bool:
         return self.model is not None
+
+    def property_changed(self, name: str, old: Any, new: Any, ctx: Any) -> None:
+        if name == "ns-mgmt-capacity" and self.model is not None:
+            self.model.capacity = int(new)  # namespaces already created stay; new ones must fit
 
     def _on_guest_change(self, kind: str, nsid: int, ns: Any, ctrl: Any) -> None:
         """Subsystem listener (on an IOThread): must not block, so hand over to the machine."""
@@ -238,7 +243,7 @@ class NamespaceObject(Object):
         self._check_targets(m, self.get("attached-to"))
         ns = self.build_model(m)
         try:
-            sub.model.add_namespace(ns, self._values.get("nsid", 0))
+            sub.model.add_namespace(ns, self._values.get("nsid", 0), configured=True)
         except SubsystemError as e:
             _close(ns)
             raise PropertyError(f"Parameter 'nsid': {e}") from None
@@ -690,6 +695,10 @@ SUBSYSTEM_PROPS = [
              live=_model_attr("subnqn")),
     Property("uuid", UuidType(), default=_uuid4, hidden_default=True, description="subsystem UUID (default: random)",
              live=_model_attr("uuid", str)),
+    Property("ns-mgmt-capacity", SizeType(), default=DEFAULT_NS_MGMT_CAPACITY, mutable=True,
+             description="bytes the guest may allocate with Namespace Management create, beyond the configured "
+                         "namespaces; such namespaces live in host RAM (default 1G, 0 = none)",
+             live=_model_attr("capacity")),
     Property("controllers", ListType(StrType()), read_only=True, description="ids of the member controllers",
              getter=_ns_ctrl_ids),
     Property("namespaces", ListType(StrType()), read_only=True, description="ids of the member namespaces",

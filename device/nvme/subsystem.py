@@ -41,10 +41,12 @@ log = logging.getLogger(__name__)
 MAX_CNTLID = 0xFFEF
 #: Default Number of Namespaces (Identify Controller NN): the largest valid NSID.
 DEFAULT_MAX_NSID = 256
-#: Default NVM capacity available to Namespace Management create (bytes). The
-#: in-memory backend is sparse, so this is a guard against runaway creation,
-#: not memory actually reserved.
-DEFAULT_CAPACITY = 1 << 40
+#: Default NVM capacity the host may allocate with Namespace Management create,
+#: beyond the namespaces the user configured (bytes). Guest-created namespaces
+#: live in host RAM (the sparse memory backend), so this is how much RAM a guest
+#: can make nvshell use without anyone configuring it: kept small, and set per
+#: subsystem with the ``ns-mgmt-capacity`` property.
+DEFAULT_CAPACITY = 1 << 30
 
 #: Listener signature: ``listener(kind, nsid, ns, ctrl)`` with kind one of
 #: ``"namespace-created"``, ``"namespace-deleted"``, ``"attached"``, ``"detached"``.
@@ -74,8 +76,11 @@ class Subsystem:
             raise SubsystemError(f"subnqn longer than 223 bytes: {self.subnqn!r}")
         #: NN: the largest NSID; also MNAN (namespaces in the subsystem).
         self.max_nsid = max_nsid
-        #: Total NVM capacity reported as TNVMCAP and usable by NS Management create.
+        #: NVM capacity for namespaces the host creates (Namespace Management), on
+        #: top of the configured ones (``add_namespace(configured=True)``), which do
+        #: not count against it. TNVMCAP = configured + created + what is left.
         self.capacity = capacity
+        self._configured: set[int] = set()
         self.controllers: dict[int, Any] = {}
         self.namespaces: dict[int, Any] = {}
         #: NSIDs attached to every controller, including ones added later.
@@ -144,8 +149,9 @@ class Subsystem:
             return self.controllers.get(cntlid)
 
     # ------------------------------------------------------------- namespaces
-    def add_namespace(self, ns: Any, nsid: int = 0) -> int:
-        """Allocate ``ns`` in the subsystem (not attached anywhere); sets ``ns.nsid``."""
+    def add_namespace(self, ns: Any, nsid: int = 0, *, configured: bool = False) -> int:
+        """Allocate ``ns`` in the subsystem (not attached anywhere); sets ``ns.nsid``.
+        ``configured``: the user's namespace (command line, QMP), outside ``capacity``."""
         with self._lock:
             if any(n is ns for n in self.namespaces.values()):
                 raise SubsystemError("namespace already belongs to this subsystem")
@@ -162,6 +168,8 @@ class Subsystem:
                     raise SubsystemError(f"no free nsid (max {self.max_nsid})", Status.NSID_UNAVAILABLE)
             self.namespaces[nsid] = ns
             self._attached[nsid] = set()
+            if configured:
+                self._configured.add(nsid)
             ns.nsid = nsid
             return nsid
 
@@ -181,6 +189,7 @@ class Subsystem:
             ns = self._ns(nsid)
             cntlids = sorted(self._attached.pop(nsid, set()))
             del self.namespaces[nsid]
+            self._configured.discard(nsid)
             self.attach_policy_all.discard(nsid)
             ctrls = [self.controllers[c] for c in cntlids if c in self.controllers]
         pending = [self._on_ctrl(ctrl, _detach_on, ctrl, nsid, True) for ctrl in ctrls]
@@ -198,7 +207,11 @@ class Subsystem:
             return sum(ns.size for ns in self.namespaces.values())
 
     def unallocated_bytes(self) -> int:
-        return max(0, self.capacity - self.allocated_bytes())
+        """What Namespace Management may still allocate: ``capacity`` minus the
+        namespaces that are not configured ones (UNVMCAP)."""
+        with self._lock:
+            created = sum(ns.size for nsid, ns in self.namespaces.items() if nsid not in self._configured)
+        return max(0, self.capacity - created)
 
     # ------------------------------------------------------------ attachments
     def attach(self, nsid: int, ctrl: Any, *, notify: bool = True) -> None:
