@@ -265,6 +265,37 @@ def _subsys_namespaces(w: World, inst: Inst, v: Any) -> None:
         eq(nsids, c.allocated, f"{inst.id}.namespaces' nsids vs the Allocated Namespace List of {c.id}")
 
 
+def _capacities(c: CtrlView) -> tuple[int, int]:
+    """Identify Controller TNVMCAP and UNVMCAP."""
+    return int.from_bytes(c.idctrl[280:296], "little"), int.from_bytes(c.idctrl[296:312], "little")
+
+
+def _configured_bytes(w: World, inst: Inst) -> int:
+    """Sizes of the subsystem's namespaces that the configuration made (not the host)."""
+    return sum(w.get(f"/objects/{n}", "size") for n in inst.values["namespaces"] if n in w.configured)
+
+
+def _subsys_ns_mgmt_capacity(w: World, inst: Inst, v: Any) -> None:
+    """TNVMCAP = configured namespaces + the capacity for host-created ones."""
+    for c in w.subsystem_ctrls(inst.path):
+        eq(v, _capacities(c)[0] - _configured_bytes(w, inst), f"{inst.id}.ns-mgmt-capacity vs TNVMCAP of {c.id}"
+           " minus the configured namespaces")
+
+
+def _mutate_ns_mgmt_capacity(w: World, inst: Inst) -> None:
+    """Grow the capacity by 64 MiB and restore it: UNVMCAP follows at once."""
+    old = inst.values["ns-mgmt-capacity"]
+    ctrls = w.subsystem_ctrls(inst.path)
+    assert ctrls, f"{inst.id}: no controller to observe"
+    before = {c.id: _capacities(c)[1] for c in ctrls}
+    for new, delta in ((old + (64 << 20), 64 << 20), (old, 0)):
+        w.qmp("qom-set", {"path": inst.path, "property": "ns-mgmt-capacity", "value": new})
+        eq(w.get(inst.path, "ns-mgmt-capacity"), new, f"{inst.id}.ns-mgmt-capacity after qom-set")
+        for c in ctrls:
+            c.idctrl = c.host.identify(0x01)
+            eq(_capacities(c)[1], before[c.id] + delta, f"{c.id}: UNVMCAP after qom-set ns-mgmt-capacity={new}")
+
+
 def _ns_subsys(w: World, inst: Inst, v: Any) -> None:
     nqn = w.get(v, "subnqn")
     for c, _ in w.ns_seen(inst):
@@ -419,6 +450,7 @@ CHECKS: dict[tuple[str, str], Check] = {
     ("x-nvme-subsystem", "uuid"): _subsys_uuid,
     ("x-nvme-subsystem", "controllers"): _subsys_controllers,
     ("x-nvme-subsystem", "namespaces"): _subsys_namespaces,
+    ("x-nvme-subsystem", "ns-mgmt-capacity"): _subsys_ns_mgmt_capacity,
     ("x-nvme-ns", "subsys"): _ns_subsys,
     ("x-nvme-ns", "nsid"): _ns_nsid,
     ("x-nvme-ns", "uuid"): _ns_uuid,
@@ -490,6 +522,7 @@ def _mutate_attached_to(w: World, inst: Inst) -> None:
 #: Properties ``qom-set`` may change at run time -> how the test changes one and checks the host saw it.
 MUTABLE_CHECKS: dict[tuple[str, str], Callable[[World, Inst], None]] = {
     ("x-nvme-ns", "attached-to"): _mutate_attached_to,
+    ("x-nvme-subsystem", "ns-mgmt-capacity"): _mutate_ns_mgmt_capacity,
 }
 
 
