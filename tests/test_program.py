@@ -296,6 +296,7 @@ bus: main-system-bus
   dev: x-nvme-subsystem, id "subsys0"
     subnqn = "nqn.2014-08.org.nvmexpress:uuid:<subsys0-uuid>"
     uuid = "<subsys0-uuid>"
+    ns-mgmt-capacity = 1073741824
     controllers = ["ctrl0"]
     namespaces = ["ns1"]
     bus: subsys0
@@ -342,6 +343,7 @@ bus: main-system-bus
   dev: x-nvme-subsystem, id "sub1"
     subnqn = "nqn.2014-08.org.nvmexpress:uuid:11111111-2222-3333-4444-555555555555"
     uuid = "11111111-2222-3333-4444-555555555555"
+    ns-mgmt-capacity = 1073741824
     controllers = ["ctrl1"]
     namespaces = ["nsa", "nsb"]
     bus: sub1
