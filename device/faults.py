@@ -29,7 +29,7 @@ from nvshell.device.nvme.status import Status
 log = logging.getLogger(__name__)
 
 ACTIONS = ("status", "delay", "drop", "corrupt", "pi-corrupt", "dma-error", "fatal", "ns-not-ready", "ns-remove",
-           "aen", "irq-loss", "keep-alive-expire", "self-test-fail")
+           "aen", "irq-loss", "keep-alive-expire", "self-test-fail", "zone-read-only", "zone-offline")
 #: Protection information fields action=pi-corrupt damages (``field=``).
 PI_FIELDS = ("guard", "apptag", "reftag")
 

@@ -381,22 +381,21 @@ class NvmNamespaceObject(NamespaceObject):
 
 
 class ZonedNamespaceObject(NvmNamespaceObject):
-    """``x-nvme-ns-zoned``: the Zoned Namespace command set (model arrives later)."""
+    """``x-nvme-ns-zoned``: a Zoned Namespace command set namespace (``device/nvme/zoned.py``).
+    A file-backed one keeps its zone table next to the data, in ``FILE.zones``."""
 
     def model_class(self) -> Any:
-        """The zoned command set is a later step: until ``device/nvme/zoned.py`` exists
-        the type (and its inherited properties) can be listed but not created."""
-        try:
-            from nvshell.device.nvme.zoned import ZonedNamespace  # type: ignore[import-not-found]
-        except ImportError:
-            raise ObjectError("x-nvme-ns-zoned: zoned namespaces are not implemented yet") from None
+        from nvshell.device.nvme.zoned import ZonedNamespace
         return ZonedNamespace
 
     def model_kwargs(self) -> dict[str, Any]:
+        from nvshell.device.nvme.zoned import state_file_for
         kw = super().model_kwargs()
         for p in ("zone-size", "zone-capacity", "zone-max-open", "zone-max-active",
                   "zone-descriptor-extension-size", "zone-cross-read"):
             kw[p.replace("-", "_")] = self.get(p)
+        if self.backend_kind() == "file":
+            kw["zone_state_file"] = state_file_for(self.get("file"))
         return kw
 
 
@@ -758,13 +757,18 @@ NVM_PROPS = [
 ]
 
 ZONED_PROPS = [
-    Property("zone-size", SizeType(minimum=4096), default=128 << 20, description="zone size, bytes"),
-    Property("zone-capacity", SizeType(), default=0, description="zone capacity, bytes (0 = zone size)"),
-    Property("zone-max-open", IntType("uint32"), default=0, description="maximum open zones (0 = no limit)"),
-    Property("zone-max-active", IntType("uint32"), default=0, description="maximum active zones (0 = no limit)"),
+    Property("zone-size", SizeType(minimum=4096), default=128 << 20, description="zone size, bytes",
+             live=_model_attr("zone_size_bytes")),
+    Property("zone-capacity", SizeType(), default=0, description="zone capacity, bytes (0 = zone size)",
+             live=_model_attr("zone_cap_bytes")),
+    Property("zone-max-open", IntType("uint32"), default=0, description="maximum open zones (0 = no limit)",
+             live=_model_attr("max_open")),
+    Property("zone-max-active", IntType("uint32"), default=0, description="maximum active zones (0 = no limit)",
+             live=_model_attr("max_active")),
     Property("zone-descriptor-extension-size", SizeType(multiple_of=64), default=0,
-             description="zone descriptor extension size, bytes (multiple of 64)"),
-    Property("zone-cross-read", BoolType(), default=False, description="allow reads across zone boundaries"),
+             description="zone descriptor extension size, bytes (multiple of 64)", live=_model_attr("zdes")),
+    Property("zone-cross-read", BoolType(), default=False, description="allow reads across zone boundaries",
+             live=_model_attr("cross_read")),
 ]
 
 CTRL_PROPS = [

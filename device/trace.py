@@ -570,6 +570,9 @@ NVME_CTRL_FATAL = _p("nvme_ctrl_fatal", ctrl=str, reason=str, doc="controller fa
 # Namespaces
 NVME_NS_ATTACH = _p("nvme_ns_attach", ctrl=str, nsid=int, doc="namespace attached to the controller")
 NVME_NS_DETACH = _p("nvme_ns_detach", ctrl=str, nsid=int, doc="namespace detached from the controller")
+NVME_ZONE_STATE = _p("nvme_zone_state", nsid=int, zone=int, zslba=int, old=str, new=str, why=str,
+                     doc="a zone changed state (why: write, open, close, finish, reset, offline, "
+                         "set-extension, implicit-close, fault)")
 
 # Fault injection
 NVME_FAULT_HIT = _p("nvme_fault_hit", ctrl=str, rule=str, action=str, qid=int, cid=int, opcode=str,

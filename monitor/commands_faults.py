@@ -20,7 +20,8 @@ from nvshell.monitor.registry import Arg, qmp_command
 FAULT_ARGS = [
     Arg("id", "str", doc="rule name"),
     Arg("action", "str", True, "status (default), delay, drop, corrupt, pi-corrupt, dma-error, fatal, "
-                               "ns-not-ready, ns-remove, aen, irq-loss, keep-alive-expire, self-test-fail"),
+                               "ns-not-ready, ns-remove, aen, irq-loss, keep-alive-expire, self-test-fail, "
+                               "zone-read-only, zone-offline"),
     Arg("ctrl", "str", True, "controller (device id) to match"),
     Arg("qid", "any", True, "submission queue id to match (0: admin)"),
     Arg("queue", "str", True, "admin or io: which opcode table 'opcode' names"),

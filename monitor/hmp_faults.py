@@ -14,7 +14,8 @@ from nvshell.monitor.hmp import HMPError, hmp_command, info_command, parse_opts,
 
 FAULT_PARAMS = ("id=str[,ctrl=dev][,qid=n][,opcode=name|n][,nsid=n][,slba=n,nlb=n]"
                 "[,count=n][,skip=n][,probability=p,seed=n],action=status|delay|drop|corrupt|pi-corrupt|"
-                "dma-error|fatal|ns-not-ready|ns-remove|aen|irq-loss[,status=name|n|sct/sc][,dnr=on][,more=on]"
+                "dma-error|fatal|ns-not-ready|ns-remove|aen|irq-loss|zone-read-only|zone-offline"
+                "[,status=name|n|sct/sc][,dnr=on][,more=on]"
                 "[,delay=ms][,bits=n][,duration=ms][,aen=kind][,field=guard|apptag|reftag][,event=off]")
 
 

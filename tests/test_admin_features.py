@@ -35,7 +35,7 @@ def host(tmp_path):
 EXPECTED = {
     0x01: (0x7, False), 0x02: (0, False), 0x04: (0x157, False), 0x05: (0, True), 0x06: (1, False),
     0x07: (3 << 16 | 3, False), 0x08: (0, False), 0x09: (0, False), 0x0A: (0, False), 0x0B: (0, False),
-    0x0E: (0, False), 0x0F: (0, False), 0x16: (0, False),
+    0x0E: (0, False), 0x0F: (0, False), 0x16: (0, False), 0x19: (0, False),
 }
 
 

@@ -153,7 +153,8 @@ def test_cs_controller(setup) -> None:
     s, a, *_ = setup
     d = identify(a, 0x06, csi=CSI.NVM)
     assert d[3] == 255                  # DMRL
-    assert identify_error(a, 0x06, csi=CSI.ZONED) == Status.INVALID_FIELD
+    assert identify(a, 0x06, csi=CSI.ZONED)[0] == 0   # ZASL 0: Zone Append limited by MDTS
+    assert identify_error(a, 0x06, csi=1) == Status.INVALID_FIELD
     assert identify_error(a, 0x06, csi=0x30) == Status.INVALID_FIELD
 
 
@@ -201,7 +202,7 @@ def test_controller_lists(setup) -> None:
 def test_io_command_sets(setup) -> None:
     s, a, *_ = setup
     d = identify(a, 0x1C)
-    assert struct.unpack_from("<Q", d)[0] == 1 and d[8:] == bytes(4088)
+    assert struct.unpack_from("<Q", d)[0] == 0b101 and d[8:] == bytes(4088)   # NVM (bit 0) + Zoned (bit 2)
 
 
 @pytest.mark.parametrize("cns", [0x04, 0x09, 0x14, 0x15, 0x1F, 0xFF])

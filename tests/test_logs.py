@@ -138,19 +138,24 @@ def test_effects_log(ctrl: FakeController) -> None:
 
 
 def test_effects_log_io_table_by_csi(ctrl: FakeController) -> None:
-    """IOCS: NVM's table for CSI NVM, else the commands of an active namespace of that set."""
+    """IOCS: NVM's table for CSI NVM, the Zoned table for CSI 02h (whether or not a zoned
+    namespace is attached), else the commands of an active namespace of that set."""
+    from nvshell.device.nvme.zns_commands import ZONED
     d = get_log(ctrl, LogPage.CMD_EFFECTS, 4096, csi=CSI.NVM)
     assert d[1024:] == effects_log(NVM)[1024:] and d[1024:] != bytes(3072)
-    assert get_log(ctrl, LogPage.CMD_EFFECTS, 4096, csi=CSI.ZONED)[1024:] == bytes(3072)
-    zoned = CommandTable("zoned")
-    zoned.command(NvmOpcode.ZONE_APPEND, effects=EFFECT_LBCC)(lambda c, m: None)
-    ns = FakeNamespace(csi=CSI.ZONED)
-    ns.commands = zoned
+    assert struct.unpack_from("<I", d, 1024 + 4 * 0x7D)[0] == 0
+    d = get_log(ctrl, LogPage.CMD_EFFECTS, 4096, csi=CSI.ZONED)
+    assert d[1024:] == effects_log(ZONED)[1024:]
+    assert struct.unpack_from("<I", d, 1024 + 4 * 0x7D)[0] == EFFECT_CSUPP | EFFECT_LBCC
+    assert get_log(ctrl, LogPage.CMD_EFFECTS, 4096, csi=1)[1024:] == bytes(3072)
+    kv = CommandTable("kv")
+    kv.command(0x79, "kv-thing", effects=EFFECT_LBCC)(lambda c, m: None)
+    ns = FakeNamespace(csi=1)
+    ns.commands = kv
     ctrl.subsystem.add_namespace(ns)
     ctrl.subsystem.attach(ns.nsid, ctrl, notify=False)
-    d = get_log(ctrl, LogPage.CMD_EFFECTS, 4096, csi=CSI.ZONED)
-    assert struct.unpack_from("<256I", d, 1024) == struct.unpack_from("<256I", effects_log(zoned), 1024)
-    assert struct.unpack_from("<I", d, 1024 + 4 * NvmOpcode.ZONE_APPEND)[0] == EFFECT_CSUPP | EFFECT_LBCC
+    d = get_log(ctrl, LogPage.CMD_EFFECTS, 4096, csi=1)
+    assert struct.unpack_from("<256I", d, 1024) == struct.unpack_from("<256I", effects_log(kv), 1024)
 
 
 def test_real_controller_stats_and_error_log() -> None:

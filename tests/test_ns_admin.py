@@ -96,7 +96,7 @@ def test_create_errors(subsys) -> None:
     assert create_error(a, create_data(8, flbas=5, dps=0x10)) == Status.INVALID_FIELD  # reserved DPS bit
     assert create_error(a, create_data(8, flbas=1, dps=5)) == Status.INVALID_FIELD    # PI type 5
     assert create_error(a, create_data((1 << 30) // 512 + 1)) == Status.NS_INSUFFICIENT_CAPACITY
-    assert create_error(a, create_data(8), csi=CSI.ZONED) == Status.INVALID_IO_COMMAND_SET
+    assert create_error(a, create_data(8), csi=1) == Status.INVALID_IO_COMMAND_SET   # key value: not here
     with pytest.raises(NvmeError) as e:
         run_admin(a, NS_MGMT, 0, cdw10=2)
     assert e.value.status == Status.INVALID_FIELD

@@ -8,7 +8,7 @@ import types
 import pytest
 
 import nvshell.device.vfio_user.server as server_mod
-from nvshell.device.errors import ObjectError, ObjectNotFound, PropertyError
+from nvshell.device.errors import NvshellError, ObjectError, ObjectNotFound, PropertyError
 from nvshell.device.machine import Machine
 from nvshell.device.nvme.spec import LBA_FORMATS
 
@@ -257,15 +257,13 @@ def test_shutdown_closes_everything(m):
 
 def test_zoned_and_qmp_style_values(m):
     m.object_add("x-nvme-subsystem", "s", {})
-    try:
-        import nvshell.device.nvme.namespace as nsmod
-        has_zoned = hasattr(nsmod, "ZonedNamespace")
-    except ImportError:
-        has_zoned = False
-    if not has_zoned:
-        with pytest.raises(ObjectError, match="zoned namespaces are not implemented yet"):
-            m.object_add("x-nvme-ns-zoned", "z", {"subsys": "s", "size": "1G", "zone-size": "64M"})
-        assert m.find_object("z") is None
+    z = m.object_add("x-nvme-ns-zoned", "z0", {"subsys": "s", "size": "1G", "zone-size": "64M",
+                                               "zone-capacity": "48M", "zone-max-open": 4})
+    assert (z.model.zones.nr_zones, z.model.zones.zone_cap, z.model.max_open) == (16, 48 << 11, 4)
+    with pytest.raises(NvshellError, match="Parameter 'zone-capacity'"):
+        m.object_add("x-nvme-ns-zoned", "z1", {"subsys": "s", "size": "1G", "zone-size": "64M",
+                                               "zone-capacity": "65M"})
+    assert m.find_object("z1") is None
     with pytest.raises(PropertyError, match="Parameter 'zone-size' expects a size"):
         m.object_add("x-nvme-ns-zoned", "z", {"subsys": "s", "size": "1G", "zone-size": "big"})
     # qmp-shell sends ints/bools where strings are expected; sizes may be ints or suffixed strings

@@ -43,6 +43,7 @@ FID_ASYNC_EVENT_CONFIG = 0x0B
 FID_TIMESTAMP = 0x0E
 FID_KEEP_ALIVE_TIMER = 0x0F
 FID_HOST_BEHAVIOR = 0x16
+FID_IO_COMMAND_SET_PROFILE = 0x19
 
 SEL_CURRENT, SEL_DEFAULT, SEL_SAVED, SEL_SUPPORTED = 0, 1, 2, 3
 #: Get Features SEL=3 result bits.
@@ -301,3 +302,12 @@ register(FID_ASYNC_EVENT_CONFIG, "async-event-config", lambda c, cmd, f, ns: f.a
 register(FID_TIMESTAMP, "timestamp", lambda c, cmd, f, ns: 0, _set_timestamp, data=_timestamp_data)
 register(FID_HOST_BEHAVIOR, "host-behavior", lambda c, cmd, f, ns: 0, _set_host_behavior,
          data=lambda c, cmd, f: f.host_behavior)
+
+
+def _set_iocs_profile(ctrl: "Controller", cmd: Command, targets: list) -> None:
+    """Only combination 0 exists (Identify CNS 1Ch: NVM + Zoned), so it is selected already."""
+    if cmd.cdw11 & 0x1FF:
+        raise NvmeError(Status.IO_COMMAND_SET_COMBINATION_REJECTED)
+
+
+register(FID_IO_COMMAND_SET_PROFILE, "io-command-set-profile", lambda c, cmd, f, ns: 0, _set_iocs_profile)

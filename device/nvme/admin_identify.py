@@ -26,6 +26,7 @@ from nvshell.device.nvme.spec import (BROADCAST_NSID, CSI, ID_NS, IDENTIFY_SIZE,
 from nvshell.device.nvme.lbaf import DPC_ALL, MC_BOTH
 from nvshell.device.nvme.status import NvmeError, Status
 from nvshell.device.nvme.subsystem import DEFAULT_MAX_NSID
+from nvshell.device.nvme.zoned import identify_controller_zoned
 
 
 # CNS values (Identify command, CDW10 bits 7:0)
@@ -297,8 +298,9 @@ def independent_namespace(ns: Any) -> bytes:
 
 
 def io_command_sets() -> bytes:
-    """CNS 1Ch: I/O Command Set vector 0 (the only combination) = NVM."""
-    return struct.pack("<Q", 1 << CSI.NVM).ljust(IDENTIFY_SIZE, b"\0")
+    """CNS 1Ch: I/O Command Set vector 0 (the only combination) = NVM and Zoned
+    Namespace (bit n = CSI n); feature 19h selects index 0."""
+    return struct.pack("<Q", (1 << CSI.NVM) | (1 << CSI.ZONED)).ljust(IDENTIFY_SIZE, b"\0")
 
 
 # ---------------------------------------------------------------- handler
@@ -343,9 +345,11 @@ def _cns_descriptors(ctrl: Any, cmd: Command, cntid: int, csi: int) -> bytes:
 def _cs_ns(ns: Any, csi: int) -> bytes:
     if ns is None:
         return b""
-    if csi != ns.csi:
-        raise NvmeError(Status.INVALID_FIELD)
-    return ns.identify_ns_csi()
+    if csi == ns.csi:
+        return ns.identify_ns_csi()
+    if csi == CSI.NVM and ns.csi == CSI.ZONED:   # zoned namespaces are NVM namespaces too
+        return ns.identify_ns_nvm()
+    raise NvmeError(Status.INVALID_FIELD)
 
 
 def _cns_cs_ns(ctrl: Any, cmd: Command, cntid: int, csi: int) -> bytes:
@@ -356,6 +360,8 @@ def _cns_cs_ns(ctrl: Any, cmd: Command, cntid: int, csi: int) -> bytes:
 def _cns_cs_ctrl(ctrl: Any, cmd: Command, cntid: int, csi: int) -> bytes:
     if csi == CSI.NVM:
         return identify_controller_nvm(ctrl)
+    if csi == CSI.ZONED:
+        return identify_controller_zoned(ctrl)
     raise NvmeError(Status.INVALID_FIELD)
 
 

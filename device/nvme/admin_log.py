@@ -140,10 +140,13 @@ def effects_log(io: CommandTable | None, admin: CommandTable = ADMIN) -> bytes:
 
 
 def io_table(ctrl: Any, csi: int) -> CommandTable | None:
-    """The I/O commands of command set ``csi`` on ``ctrl``: the NVM table, else the
-    table of an active namespace of that command set (None if it has none)."""
+    """The I/O commands of command set ``csi`` on ``ctrl``: the NVM or Zoned table,
+    else the table of an active namespace of that command set (None if it has none)."""
     if csi == CSI.NVM:
         return NVM
+    if csi == CSI.ZONED:
+        from nvshell.device.nvme.zns_commands import ZONED   # late: it imports the NVM handlers, which import us
+        return ZONED
     return next((ns.commands for ns in ctrl.namespaces.values() if ns.csi == csi), None)
 
 

@@ -50,6 +50,27 @@ def _default_factory(size: int, lba_size: int, shared: bool, **fmt: int) -> Any:
 #: that wants file backends).
 namespace_factory: Callable[..., Any] = _default_factory
 
+#: Zone size of a zoned namespace created by the host (the command carries none):
+#: this, or for a smaller namespace the largest power of two that fits.
+CREATED_ZONE_SIZE = 64 << 20
+
+
+def _default_zoned_factory(size: int, lba_size: int, shared: bool, **fmt: Any) -> Any:
+    """A new in-memory zoned namespace (CSI 02h), no open/active limits; ``fmt`` as
+    ``namespace_factory`` (ms, mset, pi, pil)."""
+    from nvshell.device.backends import MemoryBackend
+    from nvshell.device.nvme.zoned import ZonedNamespace
+    zone_size = min(CREATED_ZONE_SIZE, 1 << (size.bit_length() - 1))
+    if zone_size < lba_size:
+        raise NvmeError(Status.INVALID_FIELD, msg=f"{size} bytes hold no zone")
+    if fmt.get("pi"):
+        raise NvmeError(Status.INVALID_FORMAT, msg="zoned namespaces carry no protection information")
+    return ZonedNamespace(MemoryBackend(size), lba_size=lba_size, shared=shared, zone_size=zone_size, **fmt)
+
+
+#: The same for Namespace Management create with CSI 02h (Zoned Namespace).
+zoned_namespace_factory: Callable[..., Any] = _default_zoned_factory
+
 
 # -------------------------------------------------------------- management
 @ADMIN.command(AdminOpcode.NAMESPACE_MANAGEMENT, nsid="none", effects=EFFECT_NIC, direction="from-host")
@@ -66,7 +87,8 @@ def namespace_management(ctrl: Any, cmd: Command) -> None:
 def _create(ctrl: Any, cmd: Command) -> None:
     subsys = subsystem_of(ctrl)
     csi = (cmd.cdw11 >> 24) & 0xFF
-    if csi != CSI.NVM:
+    factories = {CSI.NVM: namespace_factory, CSI.ZONED: zoned_namespace_factory}
+    if csi not in factories:
         raise NvmeError(Status.INVALID_IO_COMMAND_SET)
     data = bytes(ctrl.transfer(cmd, IDENTIFY_SIZE, allow_sgl=False).from_guest())
     req = ID_NS.unpack(data.ljust(IDENTIFY_SIZE, b"\0"))
@@ -89,8 +111,8 @@ def _create(ctrl: Any, cmd: Command) -> None:
     if not subsys.free_nsid():
         raise NvmeError(Status.NSID_UNAVAILABLE)
     try:
-        ns = namespace_factory(size, lba_size, bool(req.nmic & 1), ms=fmt.ms, mset=int(fmt.extended),
-                               pi=fmt.pi, pil=int(fmt.first))
+        ns = factories[csi](size, lba_size, bool(req.nmic & 1), ms=fmt.ms, mset=int(fmt.extended),
+                            pi=fmt.pi, pil=int(fmt.first))
     except NvmeError:
         raise
     except Exception as exc:

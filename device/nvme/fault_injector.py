@@ -42,6 +42,9 @@ Actions (what the host sees):
   missed its deadline (error log entry, CSTS.CFS); the command is held, like
   every command a failed controller no longer processes. Without an armed timer
   (KATO 0) there is nothing to expire and the command runs normally.
+* ``zone-read-only`` / ``zone-offline``: the zone holding the command's SLBA
+  (zoned namespaces only) becomes Read Only / Offline, as a failing medium
+  would make it; the command then runs and meets the zone in that state.
 """
 
 from __future__ import annotations
@@ -284,6 +287,23 @@ class FaultInjector:
         if ctrl.iothread is not None:
             ctrl.iothread.call_later(rule.duration_ms / 1000.0, lambda: self._reattach(nsid))
         return None         # dispatch finds no namespace: Invalid Namespace, as after a detach
+
+    def _do_zone_read_only(self, rule: FaultRule, cmd: Command) -> Any:
+        return self._force_zone(cmd, "READ_ONLY")
+
+    def _do_zone_offline(self, rule: FaultRule, cmd: Command) -> Any:
+        return self._force_zone(cmd, "OFFLINE")
+
+    def _force_zone(self, cmd: Command, state_name: str) -> Any:
+        ns = self.ctrl.namespaces.get(cmd.nsid)
+        zones = getattr(ns, "zones", None)
+        if zones is None or cmd.sqid == 0 or cmd.opcode not in LBA_OPCODES:
+            return None     # not a zoned namespace or no LBA: the command runs as it would
+        from nvshell.device.nvme.zoned import ZoneState
+        slba = cmd.cdw10 | (cmd.cdw11 << 32)
+        if slba < ns.nlbas:
+            zones.force_state(zones.zone_of(slba), ZoneState[state_name])
+        return None
 
     def _reattach(self, nsid: int) -> None:
         """End of an ns-remove window: attach the namespace again if it still belongs here."""
