@@ -22,7 +22,6 @@ A new type needs an instance in ``CONFIG`` (or ``ns_create``) for the same reaso
 
 from __future__ import annotations
 
-import asyncio
 import json
 import struct
 import uuid as uuid_mod
@@ -31,10 +30,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
-from qemu.qmp import ExecuteError, QMPClient
+from qemu.qmp import ExecuteError
 
 from nvshell.monitor.format import format_value
-from nvshell.testing import NvshellProcess
+from nvshell.testing import NvshellProcess, QmpConnection
 from tests.nvme_host import AdminHost
 
 # ------------------------------------------------------------------------------ topology
@@ -76,28 +75,18 @@ NOT_CREATABLE_YET: dict[str, str] = {}
 
 
 # ------------------------------------------------------------------------------ QMP
-class Qmp:
-    """qemu.qmp's QMPClient driven from a synchronous test."""
-
-    def __init__(self, path: Path):
-        self.loop = asyncio.new_event_loop()
-        self.client = QMPClient("introspection")
-        self.loop.run_until_complete(self.client.connect(str(path)))
+class Qmp(QmpConnection):
+    """``QmpConnection`` called as ``qmp(command, arguments)``, plus the error of a refused command."""
 
     def __call__(self, cmd: str, args: dict[str, Any] | None = None) -> Any:
-        return self.loop.run_until_complete(self.client.execute(cmd, args or {}))
+        return self.execute(cmd, args)
 
     def error(self, cmd: str, args: dict[str, Any]) -> str:
-        """Theription of a command that must fail."""
         try:
-            self(cmd, args)
+            self.execute(cmd, args)
         except ExecuteError as e:
             return str(e)
         raise AssertionError(f"{cmd} {args} succeeded")
-
-    def close(self) -> None:
-        self.loop.run_until_complete(self.client.disconnect())
-        self.loop.close()
 
 
 # ------------------------------------------------------------------------------ what the host sees
