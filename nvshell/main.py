@@ -163,6 +163,8 @@ async def serve(args: argparse.Namespace, run_dir: Path, specs: "cmdline.Specs",
             cmdline.apply(machine, specs)
         ctx = MonitorContext(machine=machine, request_shutdown=stop.set)
         _apply_trace_options(ctx, args.trace)
+        from nvshell.monitor.commands_iostat import sampler_of
+        sampler_of(ctx).start()   # info iostat's last minute covers the time before it is asked
         if args.fault:
             from nvshell.monitor.commands_faults import apply_fault_options
             apply_fault_options(machine, args.fault)

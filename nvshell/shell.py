@@ -301,6 +301,8 @@ async def shell_loop(backend: ShellBackend, *, history_file: Path | str | None =
     """The read-eval-print loop for any backend (local or remote)."""
     from prompt_toolkit.patch_stdout import patch_stdout
 
+    from nvshell.iostat_view import live_interval, run_live_view
+
     result_out = out or sys.stdout  # captured before patch_stdout replaces sys.stdout
     bar = Toolbar(backend) if toolbar else None
     session = make_session(backend, history_file=history_file, input=input, output=output, toolbar=bar)
@@ -325,7 +327,12 @@ async def shell_loop(backend: ShellBackend, *, history_file: Path | str | None =
                     continue
                 except EOFError:
                     break
-                result = await _execute_interruptible(backend, line, loop)
+                interval = live_interval(line)
+                if interval is not None:  # `info iostat N`: a full-screen view until a key
+                    result = HMPResult(await run_live_view(backend.execute, line, interval,
+                                                           input=input, output=output))
+                else:
+                    result = await _execute_interruptible(backend, line, loop)
                 if result.text:
                     result_out.write(result.text)
                     result_out.flush()

@@ -1,0 +1,228 @@
+"""I/O statistics over time: QMP ``x-nvme-query-iostat`` and HMP ``info iostat [interval]``.
+
+Why a sampler: rates and "the last minute" need history, and both a local shell and a remote
+one (``--connect``) must see the same numbers, so the history lives in the monitor, not in a
+client.  Started by the first query, an asyncio task on the monitor loop takes one sample a
+second (``SAMPLE_PERIOD``) and keeps ``HISTORY`` of them.  A sample reads, on each controller's
+IOThread (the only thread allowed to read queue state), ``Controller.queue_info()`` (per SQ:
+``fetched`` commands, head/tail/size and held commands) and the SMART byte and command counters;
+latency comes from the monitor's ``nvme_cmd_complete`` statistics (``info latency``), as the
+difference of two log2 histograms, when that trace point is on.
+
+Numbers per controller: IOPS (read/write), MB/s (read/write), p50/p99 latency (histogram
+buckets: an upper bound), IOPS per second of the last minute.  Per queue: IOPS, occupancy
+(entries waiting in the SQ plus commands held by the controller, of the queue's size) and its
+own last minute.  Bytes are counted per controller only (the SMART counters), so a queue has no
+MB/s of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from nvshell.device.trace import bucket_label
+from nvshell.monitor.errors import DeviceNotFound, GenericError
+from nvshell.monitor.registry import Arg, qmp_command
+
+#: Seconds between two samples, and how many samples are kept (the sparkline's minute).
+SAMPLE_PERIOD = 1.0
+HISTORY = 61
+_KEY = "iostat-sampler"
+TYPE_CTRL = "x-nvme-ctrl"
+
+
+@dataclass
+class CtrlSample:
+    """One controller at one instant (counters are cumulative)."""
+
+    fetched: dict[int, int]
+    occupancy: dict[int, tuple[int, int]]  # qid -> (entries in use, size)
+    bytes_read: int
+    bytes_written: int
+    reads: int
+    writes: int
+    buckets: list[int] | None  # summed nvme_cmd_complete histogram, None when not traced
+
+
+@dataclass
+class Sample:
+    t: float
+    ctrls: dict[str, CtrlSample] = field(default_factory=dict)
+
+
+def _read_controller(model: Any) -> tuple[list[dict[str, Any]], int, int, int, int]:
+    """On the controller's IOThread: its queues and SMART counters, read together."""
+    s = model.stats
+    return model.queue_info(), s.bytes_read, s.bytes_written, s.host_read_commands, s.host_write_commands
+
+
+def _latency_buckets(ctx: Any) -> dict[str, list[int]] | None:
+    from nvshell.monitor.commands_tracing import has_tracing, tracing_of
+
+    if not has_tracing(ctx):
+        return None
+    tracing = tracing_of(ctx)
+    if not tracing.registry.get("nvme_cmd_complete").state:
+        return None
+    out: dict[str, list[int]] = {}
+    for (ctrl, opcode), op in tracing.latency.snapshot().items():
+        acc = out.setdefault(ctrl, [0] * len(op.buckets))
+        for i, n in enumerate(op.buckets):
+            acc[i] += n
+    return out
+
+
+class IostatSampler:
+    """The monitor's sample history (one per monitor context)."""
+
+    def __init__(self, ctx: Any) -> None:
+        self.ctx = ctx
+        self.samples: deque[Sample] = deque(maxlen=HISTORY)
+        self._task: asyncio.Task[None] | None = None
+        self._new = asyncio.Event()
+
+    def start(self) -> None:
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="iostat-sampler")
+
+    async def sample(self) -> Sample:
+        sample = Sample(time.monotonic())
+        latency = _latency_buckets(self.ctx)
+        for d in self.ctx.machine.devices():
+            if not d.is_a(TYPE_CTRL) or d.model is None or d.iothread is None:
+                continue  # being created or removed
+            try:
+                queues, br, bw, nr, nw = await asyncio.wrap_future(d.iothread.submit(_read_controller, d.model))
+            except Exception:  # noqa: BLE001 - removed between the listing and the read
+                continue
+            sample.ctrls[d.id] = CtrlSample(
+                fetched={q["qid"]: q["fetched"] for q in queues if q["kind"] == "sq"},
+                occupancy={q["qid"]: ((q["tail"] - q["head"]) % q["size"] + q["outstanding"], q["size"])
+                           for q in queues if q["kind"] == "sq"},
+                bytes_read=br, bytes_written=bw, reads=nr, writes=nw,
+                buckets=None if latency is None else latency.get(d.id, []))
+        return sample
+
+    async def _run(self) -> None:
+        while True:
+            self.samples.append(await self.sample())
+            self._new.set()
+            self._new = asyncio.Event()
+            await asyncio.sleep(SAMPLE_PERIOD)
+
+    async def window(self, interval: float) -> tuple[Sample, Sample]:
+        """The newest sample and the one ``interval`` seconds older (at least one period apart:
+        the first query waits for the sampler's second sample)."""
+        self.start()
+        while len(self.samples) < 2:
+            await self._new.wait()
+        new = self.samples[-1]
+        old = next((s for s in reversed(self.samples) if new.t - s.t >= interval - SAMPLE_PERIOD / 2),
+                   self.samples[0])
+        return old, new
+
+
+def sampler_of(ctx: Any) -> IostatSampler:
+    extra = getattr(ctx, "extra", None)
+    if extra is None or getattr(ctx, "machine", None) is None:
+        raise GenericError("I/O statistics need the nvshell machine")
+    sampler = extra.get(_KEY)
+    if sampler is None:
+        sampler = extra[_KEY] = IostatSampler(ctx)
+    return sampler
+
+
+def _percentile_bucket(buckets: list[int], pct: float) -> int | None:
+    total = sum(buckets)
+    if total == 0:
+        return None
+    rank = total * pct / 100
+    seen = 0
+    for i, n in enumerate(buckets):
+        seen += n
+        if seen >= rank:
+            return i
+    return len(buckets) - 1
+
+
+def _bucket_upper_us(i: int) -> int:
+    """Upper bound (us) of log2 bucket ``i`` (``device.trace.bucket_of``: i holds [2**(i-1), 2**i))."""
+    return 1 << i
+
+
+def _rate(new: int, old: int, dt: float) -> float:
+    return max(0, new - old) / dt if dt > 0 else 0.0
+
+
+def _history(samples: list[Sample], ctrl: str, qid: int | None) -> list[float]:
+    """Per-second IOPS over the kept samples (one value per pair of neighbours)."""
+    out: list[float] = []
+    for a, b in zip(samples, samples[1:]):
+        ca, cb = a.ctrls.get(ctrl), b.ctrls.get(ctrl)
+        if ca is None or cb is None:
+            out.append(0.0)
+            continue
+        if qid is None:
+            n = sum(max(0, cb.fetched.get(q, 0) - ca.fetched.get(q, 0)) for q in cb.fetched if q > 0)
+        else:
+            n = max(0, cb.fetched.get(qid, 0) - ca.fetched.get(qid, 0))
+        out.append(n / (b.t - a.t))
+    return out
+
+
+def iostat(sampler: IostatSampler, old: Sample, new: Sample, device: str | None) -> dict[str, Any]:
+    dt = new.t - old.t
+    samples = list(sampler.samples)
+    devices = []
+    for name, cn in new.ctrls.items():
+        if device is not None and name != device:
+            continue
+        co = old.ctrls.get(name) or CtrlSample({}, {}, cn.bytes_read, cn.bytes_written, cn.reads, cn.writes, None)
+        row: dict[str, Any] = {
+            "device": name, "interval": round(dt, 3),
+            "read-iops": _rate(cn.reads, co.reads, dt), "write-iops": _rate(cn.writes, co.writes, dt),
+            "read-mbps": _rate(cn.bytes_read, co.bytes_read, dt) / 1e6,
+            "write-mbps": _rate(cn.bytes_written, co.bytes_written, dt) / 1e6,
+            "iops": sum(_rate(n, co.fetched.get(q, 0), dt) for q, n in cn.fetched.items() if q > 0),
+            "history": _history(samples, name, None),
+        }
+        row["mbps"] = row["read-mbps"] + row["write-mbps"]
+        if cn.buckets is not None:
+            base = co.buckets or [0] * len(cn.buckets)
+            delta = [max(0, n - (base[i] if i < len(base) else 0)) for i, n in enumerate(cn.buckets)]
+            for pct in (50, 99):
+                b = _percentile_bucket(delta, pct)
+                row[f"p{pct}-us"] = None if b is None else _bucket_upper_us(b)
+                row[f"p{pct}-bucket"] = None if b is None else bucket_label(b)
+        row["queues"] = [{"qid": qid, "iops": _rate(n, co.fetched.get(qid, 0), dt),
+                          "occupancy": cn.occupancy[qid][0], "size": cn.occupancy[qid][1],
+                          "history": _history(samples, name, qid)}
+                         for qid, n in sorted(cn.fetched.items())]
+        devices.append(row)
+    return {"interval": round(dt, 3), "latency": any(c.buckets is not None for c in new.ctrls.values()),
+            "devices": devices}
+
+
+@qmp_command("x-nvme-query-iostat", args=[
+    Arg("device", "str", optional=True, doc="only this controller"),
+    Arg("interval", "number", optional=True, doc="seconds the rates are taken over (default 1, at most 60)"),
+], returns="any")
+async def x_nvme_query_iostat(ctx: Any, args: dict) -> dict[str, Any]:
+    """Rates per controller and queue over the last ``interval`` seconds, and IOPS per second of
+    the last minute (``history``, oldest first); p50/p99 only while nvme_cmd_complete is traced."""
+    interval = float(args.get("interval", 1.0))
+    if not 0 < interval <= HISTORY - 1:
+        raise GenericError(f"Parameter 'interval' expects a number of seconds in (0, {HISTORY - 1}]")
+    device = args.get("device")
+    if device is not None and not any(d.id == device and d.is_a(TYPE_CTRL) for d in ctx.machine.devices()):
+        raise DeviceNotFound(f"Device '{device}' not found")
+    sampler = sampler_of(ctx)
+    old, new = await sampler.window(interval)
+    return iostat(sampler, old, new, device)
+
+
+from nvshell.monitor import hmp_iostat as _hmp_iostat  # noqa: E402,F401  (info iostat)

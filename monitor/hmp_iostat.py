@@ -1,0 +1,80 @@
+"""HMP ``info iostat [interval] [device]``: ``x-nvme-query-iostat`` as a table with sparklines.
+
+One table per call (script mode, ``human-monitor-command``, a remote shell); the interactive
+shell turns ``info iostat INTERVAL`` into a full-screen view that re-runs this command every
+INTERVAL seconds (``nvshell/iostat_view.py``), so the local and the ``--connect`` shell show
+the very same text.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from nvshell.monitor.hmp import HMPError, info_command, qmp
+
+#: Eight heights; a second with no I/O is a blank, so idle time shows as a gap.
+SPARK = "▁▂▃▄▅▆▇█"
+
+
+def sparkline(values: list[float], width: int = 60) -> str:
+    """The last ``width`` values, scaled to the largest of them."""
+    vals = values[-width:]
+    top = max(vals, default=0.0)
+    if top <= 0:
+        return " " * width
+    line = "".join(" " if v <= 0 else SPARK[round(v / top * (len(SPARK) - 1))] for v in vals)
+    return line.rjust(width)  # newest second on the right, always at the same column
+
+
+def _num(v: float) -> str:
+    if v >= 100_000:
+        return f"{v / 1000:.0f}k"
+    if v >= 100:
+        return f"{v:.0f}"
+    return f"{v:.1f}"
+
+
+def _lat(us: int | None) -> str:
+    if us is None:
+        return "-"
+    if us >= 1_000_000:
+        return f"<{us / 1_000_000:g}s"
+    if us >= 1000:
+        return f"<{us / 1000:g}ms"
+    return f"<{us}us"
+
+
+def render_iostat(data: dict[str, Any]) -> str:
+    """The table: a controller line (all its I/O queues), then one line per queue."""
+    header = (f"{'device':<10} {'queue':<6} {'IOPS':>8} {'r/s':>8} {'w/s':>8} {'MB/s':>8} {'occupancy':>10} "
+              f"{'p50':>7} {'p99':>7}  last minute (IOPS/s)")
+    lines = [f"I/O over the last {data['interval']:g} s", header]
+    for dev in data["devices"]:
+        lines.append(f"{dev['device']:<10} {'all':<6} {_num(dev['iops']):>8} {_num(dev['read-iops']):>8} "
+                     f"{_num(dev['write-iops']):>8} {dev['mbps']:>8.2f} {'':>10} {_lat(dev.get('p50-us')):>7} "
+                     f"{_lat(dev.get('p99-us')):>7}  |{sparkline(dev['history'])}|")
+        for q in dev["queues"]:
+            occ = f"{q['occupancy']}/{q['size']}"
+            lines.append(f"{'':<10} {'q' + str(q['qid']):<6} {_num(q['iops']):>8} {'':>8} {'':>8} {'':>8} "
+                         f"{occ:>10} {'':>7} {'':>7}  |{sparkline(q['history'])}|")
+    if not data["devices"]:
+        lines.append("(no controllers)")
+    if not data["latency"]:
+        lines.append("p50/p99: trace-event nvme_cmd_complete on")
+    return "\n".join(lines)
+
+
+@info_command("iostat", "interval? device?",
+              help="I/O rates per controller and queue (IOPS, MB/s, occupancy, p50/p99, last minute); "
+                   "in the shell, with an interval: a live view refreshed every interval seconds",
+              complete={"device": "device-id"})
+async def info_iostat(ctx: Any, args: dict[str, Any]) -> str:
+    qargs: dict[str, Any] = {}
+    if args["interval"] is not None:
+        try:
+            qargs["interval"] = float(args["interval"])
+        except ValueError:
+            raise HMPError(f"info iostat: interval must be a number of seconds, not '{args['interval']}'") from None
+    if args["device"]:
+        qargs["device"] = args["device"]
+    return render_iostat(await qmp(ctx, "x-nvme-query-iostat", qargs))
