@@ -20,9 +20,10 @@ import logging
 import random
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, ClassVar, Iterator
 
 from nvshell.device.errors import PropertyError
+from nvshell.device.keyval import parse_bool
 from nvshell.device.nvme.spec import ADMIN_OPCODE_NAMES, IO_OPCODE_NAMES, LBA_OPCODES, NvmOpcode, opcode_label
 from nvshell.device.nvme.status import Status
 
@@ -32,6 +33,26 @@ ACTIONS = ("status", "delay", "drop", "corrupt", "pi-corrupt", "dma-error", "fat
            "aen", "irq-loss", "keep-alive-expire", "self-test-fail", "zone-read-only", "zone-offline")
 #: Protection information fields action=pi-corrupt damages (``field=``).
 PI_FIELDS = ("guard", "apptag", "reftag")
+
+#: Queue kinds an opcode name is looked up in.
+QUEUE_KINDS = ("admin", "io")
+
+
+@dataclass(frozen=True)
+class FaultArg:
+    """One argument of a fault rule, declared once: ``FaultRule.from_args`` checks names
+    against these, and the monitor derives the QMP declaration (``query-qmp-schema``),
+    the shell's ``fault_add`` usage line and its completion from the same table."""
+
+    name: str
+    doc: str
+    #: The words it takes, when it is one of a fixed set (QMP enum, completion values).
+    choices: tuple[str, ...] = ()
+    #: "str" or "any" (a number, or a string holding one: keyval has only strings).
+    type: str = "any"
+    #: The usage line's placeholder for the value.
+    meta: str = "n"
+
 
 #: QMP event sent for every hit of a rule whose ``event`` is on.
 FAULT_EVENT = "X_NVME_FAULT_INJECTED"
@@ -51,6 +72,37 @@ AEN_KINDS = {
 #: SMART Critical Warning bits an AEN kind sets (what ``nvme smart-log`` then shows).
 AEN_WARNING_BITS = {"smart-critical": 0x04, "temperature": 0x02, "spare": 0x01, "ns-changed": 0}
 
+
+
+
+#: Every fault rule argument, in the order usage lines and schemas list them.
+FAULT_ARGS: tuple[FaultArg, ...] = (
+    FaultArg("id", "rule name", type="str", meta="str"),
+    FaultArg("action", "what a hit does (default status)", ACTIONS, "str", "action"),
+    FaultArg("ctrl", "controller (device id) to match", type="str", meta="dev"),
+    FaultArg("qid", "submission queue id to match (0: admin)"),
+    FaultArg("queue", "admin or io: which opcode table 'opcode' names", QUEUE_KINDS, "str", "kind"),
+    FaultArg("opcode", "opcode name (read, write, identify, namespace-management, ...) or number", meta="name|n"),
+    FaultArg("nsid", "namespace id to match"),
+    FaultArg("slba", "first LBA of the range to match (overlap)"),
+    FaultArg("nlb", "number of LBAs of the range (default: to the end)"),
+    FaultArg("count", "hit at most this many times"),
+    FaultArg("skip", "let this many matching commands through first"),
+    FaultArg("probability", "hit with this probability (0..1)", meta="p"),
+    FaultArg("seed", "seed of the probability (and of the bits corrupt flips)"),
+    FaultArg("status", "action=status: status name, number or SCT/SC", meta="name|n|sct/sc"),
+    FaultArg("dnr", "Do Not Retry bit (status, dma-error)", meta="on|off"),
+    FaultArg("more", "More bit (status)", meta="on|off"),
+    FaultArg("delay", "action=delay: milliseconds", meta="ms"),
+    FaultArg("bits", "action=corrupt: bits to flip (default 1)"),
+    FaultArg("duration", "ns-not-ready / ns-remove: milliseconds (default 1000)", meta="ms"),
+    FaultArg("aen", "action=aen: the event and warning raised", tuple(AEN_KINDS), "str", "kind"),
+    FaultArg("field", "action=pi-corrupt: guard (default), apptag or reftag", PI_FIELDS, "str", "field"),
+    FaultArg("event", "send X_NVME_FAULT_INJECTED per hit (default on)", meta="on|off"),
+    FaultArg("result", "action=self-test-fail: self-test result code 1..9 (default 7, segment failed)"),
+    FaultArg("segment", "action=self-test-fail: number of the failing segment (default 7)"),
+    FaultArg("lba", "action=self-test-fail: failing LBA reported in the self-test log"),
+)
 
 
 def parse_status(value: Any) -> int:
@@ -99,15 +151,7 @@ def _int(args: dict[str, Any], name: str, lo: int, hi: int) -> int | None:
 
 
 def _bool(args: dict[str, Any], name: str) -> bool:
-    value = args.get(name, False)
-    if isinstance(value, bool):
-        return value
-    text = str(value).lower()
-    if text in ("on", "yes", "true", "1"):
-        return True
-    if text in ("off", "no", "false", "0"):
-        return False
-    raise PropertyError(f"Parameter '{name}' expects on/off, got '{value}'")
+    return parse_bool(args.get(name, False), name)
 
 
 @dataclass
@@ -153,9 +197,7 @@ class FaultRule:
     #: Chooses the bits action=corrupt flips (seeded apart from ``_rng``: reproducible).
     bit_rng: random.Random = field(default_factory=random.Random, repr=False)
 
-    ARGUMENTS = ("id", "action", "ctrl", "qid", "opcode", "queue", "nsid", "slba", "nlb", "count", "skip",
-                 "probability", "seed", "status", "dnr", "more", "delay", "bits", "duration", "aen", "field", "event",
-                 "result", "segment", "lba")
+    ARGUMENTS: ClassVar[tuple[str, ...]] = tuple(a.name for a in FAULT_ARGS)
 
     @classmethod
     def from_args(cls, args: dict[str, Any]) -> "FaultRule":
@@ -177,7 +219,7 @@ class FaultRule:
         rule.ctrl = str(args["ctrl"]) if args.get("ctrl") not in (None, "") else None
         rule.qid = _int(args, "qid", 0, 0xFFFF)
         queue = args.get("queue")
-        if queue is not None and str(queue) not in ("admin", "io"):
+        if queue is not None and str(queue) not in QUEUE_KINDS:
             raise PropertyError(f"Parameter 'queue' expects admin or io, got '{queue}'")
         rule.queue_kind = str(queue) if queue is not None else None
         if rule.qid is not None and rule.queue_kind is None:

@@ -12,7 +12,10 @@ import inspect
 from typing import Any
 
 from nvshell.monitor.errors import CommandNotFound, GenericError
-from nvshell.monitor.registry import Arg, Enum, Struct, qmp_command
+from nvshell.monitor.registry import Arg, Enum, Struct, qmp_command, qmp_event
+
+qmp_event("SHUTDOWN", [Arg("guest", "bool", doc="false: the host asked (quit)"), Arg("reason", "str")],
+          "nvshell is about to exit")
 
 QMP_CAPABILITY = Enum("QMPCapability", ("oob",))
 VERSION_TRIPLE = Struct("VersionTriple", (Arg("major", "int"), Arg("minor", "int"), Arg("micro", "int")))

@@ -12,40 +12,23 @@ from __future__ import annotations
 from typing import Any
 
 from nvshell.device.errors import PropertyError
-from nvshell.device.faults import FaultRule
+from nvshell.device.faults import FAULT_ARGS as RULE_ARGS
+from nvshell.device.faults import FAULT_EVENT, FaultRule
+from nvshell.device.keyval import parse_keyval
 from nvshell.monitor.errors import DeviceNotFound, GenericError
-from nvshell.monitor.registry import Arg, qmp_command
+from nvshell.monitor.registry import Arg, Enum, qmp_command, qmp_event
 
-#: The rule arguments, as QMP declares them ("any": a number or a string with one).
-FAULT_ARGS = [
-    Arg("id", "str", doc="rule name"),
-    Arg("action", "str", True, "status (default), delay, drop, corrupt, pi-corrupt, dma-error, fatal, "
-                               "ns-not-ready, ns-remove, aen, irq-loss, keep-alive-expire, self-test-fail, "
-                               "zone-read-only, zone-offline"),
-    Arg("ctrl", "str", True, "controller (device id) to match"),
-    Arg("qid", "any", True, "submission queue id to match (0: admin)"),
-    Arg("queue", "str", True, "admin or io: which opcode table 'opcode' names"),
-    Arg("opcode", "any", True, "opcode name (read, write, identify, ...) or number"),
-    Arg("nsid", "any", True, "namespace id to match"),
-    Arg("slba", "any", True, "first LBA of the range to match (overlap)"),
-    Arg("nlb", "any", True, "number of LBAs of the range (default: to the end)"),
-    Arg("count", "any", True, "hit at most this many times"),
-    Arg("skip", "any", True, "let this many matching commands through first"),
-    Arg("probability", "any", True, "hit with this probability (0..1)"),
-    Arg("seed", "any", True, "seed of the probability (and of the bits corrupt flips)"),
-    Arg("status", "any", True, "action=status: status name, number or SCT/SC"),
-    Arg("dnr", "any", True, "Do Not Retry bit (status, dma-error)"),
-    Arg("more", "any", True, "More bit (status)"),
-    Arg("delay", "any", True, "action=delay: milliseconds"),
-    Arg("bits", "any", True, "action=corrupt: bits to flip (default 1)"),
-    Arg("duration", "any", True, "ns-not-ready / ns-remove: milliseconds (default 1000)"),
-    Arg("aen", "str", True, "action=aen: smart-critical, temperature, spare, ns-changed"),
-    Arg("field", "str", True, "action=pi-corrupt: guard (default), apptag or reftag"),
-    Arg("event", "any", True, "send X_NVME_FAULT_INJECTED per hit (default on)"),
-    Arg("result", "any", True, "action=self-test-fail: self-test result code 1..9 (default 7, segment failed)"),
-    Arg("segment", "any", True, "action=self-test-fail: number of the failing segment (default 7)"),
-    Arg("lba", "any", True, "action=self-test-fail: failing LBA reported in the self-test log"),
-]
+#: The rule arguments as QMP declares them, derived from ``device.faults.FAULT_ARGS``
+#: (fixed word sets become enums, so ``query-qmp-schema`` and completion list them).
+FAULT_ARGS = [Arg(a.name, Enum(f"FaultRule-{a.name}", a.choices) if a.choices else a.type, a.name != "id", a.doc)
+              for a in RULE_ARGS]
+
+
+qmp_event(FAULT_EVENT, [Arg("id", "str", doc="rule"), Arg("action", "str"), Arg("device", "str"), Arg("qid", "int"),
+                        Arg("cid", "int"), Arg("opcode", "str", doc="opcode name (or 0x.. without one)"),
+                        Arg("nsid", "int"), Arg("hits", "int", doc="this hit's number"),
+                        Arg("slba", "int", True, "LBA commands: first LBA"), Arg("nlb", "int", True, "blocks")],
+          "a fault rule with event=on hit a command")
 
 
 def _machine(ctx: Any) -> Any:
@@ -77,13 +60,10 @@ def add_rule(machine: Any, args: dict[str, Any]) -> FaultRule:
 
 def apply_fault_options(machine: Any, options: list[str]) -> None:
     """The ``-fault KEYVAL`` command line options (nvshell/main.py), after the machine is built."""
-    from nvshell.monitor.hmp import HMPError, parse_opts
 
     for text in options:
         try:
-            add_rule(machine, parse_opts(text, "id"))
-        except HMPError as exc:
-            raise PropertyError(f"-fault '{text}': {exc}") from None
+            add_rule(machine, parse_keyval(text, "id"))
         except PropertyError as exc:
             raise PropertyError(f"-fault '{text}': {exc}") from None
 

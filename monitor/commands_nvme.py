@@ -10,10 +10,11 @@ from __future__ import annotations
 from typing import Any
 
 from nvshell.device.iothread import wait_future
+from nvshell.device.keyval import BOOL_CHOICES
 from nvshell.device.qom.properties import BoolType, EnumType, IntType, ListType
 from nvshell.monitor.errors import GenericError
 from nvshell.monitor.jsonify import jsonable
-from nvshell.monitor.registry import Arg, qmp_command
+from nvshell.monitor.registry import Arg, qmp_command, qmp_event
 
 TYPE_SUBSYSTEM = "x-nvme-subsystem"
 TYPE_NS = "x-nvme-ns"
@@ -121,6 +122,13 @@ def query_namespaces(ctx: Any, args: dict) -> list[dict[str, Any]]:
     return [namespace_info(o) for o in _machine(ctx).objects() if o.is_a(TYPE_NS)]
 
 
+_CLIENT = [Arg("device", "str", doc="controller id"), Arg("socket", "str", doc="its vfio-user socket"),
+           Arg("pid", "int", True, "the client's process id, when the socket tells it")]
+qmp_event("X_NVME_CLIENT_CONNECTED", _CLIENT, "a vfio-user client (a VM) connected to a controller")
+qmp_event("X_NVME_CLIENT_DISCONNECTED", _CLIENT + [Arg("reason", "str", True, "why it ended")],
+          "the vfio-user client went away")
+
+
 @qmp_command("x-nvme-query-controllers", returns=["any"])
 async def query_controllers(ctx: Any, args: dict) -> list[dict[str, Any]]:
     """Every controller: id, subsystem, cntlid, socket, connected, io-commands (cheap: toolbar).
@@ -155,7 +163,7 @@ def query_property_values(ctx: Any, args: dict) -> list[dict[str, Any]]:
         elif isinstance(t, IntType):
             values = t.choices
         elif isinstance(t, BoolType):
-            values = ("on", "off")
+            values = BOOL_CHOICES
         elif isinstance(t, ListType) and p.name == "attached-to":
             values = ["all"] + [d.id for d in m.devices() if d.is_a(TYPE_CTRL) and d.id]
         if values:

@@ -14,7 +14,7 @@ from typing import Any
 from nvshell.device.errors import NvshellError
 from nvshell.monitor.errors import DeviceNotFound, GenericError
 from nvshell.monitor.jsonify import jsonable
-from nvshell.monitor.registry import Arg, Struct, qmp_command
+from nvshell.monitor.registry import Arg, Struct, qmp_command, qmp_event
 
 OBJECT_PROPERTY_INFO = Struct("ObjectPropertyInfo", (
     Arg("name", "str"), Arg("type", "str"), Arg("description", "str", optional=True),
@@ -52,6 +52,10 @@ def device_add(ctx: Any, args: dict) -> None:
     """Create a device; every key but driver/id is a property (bus included, when given)."""
     props = {k: v for k, v in args.items() if k not in ("driver", "id")}
     machine_of(ctx).device_add(args["driver"], args.get("id"), props)
+
+
+qmp_event("DEVICE_DELETED", [Arg("device", "str", True, "the device's id"), Arg("path", "str", doc="its QOM path")],
+          "a device_del finished: the device is gone")
 
 
 @qmp_command("device_del", args=[Arg("id", "str")])

@@ -42,7 +42,7 @@ from nvshell.device.trace import TRACE, LatencyStats, Record, TraceError, TraceR
 from nvshell.monitor.errors import DeviceNotFound, GenericError
 from nvshell.monitor.events import make_event
 from nvshell.monitor.qmp.session import CURRENT_SESSION
-from nvshell.monitor.registry import Arg, qmp_command
+from nvshell.monitor.registry import Arg, qmp_command, qmp_event
 
 log = logging.getLogger("nvshell.monitor.tracing")
 
@@ -50,6 +50,11 @@ log = logging.getLogger("nvshell.monitor.tracing")
 RECORD_EVENT = "X_TRACE_RECORD"
 #: Event telling a subscribed client how many records it lost (it did not keep up).
 DROPPED_EVENT = "X_TRACE_DROPPED"
+qmp_event(RECORD_EVENT, [Arg("name", "str", doc="trace point"), Arg("ts", "int", doc="wall-clock time, ns")],
+          "one trace record for an x-trace-subscribe client; the trace point's own fields follow")
+qmp_event(DROPPED_EVENT, [Arg("dropped", "int", doc="records lost since the last report")],
+          "a subscribed client did not keep up")
+
 #: Records a subscriber may have queued before further ones are dropped.
 DEFAULT_MAX_PENDING = 100_000
 

@@ -165,13 +165,13 @@ def format_trace_events(events: list[dict[str, Any]]) -> str:
 # help for types
 
 
-def format_type_list(types: list[dict[str, Any]]) -> str:
-    """``device_add help``: ``name "x", desc "..."`` lines as QEMU prints them."""
-    lines = []
-    for t in sorted(types, key=lambda t: t["name"]):
-        desc = t.get("description") or t.get("desc")
-        lines.append(f"name \"{t['name']}\"" + (f", desc \"{desc}\"" if desc else ""))
-    return "\n".join(lines) + "\n" if lines else "no types\n"
+def format_type_list(kind: str, types: list[dict[str, Any]]) -> str:
+    """``object_add help`` / ``-object help`` (kind "object") and ``device_add help`` /
+    ``-device help`` (kind "device"), as QEMU prints them; both paths use this."""
+    names = sorted(t["name"] for t in types)
+    if kind == "object":
+        return "List of user creatable object types:\n" + "".join(f"  {n}\n" for n in names)
+    return "Storage devices:\n" + "".join(f'name "{n}"\n' for n in names)
 
 
 def format_type_properties(typename: str, props: list[dict[str, Any]]) -> str:

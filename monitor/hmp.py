@@ -16,7 +16,6 @@ import inspect
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Iterator
 
-from nvshell.device.keyval import split_items
 from nvshell.device.errors import NvshellError
 from nvshell.monitor.errors import MonitorError, QMPError
 
@@ -196,30 +195,6 @@ def bind_args(cmd: HMPCommand, rest: str) -> dict[str, Any]:
     if rest:
         raise HMPError(f"{cmd.name}: too many arguments: '{rest}' (usage: {cmd.name} {cmd.params})")
     return args
-
-
-def parse_opts(text: str, implied: str) -> dict[str, str]:
-    """QemuOpts/keyval ``type,id=x,prop=value`` -> dict; ``,,`` is a literal comma.
-
-    The first item may omit ``implied=`` (the type or driver).  Values stay strings: the
-    object model converts them exactly as it does for ``-object``/``-device``."""
-    items = split_items(text)
-    out: dict[str, str] = {}
-    for n, item in enumerate(items):
-        if not item:
-            raise HMPError(f"empty option in '{text}'")
-        key, eq, value = item.partition("=")
-        if not eq:
-            if n == 0:
-                key, value = implied, item
-            elif item == "help":
-                key, value = "help", "on"
-            else:
-                raise HMPError(f"Expected '=' after parameter '{item}'")
-        if key in out:
-            raise HMPError(f"Parameter '{key}' given twice")
-        out[key] = value
-    return out
 
 
 # ---------------------------------------------------------------------------------------

@@ -10,7 +10,8 @@ import json
 from typing import Any
 
 from nvshell.monitor import format as fmt
-from nvshell.monitor.hmp import COMMANDS, INFO, HMPError, QuitRequest, hmp_command, info_command, parse_opts, qmp
+from nvshell.device.keyval import parse_bool, parse_keyval
+from nvshell.monitor.hmp import COMMANDS, INFO, HMPError, QuitRequest, hmp_command, info_command, qmp
 
 PERIPHERAL = "/machine/peripheral"
 OBJECTS = "/objects"
@@ -103,12 +104,14 @@ async def info_trace_events(ctx: Any, args: dict[str, Any]) -> str:
 
 
 async def _type_help(ctx: Any, opts: dict[str, Any], key: str, kind: str, query: str) -> str | None:
-    """``TYPE=help`` lists the types, ``TYPE,help`` one type's properties; None otherwise
-    (shared by object_add and device_add, as QEMU's -object/-device help)."""
-    if opts.get(key) == "help":
-        return fmt.format_type_list(await list_types(ctx, kind))
-    if opts.pop("help", None):
-        typename = opts[key]
+    """``help`` lists the types, ``TYPE,help`` one type's properties; None otherwise.
+    Shared by object_add and device_add, and by -object/-device (``nvshell.cmdline``
+    runs these very commands), so help reads the same everywhere."""
+    wants = opts.pop("help", False)
+    typename = opts.get(key)
+    if typename in ("help", "?") or (wants and typename is None):
+        return fmt.format_type_list(kind, await list_types(ctx, kind))
+    if wants:
         return fmt.format_type_properties(typename, await qmp(ctx, query, {"typename": typename}))
     return None
 
@@ -116,7 +119,7 @@ async def _type_help(ctx: Any, opts: dict[str, Any], key: str, kind: str, query:
 @hmp_command("object_add", "options*", params="[qom-type=]type,id=str[,prop=value][,...]",
              help="create QOM object", complete={"options": "object-opts"})
 async def hmp_object_add(ctx: Any, args: dict[str, Any]) -> str:
-    opts = parse_opts(args["options"], "qom-type")
+    opts = parse_keyval(args["options"], "qom-type")
     text = await _type_help(ctx, opts, "qom-type", "object", "qom-list-properties")
     if text is not None:
         return text
@@ -135,7 +138,7 @@ async def hmp_object_del(ctx: Any, args: dict[str, Any]) -> str:
 @hmp_command("device_add", "options*", params="driver[,prop=value][,...]",
              help="add device, like -device on the command line", complete={"options": "device-opts"})
 async def hmp_device_add(ctx: Any, args: dict[str, Any]) -> str:
-    opts = parse_opts(args["options"], "driver")
+    opts = parse_keyval(args["options"], "driver")
     text = await _type_help(ctx, opts, "driver", "device", "device-list-properties")
     if text is not None:
         return text
@@ -192,16 +195,6 @@ async def hmp_quit(ctx: Any, args: dict[str, Any]) -> str:
 
 # ---------------------------------------------------------------------------------------
 # helpers shared with the completer
-
-
-def parse_bool(text: str, what: str) -> bool:
-    """on/off, true/false, yes/no, 1/0 as QEMU's HMP accepts them."""
-    low = text.lower()
-    if low in ("on", "true", "yes", "1"):
-        return True
-    if low in ("off", "false", "no", "0"):
-        return False
-    raise HMPError(f"Parameter '{what}' expects 'on' or 'off'")
 
 
 def convert_value(text: str, ptype: str | None) -> Any:
@@ -286,4 +279,4 @@ async def child_ids(ctx: Any, container: str) -> list[str]:
     return sorted(p["name"] for p in props if p["type"].startswith("child<"))
 
 
-__all__ = ["COMMANDS", "INFO", "convert_value", "list_types", "child_ids", "qom_tree", "parse_bool"]
+__all__ = ["COMMANDS", "INFO", "convert_value", "list_types", "child_ids", "qom_tree"]

@@ -10,19 +10,20 @@ from __future__ import annotations
 from typing import Any
 
 from nvshell.monitor import format as fmt
-from nvshell.monitor.hmp import HMPError, hmp_command, info_command, parse_opts, qmp
+from nvshell.device.faults import FAULT_ARGS
+from nvshell.device.keyval import parse_keyval
+from nvshell.monitor.hmp import HMPError, hmp_command, info_command, qmp
 
-FAULT_PARAMS = ("id=str[,ctrl=dev][,qid=n][,opcode=name|n][,nsid=n][,slba=n,nlb=n]"
-                "[,count=n][,skip=n][,probability=p,seed=n],action=status|delay|drop|corrupt|pi-corrupt|"
-                "dma-error|fatal|ns-not-ready|ns-remove|aen|irq-loss|zone-read-only|zone-offline"
-                "[,status=name|n|sct/sc][,dnr=on][,more=on]"
-                "[,delay=ms][,bits=n][,duration=ms][,aen=kind][,field=guard|apptag|reftag][,event=off]")
+#: The usage line, from the one declaration of the rule arguments (device.faults.FAULT_ARGS).
+FAULT_PARAMS = ",".join(f"{a.name}={'|'.join(a.choices) if a.choices else a.meta}" if a.name == "id" else
+                        f"[,{a.name}={'|'.join(a.choices) if a.choices else a.meta}]" for a in FAULT_ARGS
+                        ).replace(",[,", "[,")
 
 
-@hmp_command("fault_add", "options*", params=FAULT_PARAMS,
+@hmp_command("fault_add", "options*", params=FAULT_PARAMS, complete={"options": "fault-opts"},
              help="add a fault injection rule (see README 'Fault injection')")
 async def hmp_fault_add(ctx: Any, args: dict[str, Any]) -> str:
-    opts = parse_opts(args["options"], "id")
+    opts = parse_keyval(args["options"], "id")
     if "id" not in opts:
         raise HMPError("Parameter 'id' is missing")
     await qmp(ctx, "x-nvme-fault-add", opts)

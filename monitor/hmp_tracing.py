@@ -32,7 +32,7 @@ from typing import Any, Callable, Optional
 from nvshell.device.trace import LineSink, RateLimitedSink, Record
 from nvshell.monitor.commands_tracing import FILTER_FIELDS, Tracing, parse_filter_value, record_matches, tracing_of
 from nvshell.monitor.hmp import COMMANDS, HMPCommand, HMPError, hmp_command, info_command, qmp
-from nvshell.monitor.hmp_commands import parse_bool
+from nvshell.device.keyval import parse_bool
 
 #: Default lines per second the shell prints before counting drops.
 DEFAULT_RATE = 25

@@ -64,6 +64,15 @@ EMPTY = Struct("Empty", ())
 Handler = Callable[[Any, dict], Union[Any, Awaitable[Any]]]
 
 
+@dataclass(frozen=True)
+class EventDecl:
+    """A declared event: its name and its ``data`` members (for ``query-qmp-schema``)."""
+
+    name: str
+    members: tuple[Arg, ...] = ()
+    doc: str = ""
+
+
 @dataclass
 class Command:
     """A registered command: its declaration and its handler."""
@@ -201,6 +210,7 @@ class Registry:
 
     def __init__(self) -> None:
         self._commands: dict[str, Command] = {}
+        self._events: dict[str, EventDecl] = {}
 
     # -- declaration ---------------------------------------------------------
     def register(self, command: Command) -> Command:
@@ -223,6 +233,20 @@ class Registry:
                                   flatten, getattr(handler, "__module__", "")))
             return handler
         return decorate
+
+    def event(self, name: str, members: Iterable[Arg] = (), doc: str = "") -> EventDecl:
+        """Declare an event the monitor sends (QEMU's SchemaInfoEvent in ``query-qmp-schema``)."""
+        decl = EventDecl(name, tuple(members), doc)
+        old = self._events.get(name)
+        if old is not None and old != decl:
+            raise ValueError(f"QMP event {name!r} is already declared differently")
+        for member in decl.members:
+            _validate_type(member.type)
+        self._events[name] = decl
+        return decl
+
+    def event_names(self) -> list[str]:
+        return sorted(self._events)
 
     def unregister(self, name: str) -> None:
         """Remove a command (tests, experimental commands that go away)."""
@@ -283,6 +307,10 @@ class Registry:
             ret_type = builder.ref(command.returns)
             builder.entities.append({"name": name, "meta-type": "command", "arg-type": arg_type,
                                      "ret-type": ret_type, "allow-oob": False})
+        for name in self.event_names():
+            event = self._events[name]
+            arg_type = builder.ref(Struct(f"{name}-data", event.members) if event.members else EMPTY)
+            builder.entities.append({"name": name, "meta-type": "event", "arg-type": arg_type})
         return builder.entities
 
 
@@ -348,6 +376,11 @@ def qmp_command(name: str, *, args: Iterable[Arg] = (), returns: Any = EMPTY, do
                 flatten: bool = False) -> Callable[[Handler], Handler]:
     """Register a command in the process-wide registry (usable from any module)."""
     return REGISTRY.command(name, args=args, returns=returns, doc=doc, flatten=flatten)
+
+
+def qmp_event(name: str, members: Iterable[Arg] = (), doc: str = "") -> EventDecl:
+    """Declare an event in the process-wide registry."""
+    return REGISTRY.event(name, members, doc)
 
 
 _loaded = False

@@ -32,7 +32,8 @@ Values may be strings (as on the command line), numbers, booleans or lists of st
 
 API used by ``nvshell/main.py``: ``help_request(objects, devices) -> str | None``,
 ``parse(objects=, devices=, readconfig=) -> Specs``, ``apply(machine, specs)``,
-``default_topology(machine)``; lower level: ``parse_keyval``, ``help_text``.
+``default_topology(machine)``; lower level: ``help_text(kind, text)``.  The keyval syntax itself is
+``nvshell.device.keyval.parse_keyval``, shared with the shell's ``object_add``/``device_add``.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-from nvshell.device.keyval import split_items
+from nvshell.device.keyval import parse_keyval
 from nvshell.device.errors import NvshellError, PropertyError
 from nvshell.device.qom import TYPE_DEVICE, TYPES, USER_CREATABLE, ListType, TypeRegistry
 from nvshell.device.qom.properties import LinkType
@@ -49,39 +50,6 @@ from nvshell.device.qom.properties import LinkType
 
 class CmdlineError(NvshellError):
     """A bad -object/-device/-readconfig; the message starts with the offending option."""
-
-
-# ------------------------------------------------------------------ keyval
-def parse_keyval(text: str, implied_key: str | None = None) -> dict[str, Any]:
-    """Parse ``type,k=v,k2=v,,with-comma`` into a dict; repeated keys become lists.
-
-    ``implied_key`` names the value of a first item without ``=`` (QEMU's implied key).
-    A bare ``help`` or ``?`` item sets ``{"help": True}``.
-    """
-    if not isinstance(text, str):
-        raise PropertyError("expected a string of key=value pairs")
-    items = split_items(text)
-    out: dict[str, Any] = {}
-    for n, item in enumerate(items):
-        if item in ("help", "?"):
-            out["help"] = True
-            continue
-        if "=" not in item:
-            if n == 0 and implied_key is not None and item:
-                out[implied_key] = item
-                continue
-            if item == "":
-                raise PropertyError("Invalid parameter ''" if n else "Parameter 'id' is missing")
-            raise PropertyError(f"Expected '=' after parameter '{item}'")
-        key, _, value = item.partition("=")
-        if not key:
-            raise PropertyError(f"Invalid parameter '' in '{item}'")
-        if key in out:
-            prev = out[key]
-            out[key] = (prev if isinstance(prev, list) else [prev]) + [value]
-        else:
-            out[key] = value
-    return out
 
 
 # ------------------------------------------------------------------- specs
@@ -281,47 +249,29 @@ def default_topology(machine: Any) -> None:
 
 
 # -------------------------------------------------------------------- help
-def _type_list(kind: str, registry: TypeRegistry) -> str:
-    if kind == "object":
-        names = [t["name"] for t in registry.list_types(USER_CREATABLE)
-                 if not registry.implements(t["name"], TYPE_DEVICE)]
-        return "List of user creatable object types:\n" + "".join(f"  {n}\n" for n in names)
-    lines = ["Storage devices:"]
-    for t in registry.list_types(TYPE_DEVICE):
-        desc = registry.get(t["name"]).description
-        lines.append(f'name "{t["name"]}"' + (f', desc "{desc}"' if desc else ""))
-    return "\n".join(lines) + "\n"
+#: The shell command that shares each option's syntax (and so its help).
+_HMP_COMMAND = {"object": "object_add", "device": "device_add"}
 
 
-def _type_props(typename: str, registry: TypeRegistry) -> str:
-    lines = [f"{typename} options:"]
-    for p in registry.properties(typename).values():
-        if p.read_only or (p.getter is not None and p.setter is None):
-            continue
-        left = f"  {p.name}=<{p.qom_type}>"
-        text = p.description
-        info = p.describe()
-        if "default-value" in info and info["default-value"] not in ("", [], None):
-            dv = info["default-value"]
-            if p.qom_type == "size" and isinstance(dv, int):
-                from nvshell.device.qom import format_size
-                dv = format_size(dv)
-            text += f" (default: {json.dumps(dv) if not isinstance(dv, str) or p.qom_type != 'size' else dv})"
-        lines.append(f"{left:<32} - {text}" if text else left)
-    return "\n".join(lines) + "\n"
+def help_text(kind: str, text: str) -> str:
+    """``-object help``, ``-device X,help``...: exactly what ``object_add``/``device_add``
+    print for the same text, because it is those commands that answer (on a machine
+    with nothing in it)."""
+    import asyncio
+    import tempfile
 
+    from nvshell.device.machine import Machine
+    from nvshell.monitor.context import MonitorContext
+    from nvshell.monitor.hmp import execute_line
 
-def help_text(kind: str, typename: str | None = None, registry: TypeRegistry | None = None) -> str:
-    """``-object help`` (kind "object"), ``-device help``, or ``-object TYPE,help``."""
-    import nvshell.device.objects  # noqa: F401  (registers the x-nvme-* types)
-    registry = registry or TYPES
-    if typename is None:
-        return _type_list(kind, registry)
-    if typename not in registry:
-        if kind == "device":
-            raise CmdlineError(f"'{typename}' is not a valid device model name")
-        raise CmdlineError(f"invalid object type: {typename}")
-    return _type_props(typename, registry)
+    async def ask() -> Any:
+        with tempfile.TemporaryDirectory(prefix="nvshell-help-") as run_dir:
+            return await execute_line(f"{_HMP_COMMAND[kind]} {text}", MonitorContext(machine=Machine(run_dir)))
+
+    result = asyncio.run(ask())
+    if not result.ok:
+        raise CmdlineError(result.text.strip().removeprefix("Error: "))
+    return result.text
 
 
 def help_request(objects: Iterable[str] = (), devices: Iterable[str] = ()) -> str | None:
@@ -332,13 +282,10 @@ def help_request(objects: Iterable[str] = (), devices: Iterable[str] = ()) -> st
                 d = parse_keyval(text, "qom-type" if kind == "object" else "driver")
             except NvshellError:
                 continue
-            typename = d.get("qom-type" if kind == "object" else "driver")
-            if typename in ("help", "?"):
-                return help_text(kind)
-            if d.get("help"):
-                return help_text(kind, typename if isinstance(typename, str) else None)
+            if d.get("help") or d.get("qom-type" if kind == "object" else "driver") in ("help", "?"):
+                return help_text(kind, text)
     return None
 
 
 __all__ = ["CmdlineError", "Spec", "Specs", "apply", "default_topology", "help_request", "help_text",
-           "order_specs", "parse", "parse_keyval", "parse_option", "read_config"]
+           "order_specs", "parse", "parse_option", "read_config"]

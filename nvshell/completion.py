@@ -18,12 +18,12 @@ from typing import Any, AsyncGenerator, Awaitable, Callable, Iterable, Iterator
 from prompt_toolkit.completion import CompleteEvent, Completer, Completion
 from prompt_toolkit.document import Document
 
-from nvshell.device.keyval import split_items
+from nvshell.device.keyval import BOOL_CHOICES, split_items
 from nvshell.monitor.hmp import COMMANDS, INFO, CommandTable, HMPCommand, HMPError, Param, split_word
 
 Query = Callable[[str, dict[str, Any]], Awaitable[Any]]
 
-BOOL_VALUES = ("on", "off")
+BOOL_VALUES = BOOL_CHOICES
 
 
 def tokenize(text: str) -> tuple[list[str], str]:
@@ -113,6 +113,10 @@ class HMPCompleter(Completer):
         param, before = self._current_param(cmd, words[1:])
         if param is None or param.complete is None:
             return
+        if param.kind == "rest" and param.complete == "fault-opts":
+            async for c in self._complete_command_args("x-nvme-fault-add", args_text):
+                yield c
+            return
         if param.kind == "rest" and param.complete.endswith("-opts"):
             async for c in self._complete_opts(param.complete, args_text):
                 yield c
@@ -177,6 +181,8 @@ class HMPCompleter(Completer):
             return list(_matching(cur, await self._ids("/objects")))
         if kind == "device-id":
             return list(_matching(cur, await self._ids("/machine/peripheral")))
+        if kind == "fault-id":
+            return list(_matching(cur, [r["id"] for r in await self._safe("x-nvme-fault-list")]))
         if kind == "trace-event":
             events = await self._safe("trace-event-get-state", {"name": "*"})
             return list(_matching(cur, sorted(e["name"] for e in events)))
@@ -219,6 +225,37 @@ class HMPCompleter(Completer):
         if ptype.startswith("link<"):
             return await self._ids("/objects") + await self._ids("/machine/peripheral")
         return []
+
+    async def _command_args(self, command: str) -> dict[str, list[str]]:
+        """A QMP command's argument names and, for enums, their values, read from
+        ``query-qmp-schema``: the command's own declaration drives its completion."""
+        schema = await self._safe("query-qmp-schema")
+        types = {e.get("name"): e for e in schema if isinstance(e, dict)}
+        entry = types.get(command)
+        if not entry:
+            return {}
+        out: dict[str, list[str]] = {}
+        for member in types.get(entry.get("arg-type"), {}).get("members", []):
+            mtype = types.get(member.get("type"), {})
+            out[member["name"]] = list(mtype.get("values", [])) if mtype.get("meta-type") == "enum" else []
+        return out
+
+    async def _complete_command_args(self, command: str, text: str) -> AsyncGenerator[Completion, None]:
+        """``key=value,...`` for a shell command that passes its keyval to one QMP command."""
+        args = await self._command_args(command)
+        pieces = split_opts(text)
+        cur = pieces[-1]
+        if "=" in cur:
+            key, _, value = cur.partition("=")
+            values = args.get(key, [])
+            if key == "ctrl":
+                values = await self._ids("/machine/peripheral")
+            for c in _matching(value, values):
+                yield c
+            return
+        used = {p.partition("=")[0] for p in pieces[:-1]}
+        for c in _matching(cur, [n for n in args if n not in used], suffix="="):
+            yield c
 
     async def _complete_opts(self, kind: str, text: str) -> AsyncGenerator[Completion, None]:
         """``type,prop=value,...`` for object_add/device_add."""

@@ -9,16 +9,17 @@ import pytest
 from nvshell.device.errors import PropertyError
 from nvshell.device.machine import Machine
 from nvshell import cmdline
+from nvshell.device.keyval import parse_keyval
 from nvshell.cmdline import CmdlineError
 
 
 def test_keyval():
-    d = cmdline.parse_keyval("x-nvme-ns-nvm,id=ns1,file=/tmp/a,,b,attached-to=c0,attached-to=c1", "qom-type")
+    d = parse_keyval("x-nvme-ns-nvm,id=ns1,file=/tmp/a,,b,attached-to=c0,attached-to=c1", "qom-type")
     assert d == {"qom-type": "x-nvme-ns-nvm", "id": "ns1", "file": "/tmp/a,b", "attached-to": ["c0", "c1"]}
-    assert cmdline.parse_keyval("t,help", "qom-type") == {"qom-type": "t", "help": True}
-    assert cmdline.parse_keyval("k=", None) == {"k": ""}
+    assert parse_keyval("t,help", "qom-type") == {"qom-type": "t", "help": True}
+    assert parse_keyval("k=", None) == {"k": ""}
     with pytest.raises(PropertyError, match="Expected '=' after parameter 'oops'"):
-        cmdline.parse_keyval("t,oops", "qom-type")
+        parse_keyval("t,oops", "qom-type")
 
 
 def test_parse_options_errors():

@@ -43,7 +43,7 @@ def test_status_forms(value, expected):
     ({"colour": "red"}, "Parameter 'colour' is unexpected"),
     ({"action": "delay"}, "Parameter 'delay' is missing"),
     ({"action": "corrupt", "opcode": "write"}, "action=corrupt applies to reads"),
-    ({"dnr": "maybe"}, "Parameter 'dnr' expects on/off"),
+    ({"dnr": "maybe"}, "Parameter 'dnr' expects 'on' or 'off'"),
 ])
 def test_bad_rules_say_what_is_wrong(args, message):
     with pytest.raises(PropertyError, match=message):

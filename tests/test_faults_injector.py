@@ -168,8 +168,10 @@ def test_ns_remove_detaches_with_aen_then_reattaches(rig):
     assert e.cid == aer and e.dw0 == 0x040002          # notice, NS attribute changed, log 04h
     assert 1 not in rig.ctrl.namespaces
     assert rig.io.run(rig.ctrl.take_changed_namespaces) == [1]
-    time.sleep(0.3)
-    assert 1 in rig.ctrl.namespaces
+    deadline = time.monotonic() + 5                   # the 200 ms timer reattaches it (sync point: the state)
+    while not rig.io.run(lambda: 1 in rig.ctrl.namespaces) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert rig.io.run(lambda: 1 in rig.ctrl.namespaces)
     assert status(read(rig, 0)) == 0
 
 

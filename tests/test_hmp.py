@@ -12,7 +12,7 @@ import pytest
 from nvshell.device.machine import Machine
 from nvshell.monitor.commands_trace import SimpleTraceControl
 from nvshell.monitor.context import MonitorContext
-from nvshell.monitor.hmp import HMPError, HMPResult, execute_line, parse_opts, run_hmp, split_word
+from nvshell.monitor.hmp import HMPError, HMPResult, execute_line, run_hmp, split_word
 
 HAVE_CTRL = importlib.util.find_spec("nvshell.device.nvme.controller") is not None
 
@@ -59,15 +59,6 @@ def err(ctx: MonitorContext, *lines: str) -> str:
 
 
 # -- parsing ---------------------------------------------------------------------------
-
-
-def test_parse_opts() -> None:
-    assert parse_opts("x-nvme-ns-nvm,id=ns1,file=/a,,b", "qom-type") == \
-        {"qom-type": "x-nvme-ns-nvm", "id": "ns1", "file": "/a,b"}
-    assert parse_opts("qom-type=t,id=x,help", "qom-type") == {"qom-type": "t", "id": "x", "help": "on"}
-    for bad, msg in (("t,id=a,id=b", "given twice"), ("t,id=a,", "empty"), ("t,x", "Expected '='")):
-        with pytest.raises(HMPError, match=msg):
-            parse_opts(bad, "qom-type")
 
 
 def test_split_word_quotes() -> None:
@@ -215,11 +206,11 @@ def test_object_del(ctx: MonitorContext) -> None:
 
 
 def test_type_help(ctx: MonitorContext) -> None:
-    assert out(ctx, "device_add help") == 'name "x-nvme-ctrl"\n'
+    assert out(ctx, "device_add help") == 'Storage devices:\nname "x-nvme-ctrl"\n'
     props = out(ctx, "device_add x-nvme-ctrl,help").splitlines()
     assert props[0] == "x-nvme-ctrl options:"
     assert any(p.startswith("  doorbells=<str>") and "(default: \"mmap\")" in p for p in props)
-    assert 'name "x-nvme-subsystem"' in out(ctx, "object_add help")
+    assert "  x-nvme-subsystem\n" in out(ctx, "object_add help")
     assert out(ctx, "object_add x-nvme-ns-nvm,help").startswith("x-nvme-ns-nvm options:\n")
 
 

@@ -111,8 +111,10 @@ def test_schema_is_consistent(mon):
     assert len(by_name) == len(schema)
     for entity in schema:
         meta = entity["meta-type"]
-        assert meta in ("command", "object", "builtin", "array", "enum")
-        if meta == "command":
+        assert meta in ("command", "event", "object", "builtin", "array", "enum")
+        if meta == "event":
+            assert by_name[entity["arg-type"]]["meta-type"] == "object"
+        elif meta == "command":
             assert by_name[entity["arg-type"]]["meta-type"] == "object"
             assert entity["ret-type"] in by_name
         elif meta == "object":
@@ -129,6 +131,11 @@ def test_schema_is_consistent(mon):
         members = by_name[by_name[name]["arg-type"]]["members"]
         declared = registry.get(name).args
         assert [(m["name"], "default" in m) for m in members] == [(a.name, a.optional) for a in declared]
+    events = {e["name"] for e in schema if e["meta-type"] == "event"}
+    assert {"DEVICE_DELETED", "SHUTDOWN", "X_NVME_CLIENT_CONNECTED", "X_NVME_CLIENT_DISCONNECTED",
+            "X_NVME_FAULT_INJECTED", "X_TRACE_RECORD", "X_TRACE_DROPPED"} <= events
+    deleted = by_name[by_name["DEVICE_DELETED"]["arg-type"]]["members"]
+    assert [(m["name"], "default" in m) for m in deleted] == [("device", True), ("path", False)]
 
 
 def test_namespace_lifecycle(mon):

@@ -17,6 +17,7 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
+from nvshell.device.keyval import parse_bool
 from nvshell.device.errors import PropertyError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -144,18 +145,9 @@ class BoolType(PropType):
 
     name = "bool"
     json_name = "boolean"
-    _WORDS = {"on": True, "yes": True, "true": True, "y": True,
-              "off": False, "no": False, "false": False, "n": False}
-
     def parse(self, pname: str, raw: Any, ctx: Any = None) -> bool:
-        if isinstance(raw, bool):
-            return raw
-        if isinstance(raw, int) and raw in (0, 1):
-            return bool(raw)
-        if isinstance(raw, str) and raw.lower() in self._WORDS:
-            return self._WORDS[raw.lower()]
-        if isinstance(raw, str):
-            raise PropertyError(f"Parameter '{pname}' expects 'on' or 'off'")
+        if isinstance(raw, (bool, str)) or isinstance(raw, int) and raw in (0, 1):
+            return parse_bool(raw, pname)       # the one list of boolean words (device/keyval.py)
         raise self.bad_type(pname)
 
     def format(self, value: Any) -> str:

@@ -11,11 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from nvshell.device.keyval import split_items
+from nvshell.device.keyval import BOOL_WORDS, split_items
 from nvshell.monitor.errors import AddressError
 
-_TRUE = {"on", "yes", "true", "y"}
-_FALSE = {"off", "no", "false", "n"}
 
 
 @dataclass(frozen=True)
@@ -36,18 +34,12 @@ class QMPAddress:
         return f"tcp:{host}:{self.port}"
 
 
-def _split_options(text: str) -> list[str]:
-    """Split on single commas; ``,,`` stands for a literal comma."""
-    return split_items(text)
-
-
 def _flag(name: str, value: Optional[str], text: str) -> bool:
     if value is None:
         return True
-    if value.lower() in _TRUE:
-        return True
-    if value.lower() in _FALSE:
-        return False
+    word = BOOL_WORDS.get(value.lower())
+    if word is not None:
+        return word
     raise AddressError(f"-qmp {text}: option '{name}' expects on or off, not '{value}'")
 
 
@@ -55,7 +47,7 @@ def parse_qmp_address(text: str) -> QMPAddress:
     """Parse one ``-qmp`` argument; raises ``AddressError`` (a ``ValueError``) with a clear message."""
     if not isinstance(text, str) or not text:
         raise AddressError("-qmp: empty address (expected unix:PATH or tcp:HOST:PORT)")
-    head, *options = _split_options(text)
+    head, *options = split_items(text)
     for option in options:
         name, sep, value = option.partition("=")
         value_or_none = value if sep else None
