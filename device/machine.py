@@ -128,6 +128,7 @@ class Machine(ObjectTree):
         self._subscribers: list[EventCallback] = []
         self._sub_lock = threading.Lock()
         self._deferred: collections.deque[Callable[[], None]] = collections.deque()
+        self._draining = False
         self._closed = False
         #: Fault injection rules, applied by an injector on every controller (device/faults.py).
         self.faults = FaultSet(publish=self.publish)
@@ -176,15 +177,24 @@ class Machine(ObjectTree):
                 pass
 
     def _run_deferred(self) -> None:
-        while self._deferred:
-            try:
-                fn = self._deferred.popleft()
-            except IndexError:
-                return
-            try:
-                fn()
-            except Exception:
-                log.exception("applying a guest-made change to the object tree failed")
+        """Apply the queued changes in order (machine lock held). Not re-entrant: a change
+        that reads the tree through the API must not apply the changes queued after it
+        first (a namespace's attach before its creation)."""
+        if self._draining:
+            return
+        self._draining = True
+        try:
+            while self._deferred:
+                try:
+                    fn = self._deferred.popleft()
+                except IndexError:
+                    return
+                try:
+                    fn()
+                except Exception:
+                    log.exception("applying a guest-made change to the object tree failed")
+        finally:
+            self._draining = False
 
     def sync(self) -> None:
         """Apply queued guest-made changes now (tests call it; every API call does too)."""

@@ -321,3 +321,19 @@ def test_guest_changes_run_on_the_control_plane_not_the_iothread(m):
     assert m.find_object(f"ns-auto-{nsid}") is None and scheduled == [m.sync]   # not applied by the notifier
     scheduled[0]()                                                              # the loop runs it
     assert m.find_object(f"ns-auto-{nsid}") is not None
+
+
+def test_queued_guest_changes_apply_in_order(m):
+    """Creation then attach queued together: the attach lands on the created object."""
+    from nvshell.device.backends import MemoryBackend
+    from nvshell.device.nvme.namespace import NvmNamespace
+    m.object_add("x-nvme-subsystem", "s", {})
+    m.device_add("x-nvme-ctrl", "c0", {"subsys": "s"})
+    ctrl = m.find_device("c0").model
+    m.set_control_plane(lambda fn: None)                  # a loop that has not run yet
+    sub = m.find_object("s").model
+    ns = NvmNamespace(MemoryBackend(1 << 20))
+    nsid = sub.add_namespace(ns)
+    sub.notify("namespace-created", nsid, ns, ctrl)
+    sub.notify("attached", nsid, ns, ctrl)
+    assert m.qom_get(f"/objects/ns-auto-{nsid}", "attached-to") == ["c0"]
