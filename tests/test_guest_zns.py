@@ -8,7 +8,7 @@ move zones; nvme-cli's zns plugin reports zones and appends (the CQE's LBA); fio
 Offline / Zone Is Read Only / a failed Zone Append. Second boot, nvshell restarted on
 the same file: the zones and the data are as the first boot left them (open zones
 closed, as after a power cycle), and Namespace Management creates a zoned namespace
-(CSI 2) the driver sees as host-managed.
+(CSI 2) the driver sees as host-managed, on which zonefs works.
 """
 
 from __future__ import annotations
@@ -163,5 +163,10 @@ def test_zoned_namespace_in_the_linux_guest(tmp_path: Path) -> None:
     assert "write at restored wp ok" in out2, out2
     # Namespace Management create with CSI 2
     assert re.search(r"^CREATE create-ns: success", out2, re.M | re.I) and re.search(r"^CREATE nsid: 3$", out2, re.M), out2
-    assert re.search(r"^created nsid 3 dev nvme0n\d+ zoned: host-managed nr_zones: 1$", out2, re.M), out2
+    assert re.search(r"^created nsid 3 dev nvme0n\d+ zoned: host-managed nr_zones: 8$", out2, re.M), out2
     assert re.search(r"^NEWZID lbafe\s*0: zsze:0x20000", out2, re.M), out2
+    # zonefs formats, mounts and writes a sequential file on it
+    assert "mkzonefs ok" in out2 and "mount ok" in out2, out2
+    m2 = re.search(r"^zonefs file: 2097152 bytes, md5 (\w+) expect (\w+)$", out2, re.M)
+    assert m2 and m2[1] == m2[2], out2
+    assert "@@HOST> Error" not in out2 and "QMP error" not in out2, out2
