@@ -588,3 +588,15 @@ def test_metadata_formats_and_no_pi(host):
     assert ns.zones.zones[1].wp == ZSZE + 2
     with pytest.raises(NamespaceError, match="'pi'"):
         zoned(ms=8, pi=1)
+
+
+def test_write_uncorrectable_is_a_zone_write(host):
+    ns = zoned(nzones=2)
+    nsid = setup(host, ns)
+    assert status(host.io(NvmOpcode.WRITE_UNCORRECTABLE, nsid=nsid, cdw10=4, cdw12=3)) == S.ZONE_INVALID_WRITE
+    assert status(host.io(NvmOpcode.WRITE_UNCORRECTABLE, nsid=nsid, cdw10=0, cdw12=3)) == 0
+    assert ns.zones.zones[0].wp == 4 and zstate(ns, 0) == Z.IMPLICITLY_OPENED
+    assert host.read_lba(nsid, 0, 4)[0] == S.UNRECOVERED_READ_ERROR
+    assert host.zms(nsid, 0, RESET) == 0                   # the reset zone holds nothing bad
+    assert host.write_lba(nsid, 0, 4) == 0 and host.read_lba(nsid, 0, 4)[0] == 0
+    assert host.zms(nsid, 0, RESET) == 0 and host.read_lba(nsid, 0, 4) == (0, bytes(2048))

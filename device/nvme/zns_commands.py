@@ -4,7 +4,7 @@ Append, and the NVM commands with the zone rules.
 ``ZONED`` starts as a copy of the NVM table (a zoned namespace supports every
 NVM command) and overrides the commands that zones constrain:
 
-* Write, Write Zeroes, Copy (destination): only at the write pointer of a
+* Write, Write Zeroes, Write Uncorrectable, Copy (destination): only at the write pointer of a
   writable zone, never past its capacity; the zone opens implicitly; the write
   pointer advances; a zone written up to its capacity is Full.
 * Read, Compare, Verify, Copy (sources): not from an offline zone, not across a
@@ -64,6 +64,11 @@ SEND_ACTIONS: dict[int, tuple[str, frozenset[ZoneState]]] = {
     ZSA_RESET: ("reset_zone", ACTIVE_STATES | {ZoneState.FULL}),
     ZSA_OFFLINE: ("offline_zone", frozenset({ZoneState.READ_ONLY})),
 }
+
+
+_WU = NVM.get(NvmOpcode.WRITE_UNCORRECTABLE)
+assert _WU is not None, "the NVM table lacks write-uncorrectable"
+_NVM_WRITE_UNCORRECTABLE = _WU.handler
 
 
 def _require_zoned_css(ctrl: Any) -> None:
@@ -165,6 +170,19 @@ def zoned_write_zeroes(ctrl: Any, cmd: Command) -> None:
     with zones.lock:
         zone = zones.begin_write(slba, nlb)
         nvm.write_zeroes(ctrl, cmd)
+        zones.end_write(zone, nlb)
+
+
+@ZONED.command(NvmOpcode.WRITE_UNCORRECTABLE, "write-uncorrectable", nsid="required", effects=EFFECT_LBCC)
+def zoned_write_uncorrectable(ctrl: Any, cmd: Command) -> None:
+    """Write Uncorrectable writes the blocks (as invalid): at the write pointer, which moves."""
+    ns = cmd.ns
+    slba, nlb = rw_fields(cmd)
+    check_range(ns, slba, nlb)
+    zones = ns.zones
+    with zones.lock:
+        zone = zones.begin_write(slba, nlb)
+        _NVM_WRITE_UNCORRECTABLE(ctrl, cmd)
         zones.end_write(zone, nlb)
 
 

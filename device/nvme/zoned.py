@@ -558,6 +558,7 @@ class ZonedNamespace(NvmNamespace):
 
     def release_zone(self, zone: Zone) -> None:
         """Deallocate a reset zone's blocks and their metadata (memory backend: freed)."""
+        from nvshell.device.nvme import nvm_uncorrectable
         nlb = self.zones.zone_size  # type: ignore[union-attr]
         try:
             self.backend.discard(zone.zslba << self.lbads, nlb << self.lbads)
@@ -565,6 +566,7 @@ class ZonedNamespace(NvmNamespace):
                 self.metadata.deallocate(zone.zslba, nlb)
         except BackendError as exc:
             raise NvmeError(Status.WRITE_FAULT, msg=str(exc)) from None
+        nvm_uncorrectable.written(self, zone.zslba, nlb)   # new (empty) content: nothing uncorrectable
 
     def info(self) -> dict[str, Any]:
         out = super().info()
