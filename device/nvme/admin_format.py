@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from nvshell.device.nvme.commands import ADMIN, EFFECT_CSE_SINGLE, EFFECT_LBCC, EFFECT_NCC, Command
-from nvshell.device.nvme import admin_selftest
+from nvshell.device.nvme import admin_pel, admin_selftest
 from nvshell.device.nvme import nvm_uncorrectable as unc
 from nvshell.device.nvme.spec import BROADCAST_NSID, AdminOpcode
 from nvshell.device.nvme.status import NvmeError, Status
@@ -47,12 +47,16 @@ def format_nvm(ctrl: "Controller", cmd: Command) -> None:
         if not getattr(ns, "ready", True):
             raise NvmeError(Status.NS_NOT_READY, dnr=False)
     for ns in targets:
+        admin_pel.format_start(ctrl, ns.nsid, dw10)
         try:
             ns.format(lbaf, mset=mset, pi=pi, pil=pil, ses=ses)
-        except NvmeError:
+        except NvmeError as exc:
+            admin_pel.format_completion(ctrl, ns.nsid, exc.status)
             raise
         except (ValueError, IndexError):
+            admin_pel.format_completion(ctrl, ns.nsid, Status.INVALID_FORMAT)
             raise NvmeError(Status.INVALID_FORMAT) from None
+        admin_pel.format_completion(ctrl, ns.nsid, 0)
         unc.erased(ns)          # every LBA has new content: nothing uncorrectable or tracked
         admin_selftest.namespace_formatted(ctrl, ns.nsid)
         # The other controllers' hosts see a namespace whose format changed under them.

@@ -49,6 +49,7 @@ CNS_IO_COMMAND_SETS = 0x1C
 # Identify Controller bit fields
 CMIC_MULTI_CONTROLLER = 1 << 1
 OAES_NS_ATTRIBUTE = 1 << 8
+OAES_FIRMWARE_ACTIVATION = 1 << 9
 LPA_SMART_PER_NS = 1 << 0
 LPA_CMD_EFFECTS = 1 << 1
 LPA_EXTENDED_DATA = 1 << 2
@@ -208,6 +209,28 @@ def oncs(table: Any = NVM) -> int:
 
 
 
+def _optional(module: str, name: str) -> int:
+    """A constant of an optional admin module (FWUG, MTFA, PELS): 0 if it is not loaded."""
+    import sys
+    mod = sys.modules.get(f"nvshell.device.nvme.{module}")
+    return int(getattr(mod, name)) if mod is not None else 0
+
+
+def _firmware_revision(ctrl: Any) -> bytes:
+    """FR: the active firmware slot's revision (Firmware Commit changes it)."""
+    if AdminOpcode.FIRMWARE_COMMIT not in ADMIN:
+        return fixed(ctrl.config.firmware, 8)
+    from nvshell.device.nvme.admin_firmware import active_revision
+    return active_revision(ctrl)
+
+
+def _frmw() -> int:
+    if AdminOpcode.FIRMWARE_COMMIT not in ADMIN:
+        return FRMW_SLOT1_RO | FRMW_ONE_SLOT
+    from nvshell.device.nvme.admin_firmware import FRMW
+    return FRMW
+
+
 def _edstt() -> int:
     """EDSTT (extended self-test minutes) once Device Self-test is registered."""
     if AdminOpcode.DEVICE_SELF_TEST not in ADMIN:
@@ -236,20 +259,23 @@ def identify_controller(ctrl: Any) -> bytes:
         ssvid=cfg.ssvid,
         sn=fixed(cfg.serial, 20),
         mn=fixed(cfg.model, 40),
-        fr=fixed(cfg.firmware, 8),
+        fr=_firmware_revision(ctrl),
         rab=6,
         ieee=_oui_bytes(cfg.oui),
         cmic=CMIC_MULTI_CONTROLLER,
         mdts=cfg.mdts,
         cntlid=ctrl.cntlid,
         ver=NVME_VERSION,
-        oaes=OAES_NS_ATTRIBUTE,
+        oaes=OAES_NS_ATTRIBUTE | (OAES_FIRMWARE_ACTIVATION if AdminOpcode.FIRMWARE_COMMIT in ADMIN else 0),
         ctratt=CTRATT_ELBAS,
         cntrltype=CNTRLTYPE_IO,
         oacs=oacs(),
         acl=3,
         aerl=cfg.aerl,
-        frmw=FRMW_SLOT1_RO | FRMW_ONE_SLOT,
+        frmw=_frmw(),
+        fwug=_optional("admin_firmware", "FWUG"),
+        mtfa=_optional("admin_firmware", "MTFA"),
+        pels=_optional("admin_pel", "PELS"),
         lpa=lpa(),
         elpe=ctrl.error_log.capacity - 1,
         npss=0,

@@ -20,6 +20,7 @@ import struct
 from typing import Any, Callable
 
 from nvshell.device.nvme.admin_identify import max_nsid, subsystem_of
+from nvshell.device.nvme import admin_pel
 from nvshell.device.nvme.commands import ADMIN, EFFECT_NIC, Command
 from nvshell.device.nvme.lbaf import DPS_FIRST, NsFormat, split_flbas
 from nvshell.device.nvme.spec import BROADCAST_NSID, CSI, AdminOpcode, ID_NS, IDENTIFY_SIZE
@@ -124,6 +125,7 @@ def _create(ctrl: Any, cmd: Command) -> None:
         _close(ns)
         raise NvmeError(exc.status) from exc
     cmd.result = nsid
+    admin_pel.change_namespace(ctrl, cmd.cdw10, nsid, ns)
     subsys.notify("namespace-created", nsid, ns, ctrl)
 
 
@@ -144,6 +146,7 @@ def _delete(ctrl: Any, cmd: Command) -> None:
             if cmd.nsid != BROADCAST_NSID:
                 raise NvmeError(exc.status) from exc
             continue
+        admin_pel.change_namespace(ctrl, cmd.cdw10, nsid, ns)
         subsys.notify("namespace-deleted", nsid, ns, ctrl)
 
 

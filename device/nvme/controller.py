@@ -264,6 +264,11 @@ class Features:
 class Controller:
     """One NVMe controller behind one PCIe function (see module docstring)."""
 
+    #: Called (on the IOThread) each time a host enables a controller: at power-on
+    #: and after every reset. Admin modules that keep history register here (the
+    #: Persistent Event Log's Power-on or Reset event, firmware activation at reset).
+    enable_hooks: list[Callable[["Controller"], None]] = []
+
     def __init__(self, config: ControllerConfig, subsystem: Any = None, iothread: "IOThread | None" = None):
         self.config = config
         self.subsystem = subsystem
@@ -558,6 +563,11 @@ class Controller:
         if self._db_map is not None and self.iothread is not None and not self._poller_on:
             self.iothread.add_poller(self.poll_doorbells)
             self._poller_on = True
+        for hook in Controller.enable_hooks:
+            try:
+                hook(self)
+            except Exception:
+                log.exception("controller %d: enable hook %r failed", self.cntlid, hook)
 
     def _shutdown_notify(self) -> None:
         """CC.SHN: make written data durable (the host waits for SHST=complete)."""
