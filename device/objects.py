@@ -799,6 +799,8 @@ CTRL_PROPS = [
     Property("doorbells", EnumType(("mmap", "trap")), default="mmap", live=_config("doorbells"),
              description="mmap: doorbell page shared with the client and polled; trap: doorbell writes are "
                          "messages"),
+    Property("ocp", BoolType(), default=False, live=_config("ocp"),
+             description="OCP Datacenter NVMe SSD log pages (C0h SMART / Health Information Extended)"),
     Property("connected", BoolType(), read_only=True, getter=lambda o: o.connected(),
              description="a vfio-user client is connected"),
 ]

@@ -64,7 +64,7 @@ def config(file_path: Path) -> dict[str, Any]:
             {"driver": "x-nvme-ctrl", "id": "ctrl0", "subsys": "subsys0"},
             {"driver": "x-nvme-ctrl", "id": "ctrl1", "subsys": "sub2", "serial": "SER-1", "model": "Model One",
              "firmware": "2.5", "cntlid": 7, "max-ioqpairs": 8, "max-intr-vectors": 9, "mqes": 255,
-             "max-aer-retention": 10, "aerl": 1, "mdts": 5, "doorbells": "trap"},
+             "max-aer-retention": 10, "aerl": 1, "mdts": 5, "doorbells": "trap", "ocp": True},
         ],
     }
 
@@ -468,6 +468,11 @@ def _ctrl_doorbells(w: World, inst: Inst, v: Any) -> None:
     eq(v, "mmap" if w.ctrl(inst).host.doorbell_mmap else "trap", f"{inst.id}.doorbells vs BAR0's mmap area")
 
 
+def _ctrl_ocp(w: World, inst: Inst, v: Any) -> None:
+    supported = struct.unpack_from("<256I", w.ctrl(inst).host.get_log(0x00, 1024))
+    eq(v, bool(supported[0xC0] & 1), f"{inst.id}.ocp vs Supported Log Pages entry C0h")
+
+
 def _ctrl_connected(w: World, inst: Inst, v: Any) -> None:
     eq(v, True, f"{inst.id}.connected while the host is connected")
 
@@ -518,6 +523,7 @@ CHECKS: dict[tuple[str, str], Check] = {
     ("x-nvme-ctrl", "aerl"): _ctrl_byte(259),
     ("x-nvme-ctrl", "mdts"): _ctrl_byte(77),
     ("x-nvme-ctrl", "doorbells"): _ctrl_doorbells,
+    ("x-nvme-ctrl", "ocp"): _ctrl_ocp,
     ("x-nvme-ctrl", "connected"): _ctrl_connected,
 }
 

@@ -50,6 +50,7 @@ CNS_IO_COMMAND_SETS = 0x1C
 CMIC_MULTI_CONTROLLER = 1 << 1
 OAES_NS_ATTRIBUTE = 1 << 8
 OAES_FIRMWARE_ACTIVATION = 1 << 9
+OAES_TELEMETRY = 1 << 10
 LPA_SMART_PER_NS = 1 << 0
 LPA_CMD_EFFECTS = 1 << 1
 LPA_EXTENDED_DATA = 1 << 2
@@ -266,7 +267,8 @@ def identify_controller(ctrl: Any) -> bytes:
         mdts=cfg.mdts,
         cntlid=ctrl.cntlid,
         ver=NVME_VERSION,
-        oaes=OAES_NS_ATTRIBUTE | (OAES_FIRMWARE_ACTIVATION if AdminOpcode.FIRMWARE_COMMIT in ADMIN else 0),
+        oaes=OAES_NS_ATTRIBUTE | (OAES_FIRMWARE_ACTIVATION if AdminOpcode.FIRMWARE_COMMIT in ADMIN else 0)
+        | (OAES_TELEMETRY if _optional("admin_telemetry", "LPA_TELEMETRY") else 0),
         ctratt=CTRATT_ELBAS,
         cntrltype=CNTRLTYPE_IO,
         oacs=oacs(),
@@ -285,6 +287,7 @@ def identify_controller(ctrl: Any) -> bytes:
         unvmcap=_u128(unallocated),
         kas=_kas(),
         edstt=_edstt(),
+        sanicap=_optional("admin_sanitize", "SANICAP"),
         sqes=0x66,
         cqes=0x44,
         maxcmd=min(cfg.mqes + 1, 0xFFFF),

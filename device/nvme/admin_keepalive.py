@@ -101,6 +101,8 @@ def expire(ctrl: "Controller", reason: str) -> None:
     if timer is not None and timer.handle is not None:
         timer.handle.cancel()
     ctrl.error_log.record(0, 0xFFFF, Status.KEEP_ALIVE_EXPIRED, True)
+    from nvshell.device.nvme.admin_telemetry import capture_controller
+    capture_controller(ctrl, reason)
     ctrl.fatal(reason)
 
 

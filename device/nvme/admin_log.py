@@ -176,6 +176,8 @@ class LogPageInfo:
     #: A read without RAE empties the page, so events still queued for it are
     #: answered by that read (``Controller.log_page_read``).
     cleared_by_read: bool = False
+    #: ``available(ctrl)``: whether this controller offers the page (OCP pages need ocp=on).
+    available: Callable[[Any], bool] | None = None
 
     def page_size(self, ctrl: Any) -> int:
         return self.size(ctrl) if callable(self.size) else self.size
@@ -187,11 +189,11 @@ LOG_PAGES: dict[int, LogPageInfo] = {}
 def register(lid: int, name: str, build: Callable[[Any, Command], bytes], size: int | Callable[[Any], int], *,
              scope: str = "controller", lpa: int = 0,
              after: Callable[[Any, Command, bool], None] | None = None,
-             cleared_by_read: bool = False) -> LogPageInfo:
+             cleared_by_read: bool = False, available: Callable[[Any], bool] | None = None) -> LogPageInfo:
     """Declare a log page (this module and the modules of other commands' pages)."""
     if scope not in SCOPES:
         raise ValueError(f"scope must be one of {SCOPES}, not {scope!r}")
-    info = LOG_PAGES[lid] = LogPageInfo(lid, name, build, size, scope, lpa, after, cleared_by_read)
+    info = LOG_PAGES[lid] = LogPageInfo(lid, name, build, size, scope, lpa, after, cleared_by_read, available)
     return info
 
 
@@ -215,7 +217,7 @@ def get_log_page(ctrl: Any, cmd: Command) -> None:
         raise NvmeError(Status.INVALID_FIELD)
 
     info = LOG_PAGES.get(lid)
-    if info is None:
+    if info is None or (info.available is not None and not info.available(ctrl)):
         raise NvmeError(Status.INVALID_LOG_PAGE)
     if cmd.nsid not in (0, BROADCAST_NSID):
         if info.scope == "controller":
@@ -247,8 +249,9 @@ def supported_log_pages(ctrl: Any, cmd: Command) -> bytes:
     """Supported Log Pages (00h): one dword per LID, bit 0 LSUPP, bit 1 IOS (the Log
     Page Offset is an offset in bytes for every page here, not an index)."""
     entries = [0] * 256
-    for lid in LOG_PAGES:
-        entries[lid] = 1
+    for lid, info in LOG_PAGES.items():
+        if info.available is None or info.available(ctrl):
+            entries[lid] = 1
     return struct.pack("<256I", *entries)
 
 

@@ -188,6 +188,9 @@ def _tick(ctrl: Any) -> None:
     if failure is None and run.code == STC_EXTENDED:
         failure = _media_check(ctrl, run.nsid)
     _finish(ctrl, st, failure.result if failure else RESULT_OK, failure)
+    if failure is not None:
+        from nvshell.device.nvme.admin_telemetry import capture_controller
+        capture_controller(ctrl, f"device self-test failed: result {failure.result}, segment {failure.segment}")
 
 
 def _schedule(ctrl: Any, run: _Running) -> None:

@@ -49,6 +49,8 @@ class ControllerConfig:
     #: IEEE OUI for Identify IEEE (3 bytes): SPDK's vfio-user target's (50-6B-8D, the
     #: Nutanix OUI), matching the PCI vendor ID 4E58h above.
     oui: int = 0x506B8D
+    #: OCP Datacenter NVMe SSD log pages (C0h SMART / Health Information Extended).
+    ocp: bool = False
     #: Commands fetched from one SQ per processing round (fairness between
     #: queues, and a bound on how long the socket waits behind the data path).
     sq_batch: int = 64

@@ -280,6 +280,9 @@ class Controller:
         #: Attached and active namespaces of THIS controller, by NSID.
         self.namespaces: dict[int, Any] = {}
         self.hooks = ControllerHooks()
+        #: While a long operation restricts what may run (Sanitize): ``admission(cmd)``
+        #: returns the status to refuse a command with, or 0. None costs one check.
+        self.admission: Callable[[Command], int] | None = None
         self.stats = SmartStats()
         self.error_log = ErrorLog()
         self.features = Features()
@@ -921,6 +924,10 @@ class Controller:
                     self._lookup_admin_ns(cmd, info.nsid)
             if cmd.flags & 0x3:
                 raise NvmeError(Status.INVALID_FIELD)   # fused operations unsupported
+            if self.admission is not None:
+                refused = self.admission(cmd)
+                if refused:
+                    raise NvmeError(refused, dnr=False)
             if info.handler(self, cmd) is DEFERRED:
                 return None
         except NvmeError as exc:
