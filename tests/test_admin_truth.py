@@ -62,7 +62,10 @@ def test_supported_log_pages(host):
     entries = struct.unpack("<256I", page)
     from nvshell.device.nvme.admin_log import LOG_PAGES
     for lid in range(256):
-        assert entries[lid] == (1 if lid in LOG_PAGES else 0), lid
+        info = LOG_PAGES.get(lid)
+        offered = info is not None and (info.available is None or info.available(host.ctrl))
+        assert entries[lid] == int(offered), lid
+    assert not entries[0xC0]                                   # OCP pages only with ocp=on
     for lid in (0x00, 0x01, 0x02, 0x03, 0x04, 0x05):
         assert entries[lid] & 1
     assert not entries[0x0C] and not entries[0x70]

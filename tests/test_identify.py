@@ -68,7 +68,7 @@ def test_identify_controller_offsets(setup) -> None:
     assert oacs & (1 << 1) and oacs & (1 << 3) and not oacs & (1 << 8)
     assert d[258] == 3 and d[259] == 3                           # ACL, AERL
     assert d[260] == 0b10111                                     # FRMW: 3 slots, slot 1 RO, activation w/o reset
-    assert d[261] == 0b10111                                     # LPA: per-NS SMART, effects, extended, PEL
+    assert d[261] == 0b11111                                     # LPA: per-NS SMART, effects, extended, telemetry, PEL
     assert d[262] == 63                                          # ELPE
     assert d[263] == 0                                           # NPSS
     assert u16(d, 266) == 0x157 and u16(d, 268) == 0x175         # WCTEMP, CCTEMP

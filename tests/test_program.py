@@ -336,6 +336,7 @@ bus: main-system-bus
         aerl = 3
         mdts = 7
         doorbells = "mmap"
+        ocp = false
         connected = false
         bus: ctrl0
           type nvme-bus
@@ -404,6 +405,7 @@ bus: main-system-bus
         aerl = 3
         mdts = 7
         doorbells = "mmap"
+        ocp = false
         connected = false
         bus: ctrl1
           type nvme-bus
