@@ -82,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="add a fault injection rule, as the shell's fault_add (repeatable; see README)")
     parser.add_argument("--run-dir", type=Path, default=None, metavar="DIR",
                         help="directory for sockets (default $XDG_RUNTIME_DIR/nvshell or /tmp/nvshell-$UID, "
-                             "created owner-only)")
+                             "created owner-only; an existing one must be yours, not a symlink, mode 0700)")
     parser.add_argument("--no-shell", action="store_true",
                         help="no interactive shell: serve until SIGTERM, SIGINT or QMP 'quit' (commands on a "
                              "non-terminal stdin still run first)")
