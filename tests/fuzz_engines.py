@@ -539,11 +539,13 @@ def fuzz_qmp(seconds: float, seed: int, tmp: Path | None = None, *, max_inputs: 
     """Random bytes, broken JSON and schema-shaped requests with hostile values, against a
     real Machine (default topology) behind the real QMP server."""
     from nvshell.device.machine import Machine, default_topology
+    from nvshell.device.trace import TRACE
     from nvshell.monitor.qmp import session as S
     from tests.qmp_helpers import MonitorThread, RawClient
 
     fig = Figures("QMP input", seed)
     rng = random.Random(seed)
+    sinks_before = len(TRACE.sinks)
     own_tmp = tempfile.TemporaryDirectory(prefix="nvfuzz-") if tmp is None else None
     base = Path(own_tmp.name) if own_tmp else tmp
     assert base is not None
@@ -602,6 +604,8 @@ def fuzz_qmp(seconds: float, seed: int, tmp: Path | None = None, *, max_inputs: 
                 fig.leaks.append(f"{held} bytes of input held after every client left")
         finally:
             mon.stop()
+    if len(TRACE.sinks) > sinks_before:
+        fig.leaks.append(f"{len(TRACE.sinks) - sinks_before} trace sinks")
     fig.seconds = time.monotonic() - t0
     fig.rss_growth_kib = _rss_kib() - rss0
     if not _settle(lambda: _fds() <= fds0):

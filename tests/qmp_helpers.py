@@ -128,8 +128,11 @@ class MonitorThread:
         return self.call(wrapper())
 
     def stop(self) -> None:
+        from nvshell.monitor.commands_tracing import has_tracing, tracing_of
         try:
             self.call(self.server.close())
+            if has_tracing(self.ctx):  # its latency sink sits in the process-wide TRACE
+                self.run(tracing_of(self.ctx).close)
             if self.machine is not None:
                 self.run(self.machine.shutdown)
         finally:
