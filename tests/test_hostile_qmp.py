@@ -53,6 +53,11 @@ def test_an_arrow_key_resets_the_lexer(mon):
             break
         assert set(reply) == {"error"}
     assert reply["id"] == 2 and reply["return"]["running"] is True
+    # even right after a backslash (found by the QMP fuzzer: the escape swallowed the reset)
+    c.send(b'{"execute": "query-status", "id": "\\\x01{"execute": "query-status", "id": 3}')
+    reply = c.recv()
+    assert set(reply) == {"error"}, reply
+    assert c.recv()["id"] == 3
     # exponents still parse (upper-case E after a digit)
     c.send(b'{"execute": "query-status", "id": [1E2, 2.5E-1]}')
     assert c.recv()["id"] == [100.0, 0.25]

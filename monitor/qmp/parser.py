@@ -176,6 +176,8 @@ class JSONStreamParser:
             if self._in_string:
                 if self._escape:
                     self._escape = False
+                    if data[i] < 0x20 or data[i] >= 0xFE:  # not even escaped (QEMU's lexer agrees)
+                        garbage(i)
                     i += 1
                     continue
                 m = _IN.search(data, i)
