@@ -21,6 +21,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import pkgutil
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Iterable, Union
 
@@ -98,6 +99,10 @@ _BUILTINS: dict[str, tuple[str, str]] = {
 }
 
 
+#: The largest integer a "number" argument takes (the largest finite double).
+_MAX_NUMBER = int(sys.float_info.max)
+
+
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -132,7 +137,8 @@ def check_value(value: Any, typ: Any, path: str) -> None:
         if not _is_int(value) or value < 0:
             raise _type_error(path, "size")
     elif typ == "number":
-        if not (_is_int(value) or isinstance(value, float)):
+        # an integer beyond a double's range is no number a command can use (found by the QMP fuzzer)
+        if not (_is_int(value) and abs(value) <= _MAX_NUMBER or isinstance(value, float)):
             raise _type_error(path, "number")
     elif typ == "bool":
         if not isinstance(value, bool):

@@ -73,6 +73,15 @@ class ErrorLog(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         self.records.append(record)
 
+    def take(self, context: str) -> list[str]:
+        """The collected records as notes (with their exception and ``context``), cleared."""
+        notes = []
+        for r in self.records[:3]:
+            exc = f": {r.exc_info[0].__name__}: {r.exc_info[1]}" if r.exc_info and r.exc_info[1] else ""
+            notes.append(f"{r.getMessage()}{exc} (after {context})")
+        self.records.clear()
+        return notes
+
     def __enter__(self) -> "ErrorLog":
         logging.getLogger("nvshell").addHandler(self)
         return self
@@ -219,8 +228,7 @@ def fuzz_vfio(seconds: float, seed: int, tmp: Path | None = None, *, max_inputs:
                     session = None
                 if errors.records:
                     fig.crashes += len(errors.records)
-                    fig.notes.extend(r.getMessage() for r in errors.records[:3])
-                    errors.records.clear()
+                    fig.notes.extend(errors.take(f"input {fig.inputs}"))
             if session is not None:
                 session.close()
         finally:
@@ -400,8 +408,7 @@ def fuzz_nvme(seconds: float, seed: int, tmp: Path | None = None, *, max_inputs:
                     break
                 if errors.records:
                     fig.crashes += len(errors.records)
-                    fig.notes.extend(r.getMessage() for r in errors.records[:3])
-                    errors.records.clear()
+                    fig.notes.extend(errors.take(f"queue {qid} {fields}"))
         finally:
             g.close()
             if g.ctrl.subsystem is not None:
@@ -593,8 +600,7 @@ def fuzz_qmp(seconds: float, seed: int, tmp: Path | None = None, *, max_inputs: 
                     client = None
                 if errors.records:
                     fig.crashes += len(errors.records)
-                    fig.notes.extend(r.getMessage() for r in errors.records[:3])
-                    errors.records.clear()
+                    fig.notes.extend(errors.take(repr(data[:300])))
             if client is not None:
                 client.close()
             if not _settle(lambda: mon.run(lambda: len(mon.server.sessions)) == 0):

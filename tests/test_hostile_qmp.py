@@ -168,3 +168,20 @@ def test_a_stuck_iothread_costs_a_clear_error_not_a_silent_monitor(tmp_path, mon
     finally:
         release.set()
         mon.stop()
+
+
+def test_a_number_argument_beyond_a_double_is_a_type_error(tmp_path):
+    """Found by the QMP fuzzer: x-nvme-query-iostat interval=10**300 raised OverflowError inside."""
+    from nvshell.device.machine import Machine, default_topology
+    machine = Machine(str(tmp_path))
+    default_topology(machine)
+    mon = MonitorThread(tmp_path, machine)
+    try:
+        c = RawClient(mon.unix_path)
+        c.send(b'{"execute": "x-nvme-query-iostat", "arguments": {"interval": 1' + b"0" * 400 + b'}}')
+        reply = c.recv()
+        assert reply["error"]["class"] == "GenericError" and "'interval'" in reply["error"]["desc"], reply
+        assert c.cmd("query-status")["return"]["running"] is True
+        c.close()
+    finally:
+        mon.stop()
