@@ -146,3 +146,40 @@ def test_command_level_rules_and_reftag_fields():
     assert command_reftag(PIF_16, 0xFFFF, 7) == 7
     assert command_reftag(PIF_64, 0xABCD, 7) == 0xABCD_0000_0007
     assert t1.strips(0x8) and not Protection(1, PIF_16, 16, first=False).strips(0x8)
+
+
+@pytest.mark.parametrize("pif, ms, first", [(PIF_16, 8, False), (PIF_16, 64, False), (PIF_64, 16, True),
+                                            (PIF_64, 64, False)])
+@pytest.mark.parametrize("pi_type", [1, 3])
+def test_check_run_agrees_with_check_per_block(pif, ms, first, pi_type):
+    import random
+    rnd = random.Random(pif * 100 + ms + pi_type)
+    prot = Protection(pi_type, pif, ms, first=first)
+    every = PRCHK_GUARD | PRCHK_APP
+    if pi_type == 1:
+        every |= PRCHK_REF
+    for trial in range(40):
+        blocks = [rnd.randbytes(512) for _ in range(4)]
+        md = memoryview(bytearray(rnd.randbytes(4 * ms)))
+        for i, b in enumerate(blocks):
+            prot.insert([b[:100], b[100:]], md[i * ms:(i + 1) * ms], 7, 10 + i if pi_type == 1 else 10)
+        if trial % 2:
+            i = rnd.randrange(4)
+            md[i * ms + rnd.randrange(ms)] ^= 1 << rnd.randrange(8)      # maybe a tuple byte, maybe covered
+        if trial % 5 == 0:
+            md[prot.offset + 2 if pif == PIF_16 else prot.offset + 8:][:2] = b"\xff\xff"  # block 0 escaped?
+        expected = None
+        reftag = 10
+        for i, b in enumerate(blocks):
+            try:
+                prot.check([b], md[i * ms:(i + 1) * ms], every, 7, 0xFFFF, reftag, i)
+            except PiError as err:
+                expected = (err.status, err.index)
+                break
+            reftag = prot.next_reftag(reftag)
+        try:
+            prot.check_run(([memoryview(b)] for b in blocks), md, every, 7, 0xFFFF, 10)
+            got = None
+        except PiError as err:
+            got = (err.status, err.index)
+        assert got == expected

@@ -143,13 +143,10 @@ def check_blocks(prot: Protection, pi: PiFields, cmd: Any, slba: int, data_block
     """PRCHK over blocks (data views per block) and their metadata ``md``."""
     if not pi.prchk:
         return
-    reftag = pi.reftag
-    for i, pieces in enumerate(data_blocks):
-        try:
-            prot.check(pieces, md[i * ms:(i + 1) * ms], pi.prchk, pi.apptag, pi.appmask, reftag, i)
-        except PiError as err:
-            raise _fail(cmd, slba, err) from None
-        reftag = prot.next_reftag(reftag)
+    try:
+        prot.check_run(data_blocks, md, pi.prchk, pi.apptag, pi.appmask, pi.reftag)
+    except PiError as err:
+        raise _fail(cmd, slba, err) from None
 
 
 # ------------------------------------------------------------------ read / write
