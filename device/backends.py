@@ -20,6 +20,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import errno as errno_mod
+import mmap
 import os
 import stat
 import threading
@@ -40,6 +41,9 @@ class Backend:
     """A fixed-size array of bytes. Subclasses implement the ``_``-less methods."""
 
     kind = "abstract"
+    #: Accesses may sleep (disk I/O): the controller runs them on its worker pool
+    #: (``device/nvme/offload.py``) instead of its IOThread.
+    blocking = False
 
     def __init__(self, size: int):
         if not isinstance(size, int) or size <= 0:
@@ -256,6 +260,10 @@ def _load_fallocate():
 
 _fallocate = _load_fallocate()
 
+#: O_DIRECT alignment of offsets, lengths and buffers: 4 KiB satisfies every
+#: logical block size Linux file systems and disks use.
+DIRECT_ALIGN = 4096
+
 
 class FileBackend(Backend):
     """A regular file or a block device; data survives a restart of nvshell.
@@ -268,12 +276,14 @@ class FileBackend(Backend):
     """
 
     kind = "file"
+    blocking = True
 
-    def __init__(self, path: str, size: int | None = None, create: bool = True, readonly: bool = False):
+    def __init__(self, path: str, size: int | None = None, create: bool = True, readonly: bool = False,
+                 direct: bool = False):
         self.path = os.fspath(path)
         if size is not None and (not isinstance(size, int) or size <= 0):
             raise BackendError(f"backend size must be a positive number of bytes, not {size!r}")
-        flags = (os.O_RDONLY if readonly else os.O_RDWR) | os.O_CLOEXEC
+        flags = (os.O_RDONLY if readonly else os.O_RDWR) | os.O_CLOEXEC | (os.O_DIRECT if direct else 0)
         if create and size is not None and not readonly:
             flags |= os.O_CREAT
         try:
@@ -305,17 +315,63 @@ class FileBackend(Backend):
         super().__init__(size)
         self.fd = fd
         self.readonly = readonly
+        self.direct = direct
+        #: O_DIRECT bounce path: misaligned accesses go through aligned buffers; a
+        #: partial-block write is a read-modify-write, serialised so that two of them
+        #: in one block cannot undo each other.
+        self._rmw_lock = threading.Lock()
         self._punch_ok = _fallocate is not None
+
+    def _bounce(self, offset: int, length: int) -> tuple[int, mmap.mmap]:
+        """An aligned buffer covering [offset, offset+length) rounded out to DIRECT_ALIGN."""
+        start = offset - offset % DIRECT_ALIGN
+        end = -(-(offset + length) // DIRECT_ALIGN) * DIRECT_ALIGN
+        return start, mmap.mmap(-1, end - start)   # anonymous mappings are page aligned
+
+    def _direct_read(self, offset: int, view: memoryview) -> None:
+        start, buf = self._bounce(offset, view.nbytes)
+        with buf:
+            whole = memoryview(buf)
+            try:
+                n = os.preadv(self.fd, [whole], start)
+            except OSError as exc:
+                raise BackendError(f"read of '{self.path}' at {start:#x} failed: {exc.strerror}", exc.errno) from None
+            if n < len(buf):
+                whole[n:] = bytes(len(buf) - n)
+            view[:] = whole[offset - start:offset - start + view.nbytes]
+            whole.release()
+
+    def _direct_write(self, offset: int, view: memoryview) -> None:
+        with self._rmw_lock:
+            start, buf = self._bounce(offset, view.nbytes)
+            with buf:
+                whole = memoryview(buf)
+                try:
+                    if offset != start or view.nbytes != len(buf):
+                        os.preadv(self.fd, [whole], start)
+                    whole[offset - start:offset - start + view.nbytes] = view
+                    os.pwritev(self.fd, [whole], start)
+                except OSError as exc:
+                    raise BackendError(f"write of '{self.path}' at {start:#x} failed: {exc.strerror}",
+                                       exc.errno) from None
+                finally:
+                    whole.release()
 
     def readinto(self, offset: int, buf: Buffer) -> None:
         view = buf if isinstance(buf, memoryview) else memoryview(buf)
         length = view.nbytes
         self._check(offset, length)
+        if self.direct and (offset | length) % DIRECT_ALIGN:
+            self._direct_read(offset, view.cast("B"))
+            return
         pos = 0
         while pos < length:
             try:
                 n = os.preadv(self.fd, [view[pos:]], offset + pos)
             except OSError as exc:
+                if exc.errno == errno_mod.EINVAL and self.direct and not pos:
+                    self._direct_read(offset, view.cast("B"))      # buffer not aligned for O_DIRECT
+                    return
                 raise BackendError(f"read of '{self.path}' at {offset + pos:#x} failed: {exc.strerror}",
                                    exc.errno) from None
             if n == 0:  # file shrunk under us: what is missing reads as zeroes
@@ -327,11 +383,17 @@ class FileBackend(Backend):
         view = data if isinstance(data, memoryview) else memoryview(data)
         length = view.nbytes
         self._check(offset, length)
+        if self.direct and (offset | length) % DIRECT_ALIGN:
+            self._direct_write(offset, view.cast("B"))
+            return
         pos = 0
         while pos < length:
             try:
                 n = os.pwritev(self.fd, [view[pos:]], offset + pos)
             except OSError as exc:
+                if exc.errno == errno_mod.EINVAL and self.direct and not pos:
+                    self._direct_write(offset, view.cast("B"))     # buffer not aligned for O_DIRECT
+                    return
                 raise BackendError(f"write of '{self.path}' at {offset + pos:#x} failed: {exc.strerror}",
                                    exc.errno) from None
             pos += n
@@ -383,7 +445,8 @@ class FileBackend(Backend):
                 pass
 
     def describe(self) -> dict[str, Any]:
-        return {"kind": self.kind, "size": self.size, "path": self.path, "block-device": self.block_device}
+        return {"kind": self.kind, "size": self.size, "path": self.path, "block-device": self.block_device,
+                "direct": self.direct}
 
     def __repr__(self) -> str:
         return f"FileBackend({self.path!r}, size={self.size})"
@@ -392,8 +455,11 @@ class FileBackend(Backend):
 BACKEND_KINDS = ("memory", "file", "null")
 
 
-def open_backend(kind: str, size: int | None = None, path: str | None = None) -> Backend:
+
+def open_backend(kind: str, size: int | None = None, path: str | None = None, *, direct: bool = False) -> Backend:
     """Create a backend from the object model's properties (``kind`` as in x-nvme-ns-nvm)."""
+    if direct and kind != "file":
+        raise BackendError(f"direct=on needs backend=file, not '{kind}'")
     if kind == "memory":
         if size is None:
             raise BackendError("a memory backend needs a size")
@@ -405,5 +471,5 @@ def open_backend(kind: str, size: int | None = None, path: str | None = None) ->
     if kind == "file":
         if not path:
             raise BackendError("a file backend needs a path")
-        return FileBackend(path, size)
+        return FileBackend(path, size, direct=direct)
     raise BackendError(f"unknown backend kind '{kind}' (expected one of {', '.join(BACKEND_KINDS)})")

@@ -13,10 +13,21 @@ Threading model of nvshell (see README, "Architecture"):
 
 The loop multiplexes file descriptors (``add_reader``), timers (``call_later``)
 and *pollers*: callables that look at shared memory the guest writes without
-telling us (mmapped doorbells). A poller returns True when it found work. While
-pollers keep finding work the loop spins; once they go quiet it backs off
-exponentially to ``IDLE_POLL_MAX`` seconds between looks, so an idle device costs
-next to no CPU while a busy one reacts within microseconds.
+always telling us (shadow doorbells, mmapped doorbells). A poller returns True
+when it found work. Pollers are not how the loop learns of work: after the
+last useful poll the loop spins for a short *adaptive* window (``spin``), then
+sleeps. A poller that can be woken (``before_sleep`` given: it arms a
+notification, e.g. publishes EventIdx so the guest rings a trapped doorbell,
+and says whether work slipped in meanwhile) lets the loop sleep until an event;
+a poller without one (mmapped doorbells) makes it back off exponentially to
+``IDLE_POLL_MAX`` between looks.
+
+The spin window pays when work arrives within it (the guest's next submission
+is found without a doorbell message and without a sleep/wake): it grows to
+cover the gaps seen, up to ``SPIN_MAX``, and halves each time it expires
+unused. It stops entirely while the host is contended -- a spinning thread that
+got less than half a CPU over its window is being pre-empted, and sleeping is
+then cheaper for everyone -- and probes again after ``SPIN_REPROBE`` sleeps.
 """
 
 from __future__ import annotations
@@ -62,8 +73,12 @@ async def wait_future(future: "concurrent.futures.Future[T]", what: str, timeout
         raise IOThreadTimeout(f"an IOThread did not answer within {limit:g} s (busy or stuck): "
                               f"{what} abandoned") from None
 
-#: After the last useful poll, keep spinning (timeout 0) for this long.
-BUSY_SPIN = 0.002
+#: Adaptive spin window after the last useful poll (seconds): start, floor, ceiling.
+SPIN_START = 0.00005
+SPIN_MIN = 0.00001
+SPIN_MAX = 0.0003
+#: Sleeps without spinning (spin found useless or the host contended) before a new probe.
+SPIN_REPROBE = 64
 #: First sleep once spinning stops; doubles up to IDLE_POLL_MAX.
 IDLE_POLL_MIN = 0.00005
 #: Longest sleep between polls of shared memory when idle.
@@ -97,6 +112,15 @@ class IOThread:
         self._timers: list[tuple[float, int, TimerHandle]] = []
         self._timer_seq = itertools.count()
         self._pollers: list[Callable[[], bool]] = []
+        #: ``before_sleep`` of each poller that has one (poller -> arm function).
+        self._sleepers: dict[Callable[[], bool], Callable[[], bool]] = {}
+        #: Pollers without a wake-up path: the loop must poll them periodically.
+        self._periodic: set[Callable[[], bool]] = set()
+        self.spin = SPIN_START
+        self._spin_since: float | None = None
+        self._spin_cpu0 = 0.0
+        self._no_spin = 0
+        self._armed = False
         self._thread: threading.Thread | None = None
         self._stopping = False
         self._last_work = 0.0
@@ -171,10 +195,12 @@ class IOThread:
                                f"(busy or stuck); {name} abandoned")
 
     def call_soon(self, fn: Callable[[], Any]) -> None:
-        """Queue ``fn`` to run on the IOThread; thread-safe, never blocks."""
+        """Queue ``fn`` to run on the IOThread; thread-safe, never blocks. From the
+        IOThread itself it runs after the current events, without a wakeup."""
         with self._calls_lock:
             self._calls.append(fn)
-        self._wake()
+        if threading.current_thread() is not self._thread:
+            self._wake()
 
     # ------------------------------------------------- IOThread-only API
     def call_later(self, delay: float, fn: Callable[[], Any]) -> TimerHandle:
@@ -193,20 +219,47 @@ class IOThread:
         except (KeyError, ValueError):
             pass
 
-    def add_poller(self, poller: Callable[[], bool]) -> None:
+    def add_poller(self, poller: Callable[[], bool], *, before_sleep: Callable[[], bool] | None = None,
+                   periodic: bool | None = None) -> None:
+        """Poll ``poller`` while the loop spins. ``before_sleep`` (see module docstring) is
+        called once before the loop sleeps; unless ``periodic`` (default: no ``before_sleep``)
+        the loop then sleeps until an event instead of polling with back-off."""
         self._pollers.append(poller)
+        if before_sleep is not None:
+            self._sleepers[poller] = before_sleep
+        if periodic if periodic is not None else before_sleep is None:
+            self._periodic.add(poller)
         self.note_work()
 
     def remove_poller(self, poller: Callable[[], bool]) -> None:
         try:
             self._pollers.remove(poller)
         except ValueError:
-            pass
+            return
+        self._sleepers.pop(poller, None)
+        self._periodic.discard(poller)
 
     def note_work(self) -> None:
         """Tell the loop something happened, so pollers are looked at eagerly again."""
         self._last_work = time.monotonic()
         self._idle_sleep = IDLE_POLL_MIN
+        self._armed = False
+
+    def _spin_ended(self, now: float, gap: float | None) -> None:
+        """A spin phase ended: with work found after ``gap`` seconds, or unused (None)."""
+        wall = now - self._spin_since  # type: ignore[operator]
+        cpu = time.thread_time() - self._spin_cpu0
+        self._spin_since = None
+        if wall > 2 * SPIN_MIN and cpu < 0.5 * wall:
+            self.spin = 0.0                     # pre-empted while spinning: sleep instead
+            self._no_spin = SPIN_REPROBE
+        elif gap is not None:
+            self.spin = min(max(self.spin, 2 * gap), SPIN_MAX)
+        elif self.spin > SPIN_MIN:
+            self.spin /= 2
+        else:
+            self.spin = 0.0
+            self._no_spin = SPIN_REPROBE
 
     # ---------------------------------------------------------------- loop
     def _wake(self) -> None:
@@ -224,9 +277,9 @@ class IOThread:
     def _timeout(self, now: float) -> float | None:
         timeout: float | None = None
         if self._pollers:
-            if now - self._last_work < BUSY_SPIN:
+            if now - self._last_work < self.spin:
                 timeout = 0.0
-            else:
+            elif self._periodic:
                 timeout = self._idle_sleep
                 self._idle_sleep = min(self._idle_sleep * 2, IDLE_POLL_MAX)
         if self._timers:
@@ -260,7 +313,21 @@ class IOThread:
             return None
 
     def _iterate(self) -> None:
-        events = self._selector.select(self._timeout(time.monotonic()))
+        now = time.monotonic()
+        timeout = self._timeout(now)
+        if timeout != 0.0 and self._pollers:
+            if self._spin_since is not None:
+                self._spin_ended(now, None)
+            if not self._armed:
+                self._armed = True
+                if self._no_spin:
+                    self._no_spin -= 1
+                    if not self._no_spin:
+                        self.spin = SPIN_MIN
+                for arm in list(self._sleepers.values()):
+                    if self._guarded(arm):
+                        timeout = 0.0
+        events = self._selector.select(timeout)
         for key, _ in events:
             self._guarded(key.data)
         if self._calls:
@@ -278,4 +345,13 @@ class IOThread:
             if self._guarded(poller):
                 worked = True
         if worked or events:
+            if self._spin_since is not None:
+                if worked and not events:
+                    now = time.monotonic()
+                    self._spin_ended(now, now - self._spin_since)   # the spin found the work
+                else:
+                    self._spin_since = None                         # an event would have woken us
             self.note_work()
+        elif timeout == 0.0 and self._pollers and self._spin_since is None:
+            self._spin_since = time.monotonic()
+            self._spin_cpu0 = time.thread_time()

@@ -346,8 +346,11 @@ class NvmNamespaceObject(NamespaceObject):
                 raise PropertyError("Parameter 'size' is missing")
         if size and size % lba:
             raise PropertyError(f"Parameter 'size' expects a multiple of the lba-size ({lba})")
+        direct = bool(self.get("direct"))
+        if direct and kind != "file":
+            raise PropertyError(f"Parameter 'direct' is not used by backend '{kind}'")
         try:
-            return open_backend(kind, size or None, path or None)
+            return open_backend(kind, size or None, path or None, direct=direct)
         except (BackendError, OSError) as e:
             raise ObjectError(f"{self.id}: cannot open backend: {e}") from None
 
@@ -734,6 +737,8 @@ NVM_PROPS = [
              description="memory (sparse), file, or null (reads zeroes, discards writes); "
                          "default: file if 'file' is given, else memory",
              live=lambda o: o.model.backend.kind),  # type: ignore[attr-defined]
+    Property("direct", BoolType(), default=False,
+             description="backend=file: open with O_DIRECT (bypass the host page cache)"),
     Property("lba-size", IntType("uint32", choices=(512, 4096)), default=512, description="LBA data size",
              live=_model_attr("lba_size")),
     Property("ms", IntType("uint16", choices=(0, 8, 16, 64)), default=0, live=_ns_format(lambda f: f.ms),

@@ -369,8 +369,15 @@ def test_create_delete_queues_and_errors(host):
     assert create_cq(1, base=0x90000000) == Status.DATA_TRANSFER_ERROR
     assert create_cq(1) == 0
     assert create_cq(1) == Status.INVALID_QID                   # exists
-    assert create_sq(1, 2) == Status.INVALID_CQ
-    assert create_sq(1, 0) == Status.INVALID_CQ
+    # CQID: a valid identifier whose CQ does not exist is Completion Queue Invalid;
+    # 0, beyond the allocated count (max-ioqpairs 64) or 0xFFFF is Invalid Queue Identifier.
+    assert create_sq(1, 2) == Status.INVALID_CQ                     # allocated, absent
+    assert create_sq(1, 64) == Status.INVALID_CQ                    # last allocated id, absent
+    assert create_sq(1, 0) == Status.INVALID_QID
+    assert create_sq(1, 65) == Status.INVALID_QID
+    assert create_sq(1, 0xFFFF) == Status.INVALID_QID
+    assert create_sq(65, 1) == Status.INVALID_QID
+    assert create_sq(0xFFFF, 1) == Status.INVALID_QID
     assert create_sq(0, 1) == Status.INVALID_QID
     assert create_sq(1, 1, size=0x900) == Status.INVALID_QUEUE_SIZE
     assert create_sq(1, 1, flags=0) == Status.INVALID_FIELD
@@ -379,6 +386,8 @@ def test_create_delete_queues_and_errors(host):
     assert status(h.cmd(AdminOpcode.DELETE_IO_CQ, cdw10=1)) == Status.INVALID_QUEUE_DELETION
     assert status(h.cmd(AdminOpcode.DELETE_IO_SQ, cdw10=0)) == Status.INVALID_QID
     assert status(h.cmd(AdminOpcode.DELETE_IO_SQ, cdw10=2)) == Status.INVALID_QID
+    assert status(h.cmd(AdminOpcode.DELETE_IO_SQ, cdw10=0xFFFF)) == Status.INVALID_QID
+    assert status(h.cmd(AdminOpcode.DELETE_IO_CQ, cdw10=0xFFFF)) == Status.INVALID_QID
     assert status(h.cmd(AdminOpcode.DELETE_IO_SQ, cdw10=1)) == 0
     assert status(h.cmd(AdminOpcode.DELETE_IO_CQ, cdw10=0)) == Status.INVALID_QID
     assert status(h.cmd(AdminOpcode.DELETE_IO_CQ, cdw10=1)) == 0

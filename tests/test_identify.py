@@ -65,7 +65,7 @@ def test_identify_controller_offsets(setup) -> None:
     assert u32(d, 92) & (1 << 8)                                 # OAES NS attribute notices
     assert d[111] == 1                                           # CNTRLTYPE I/O
     oacs = u16(d, 256)
-    assert oacs & (1 << 1) and oacs & (1 << 3) and not oacs & (1 << 8)
+    assert oacs & (1 << 1) and oacs & (1 << 3) and oacs & (1 << 8)   # Format, NS Mgmt, Doorbell Buffer Config
     assert d[258] == 3 and d[259] == 3                           # ACL, AERL
     assert d[260] == 0b10111                                     # FRMW: 3 slots, slot 1 RO, activation w/o reset
     assert d[261] == 0b11111                                     # LPA: per-NS SMART, effects, extended, telemetry, PEL

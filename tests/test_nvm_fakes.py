@@ -85,6 +85,10 @@ class FakeCtrl:
     def transfer(self, cmd: Command, length: int, *, allow_sgl: bool = True) -> DataMap:
         return map_data(self.memory, cmd, length, allow_sgl=allow_sgl)
 
+    def offload(self, cmd: Command, work) -> None:
+        """As the real controller without an IOThread: blocking backend work runs inline."""
+        work()
+
     def run(self, cmd: Command) -> int:
         """Dispatch like the controller: returns the status (DmaError -> Data Transfer Error)."""
         info = NVM.get(cmd.opcode)

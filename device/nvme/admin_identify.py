@@ -17,7 +17,7 @@ returns:
 from __future__ import annotations
 
 import struct
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 from nvshell.device.layout import Layout
 from nvshell.device.nvme.commands import ADMIN, NVM, Command
@@ -27,6 +27,9 @@ from nvshell.device.nvme.lbaf import DPC_ALL, MC_BOTH
 from nvshell.device.nvme.status import NvmeError, Status
 from nvshell.device.nvme.subsystem import DEFAULT_MAX_NSID
 from nvshell.device.nvme.zoned import identify_controller_zoned
+
+if TYPE_CHECKING:
+    from nvshell.device.nvme.context import ControllerContext, Namespace
 
 
 # CNS values (Identify command, CDW10 bits 7:0)
@@ -133,18 +136,18 @@ ID_NS_INDEPENDENT = Layout("IdentifyNamespaceIndependent", [
 ], size=IDENTIFY_SIZE)
 
 # ---------------------------------------------------------------- helpers
-def subsystem_of(ctrl: Any) -> Any:
+def subsystem_of(ctrl: "ControllerContext") -> Any:
     return ctrl.subsystem
 
 
-def max_nsid(ctrl: Any) -> int:
+def max_nsid(ctrl: "ControllerContext") -> int:
     subsys = subsystem_of(ctrl)
     # A Controller may be built without a subsystem (controller unit tests); the
     # NSID range is then the subsystem default.
     return subsys.max_nsid if subsys is not None else DEFAULT_MAX_NSID
 
 
-def check_nsid(ctrl: Any, nsid: int, *, broadcast: bool = False) -> None:
+def check_nsid(ctrl: "ControllerContext", nsid: int, *, broadcast: bool = False) -> None:
     """NSID 0 or above NN (or the broadcast NSID where not allowed): Invalid NSID."""
     if nsid == BROADCAST_NSID and broadcast:
         return
@@ -152,11 +155,11 @@ def check_nsid(ctrl: Any, nsid: int, *, broadcast: bool = False) -> None:
         raise NvmeError(Status.INVALID_NSID)
 
 
-def active_ns(ctrl: Any, nsid: int) -> Any | None:
+def active_ns(ctrl: "ControllerContext", nsid: int) -> Any | None:
     return ctrl.namespaces.get(nsid)
 
 
-def allocated_ns(ctrl: Any, nsid: int) -> Any | None:
+def allocated_ns(ctrl: "ControllerContext", nsid: int) -> Any | None:
     return subsystem_of(ctrl).namespaces.get(nsid)
 
 
@@ -248,7 +251,7 @@ def _kas() -> int:
     return KAS
 
 
-def identify_controller(ctrl: Any) -> bytes:
+def identify_controller(ctrl: "ControllerContext") -> bytes:
     """The 4096-byte Identify Controller data structure of ``ctrl``."""
     cfg = ctrl.config
     subsys = subsystem_of(ctrl)
@@ -302,7 +305,7 @@ def identify_controller(ctrl: Any) -> bytes:
     )
 
 
-def identify_controller_nvm(ctrl: Any) -> bytes:
+def identify_controller_nvm(ctrl: "ControllerContext") -> bytes:
     """CNS 06 for CSI NVM. Zero means "no limit beyond MDTS" for VSL/WZSL/WUSL,
     which lets the Linux driver size Write Zeroes by MDTS; DMRL bounds the ranges
     per Dataset Management command (nvm.py refuses more)."""
@@ -317,7 +320,7 @@ def common_namespace_capabilities() -> bytes:
                       **{f"lbaf{i}": lbaf_entry(lbads, ms) for i, (lbads, ms) in enumerate(LBA_FORMATS)})
 
 
-def independent_namespace(ns: Any) -> bytes:
+def independent_namespace(ns: "Namespace") -> bytes:
     """CNS 08, derived from the namespace's own Identify Namespace so both agree."""
     full = ID_NS.unpack(_pad(ns.identify_ns()))
     nmic = full.nmic | int(ns.shared)
@@ -334,7 +337,7 @@ def io_command_sets() -> bytes:
 
 # ---------------------------------------------------------------- handler
 @ADMIN.command(AdminOpcode.IDENTIFY, nsid="none", direction="to-host")
-def identify(ctrl: Any, cmd: Command) -> None:
+def identify(ctrl: "ControllerContext", cmd: Command) -> None:
     cns = cmd.cdw10 & 0xFF
     cntid = (cmd.cdw10 >> 16) & 0xFFFF
     csi = (cmd.cdw11 >> 24) & 0xFF
@@ -345,7 +348,7 @@ def identify(ctrl: Any, cmd: Command) -> None:
     ctrl.transfer(cmd, IDENTIFY_SIZE, allow_sgl=False).to_guest(data)
 
 
-def _cns_ns(ctrl: Any, cmd: Command, cntid: int, csi: int) -> bytes:
+def _cns_ns(ctrl: "ControllerContext", cmd: Command, cntid: int, csi: int) -> bytes:
     if cmd.nsid == BROADCAST_NSID:
         return common_namespace_capabilities()
     check_nsid(ctrl, cmd.nsid)
@@ -353,17 +356,17 @@ def _cns_ns(ctrl: Any, cmd: Command, cntid: int, csi: int) -> bytes:
     return ns.identify_ns() if ns is not None else b""
 
 
-def _cns_ctrl(ctrl: Any, cmd: Command, cntid: int, csi: int) -> bytes:
+def _cns_ctrl(ctrl: "ControllerContext", cmd: Command, cntid: int, csi: int) -> bytes:
     return identify_controller(ctrl)
 
 
-def _cns_active_list(ctrl: Any, cmd: Command, cntid: int, csi: int) -> bytes:
+def _cns_active_list(ctrl: "ControllerContext", cmd: Command, cntid: int, csi: int) -> bytes:
     if cmd.nsid >= 0xFFFFFFFE:
         raise NvmeError(Status.INVALID_NSID)
     return nsid_list(ctrl.namespaces, cmd.nsid)
 
 
-def _cns_descriptors(ctrl: Any, cmd: Command, cntid: int, csi: int) -> bytes:
+def _cns_descriptors(ctrl: "ControllerContext", cmd: Command, cntid: int, csi: int) -> bytes:
     check_nsid(ctrl, cmd.nsid)
     ns = active_ns(ctrl, cmd.nsid)
     if ns is None:
@@ -371,7 +374,7 @@ def _cns_descriptors(ctrl: Any, cmd: Command, cntid: int, csi: int) -> bytes:
     return ns.id_descriptors()
 
 
-def _cs_ns(ns: Any, csi: int) -> bytes:
+def _cs_ns(ns: "Namespace", csi: int) -> bytes:
     if ns is None:
         return b""
     if csi == ns.csi:
@@ -381,12 +384,12 @@ def _cs_ns(ns: Any, csi: int) -> bytes:
     raise NvmeError(Status.INVALID_FIELD)
 
 
-def _cns_cs_ns(ctrl: Any, cmd: Command, cntid: int, csi: int) -> bytes:
+def _cns_cs_ns(ctrl: "ControllerContext", cmd: Command, cntid: int, csi: int) -> bytes:
     check_nsid(ctrl, cmd.nsid)
     return _cs_ns(active_ns(ctrl, cmd.nsid), csi)
 
 
-def _cns_cs_ctrl(ctrl: Any, cmd: Command, cntid: int, csi: int) -> bytes:
+def _cns_cs_ctrl(ctrl: "ControllerContext", cmd: Command, cntid: int, csi: int) -> bytes:
     if csi == CSI.NVM:
         return identify_controller_nvm(ctrl)
     if csi == CSI.ZONED:
@@ -399,41 +402,41 @@ def _check_csi(csi: int) -> None:
         raise NvmeError(Status.INVALID_FIELD)
 
 
-def _cns_cs_active_list(ctrl: Any, cmd: Command, cntid: int, csi: int) -> bytes:
+def _cns_cs_active_list(ctrl: "ControllerContext", cmd: Command, cntid: int, csi: int) -> bytes:
     if cmd.nsid >= 0xFFFFFFFE:
         raise NvmeError(Status.INVALID_NSID)
     _check_csi(csi)
     return nsid_list((n for n, ns in ctrl.namespaces.items() if ns.csi == csi), cmd.nsid)
 
 
-def _cns_independent(ctrl: Any, cmd: Command, cntid: int, csi: int) -> bytes:
+def _cns_independent(ctrl: "ControllerContext", cmd: Command, cntid: int, csi: int) -> bytes:
     check_nsid(ctrl, cmd.nsid)
     ns = active_ns(ctrl, cmd.nsid)
     return independent_namespace(ns) if ns is not None else b""
 
 
-def _cns_allocated_list(ctrl: Any, cmd: Command, cntid: int, csi: int) -> bytes:
+def _cns_allocated_list(ctrl: "ControllerContext", cmd: Command, cntid: int, csi: int) -> bytes:
     if cmd.nsid >= 0xFFFFFFFE:
         raise NvmeError(Status.INVALID_NSID)
     return nsid_list(list(subsystem_of(ctrl).namespaces), cmd.nsid)
 
 
-def _cns_allocated_ns(ctrl: Any, cmd: Command, cntid: int, csi: int) -> bytes:
+def _cns_allocated_ns(ctrl: "ControllerContext", cmd: Command, cntid: int, csi: int) -> bytes:
     check_nsid(ctrl, cmd.nsid)
     ns = allocated_ns(ctrl, cmd.nsid)
     return ns.identify_ns() if ns is not None else b""
 
 
-def _cns_ns_ctrl_list(ctrl: Any, cmd: Command, cntid: int, csi: int) -> bytes:
+def _cns_ns_ctrl_list(ctrl: "ControllerContext", cmd: Command, cntid: int, csi: int) -> bytes:
     check_nsid(ctrl, cmd.nsid)
     return controller_list(subsystem_of(ctrl).attached_controllers(cmd.nsid), cntid)
 
 
-def _cns_ctrl_list(ctrl: Any, cmd: Command, cntid: int, csi: int) -> bytes:
+def _cns_ctrl_list(ctrl: "ControllerContext", cmd: Command, cntid: int, csi: int) -> bytes:
     return controller_list(list(subsystem_of(ctrl).controllers), cntid)
 
 
-def _cns_cs_allocated_list(ctrl: Any, cmd: Command, cntid: int, csi: int) -> bytes:
+def _cns_cs_allocated_list(ctrl: "ControllerContext", cmd: Command, cntid: int, csi: int) -> bytes:
     if cmd.nsid >= 0xFFFFFFFE:
         raise NvmeError(Status.INVALID_NSID)
     _check_csi(csi)
@@ -441,12 +444,12 @@ def _cns_cs_allocated_list(ctrl: Any, cmd: Command, cntid: int, csi: int) -> byt
     return nsid_list((n for n, ns in namespaces.items() if ns.csi == csi), cmd.nsid)
 
 
-def _cns_cs_allocated_ns(ctrl: Any, cmd: Command, cntid: int, csi: int) -> bytes:
+def _cns_cs_allocated_ns(ctrl: "ControllerContext", cmd: Command, cntid: int, csi: int) -> bytes:
     check_nsid(ctrl, cmd.nsid)
     return _cs_ns(allocated_ns(ctrl, cmd.nsid), csi)
 
 
-def _cns_io_command_sets(ctrl: Any, cmd: Command, cntid: int, csi: int) -> bytes:
+def _cns_io_command_sets(ctrl: "ControllerContext", cmd: Command, cntid: int, csi: int) -> bytes:
     return io_command_sets()
 
 

@@ -31,6 +31,7 @@ from nvshell.device.nvme.spec import BROADCAST_NSID, CSI, AdminOpcode, LogPage
 from nvshell.device.nvme.status import NvmeError, Status
 
 if TYPE_CHECKING:  # pragma: no cover
+    from nvshell.device.nvme.context import ControllerContext, Namespace
     from nvshell.device.nvme.controller import ErrorLogEntry
 
 ERROR_ENTRY = Layout("ErrorInformationEntry", [
@@ -73,7 +74,7 @@ def u128(value: int) -> bytes:
 
 
 # ----------------------------------------------------------------- pages
-def error_log(ctrl: Any) -> bytes:
+def error_log(ctrl: "ControllerContext") -> bytes:
     """Error Information entries, newest (highest error count) first, as
     ``ErrorLog.entries()`` lists them."""
     return b"".join(_error_entry(e) for e in ctrl.error_log.entries())
@@ -88,7 +89,7 @@ def _error_entry(entry: ErrorLogEntry) -> bytes:
         param_loc=entry.param_loc, lba=entry.lba, nsid=entry.nsid, cs=entry.cmd_specific)
 
 
-def smart_log(ctrl: Any) -> bytes:
+def smart_log(ctrl: "ControllerContext") -> bytes:
     """SMART / Health Information for the whole controller."""
     stats = ctrl.stats
     return SMART_LOG.pack(
@@ -110,7 +111,7 @@ def smart_log(ctrl: Any) -> bytes:
     )
 
 
-def fw_slot_log(ctrl: Any) -> bytes:
+def fw_slot_log(ctrl: "ControllerContext") -> bytes:
     """Slot 1 (read-only, active) holds the controller's firmware revision."""
     fr = ctrl.config.firmware.encode("ascii", "replace")[:8].ljust(8, b" ")
     return FW_SLOT_LOG.pack(afi=1, frs1=fr)
@@ -139,7 +140,7 @@ def effects_log(io: CommandTable | None, admin: CommandTable = ADMIN) -> bytes:
     return struct.pack("<256I256I", *acs, *iocs).ljust(CMD_EFFECTS_SIZE, b"\0")
 
 
-def io_table(ctrl: Any, csi: int) -> CommandTable | None:
+def io_table(ctrl: "ControllerContext", csi: int) -> CommandTable | None:
     """The I/O commands of command set ``csi`` on ``ctrl``: the NVM or Zoned table,
     else the table of an active namespace of that command set (None if it has none)."""
     if csi == CSI.NVM:
@@ -179,7 +180,7 @@ class LogPageInfo:
     #: ``available(ctrl)``: whether this controller offers the page (OCP pages need ocp=on).
     available: Callable[[Any], bool] | None = None
 
-    def page_size(self, ctrl: Any) -> int:
+    def page_size(self, ctrl: "ControllerContext") -> int:
         return self.size(ctrl) if callable(self.size) else self.size
 
 
@@ -207,7 +208,7 @@ def lpa_bits() -> int:
 
 # ---------------------------------------------------------------- handler
 @ADMIN.command(AdminOpcode.GET_LOG_PAGE, nsid="optional", direction="to-host")
-def get_log_page(ctrl: Any, cmd: Command) -> None:
+def get_log_page(ctrl: "ControllerContext", cmd: Command) -> None:
     lid = cmd.cdw10 & 0xFF
     rae = bool(cmd.cdw10 & (1 << 15))
     numd = ((cmd.cdw10 >> 16) & 0xFFFF) | ((cmd.cdw11 & 0xFFFF) << 16)
@@ -240,12 +241,12 @@ def get_log_page(ctrl: Any, cmd: Command) -> None:
         ctrl.log_page_read(lid, cleared=info.cleared_by_read)
 
 
-def _max_nsid(ctrl: Any) -> int:
+def _max_nsid(ctrl: "ControllerContext") -> int:
     subsystem = ctrl.subsystem
     return subsystem.max_nsid if subsystem is not None else 0xFFFFFFFE
 
 
-def supported_log_pages(ctrl: Any, cmd: Command) -> bytes:
+def supported_log_pages(ctrl: "ControllerContext", cmd: Command) -> bytes:
     """Supported Log Pages (00h): one dword per LID, bit 0 LSUPP, bit 1 IOS (the Log
     Page Offset is an offset in bytes for every page here, not an index)."""
     entries = [0] * 256
@@ -255,12 +256,12 @@ def supported_log_pages(ctrl: Any, cmd: Command) -> bytes:
     return struct.pack("<256I", *entries)
 
 
-def _changed_ns_after(ctrl: Any, cmd: Command, rae: bool) -> None:
+def _changed_ns_after(ctrl: "ControllerContext", cmd: Command, rae: bool) -> None:
     if not rae:
         ctrl.take_changed_namespaces(clear=True)
 
 
-def _smart(ctrl: Any, cmd: Command) -> bytes:
+def _smart(ctrl: "ControllerContext", cmd: Command) -> bytes:
     if cmd.ns is not None:
         from nvshell.device.nvme.admin_smart_ns import namespace_smart_log
         return namespace_smart_log(ctrl, cmd.ns)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import struct
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from nvshell.device.nvme.admin_identify import max_nsid, subsystem_of
 from nvshell.device.nvme import admin_pel
@@ -26,6 +26,9 @@ from nvshell.device.nvme.lbaf import DPS_FIRST, NsFormat, split_flbas
 from nvshell.device.nvme.spec import BROADCAST_NSID, CSI, AdminOpcode, ID_NS, IDENTIFY_SIZE
 from nvshell.device.nvme.status import NvmeError, Status
 from nvshell.device.nvme.subsystem import SubsystemError
+
+if TYPE_CHECKING:
+    from nvshell.device.nvme.context import ControllerContext, Namespace
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +78,7 @@ zoned_namespace_factory: Callable[..., Any] = _default_zoned_factory
 
 # -------------------------------------------------------------- management
 @ADMIN.command(AdminOpcode.NAMESPACE_MANAGEMENT, nsid="none", effects=EFFECT_NIC, direction="from-host")
-def namespace_management(ctrl: Any, cmd: Command) -> None:
+def namespace_management(ctrl: "ControllerContext", cmd: Command) -> None:
     sel = cmd.cdw10 & 0xF
     if sel == SEL_CREATE:
         _create(ctrl, cmd)
@@ -85,7 +88,7 @@ def namespace_management(ctrl: Any, cmd: Command) -> None:
         raise NvmeError(Status.INVALID_FIELD)
 
 
-def _create(ctrl: Any, cmd: Command) -> None:
+def _create(ctrl: "ControllerContext", cmd: Command) -> None:
     subsys = subsystem_of(ctrl)
     csi = (cmd.cdw11 >> 24) & 0xFF
     factories = {CSI.NVM: namespace_factory, CSI.ZONED: zoned_namespace_factory}
@@ -129,7 +132,7 @@ def _create(ctrl: Any, cmd: Command) -> None:
     subsys.notify("namespace-created", nsid, ns, ctrl)
 
 
-def _delete(ctrl: Any, cmd: Command) -> None:
+def _delete(ctrl: "ControllerContext", cmd: Command) -> None:
     subsys = subsystem_of(ctrl)
     if cmd.nsid == BROADCAST_NSID:
         nsids = sorted(subsys.namespaces)
@@ -150,7 +153,7 @@ def _delete(ctrl: Any, cmd: Command) -> None:
         subsys.notify("namespace-deleted", nsid, ns, ctrl)
 
 
-def _close(ns: Any) -> None:
+def _close(ns: "Namespace") -> None:
     try:
         ns.close()
     except Exception:
@@ -159,7 +162,7 @@ def _close(ns: Any) -> None:
 
 # -------------------------------------------------------------- attachment
 @ADMIN.command(AdminOpcode.NAMESPACE_ATTACHMENT, nsid="none", effects=EFFECT_NIC, direction="from-host")
-def namespace_attachment(ctrl: Any, cmd: Command) -> None:
+def namespace_attachment(ctrl: "ControllerContext", cmd: Command) -> None:
     subsys = subsystem_of(ctrl)
     sel = cmd.cdw10 & 0xF
     nsid = cmd.nsid

@@ -1,6 +1,7 @@
 """Command tables: every NVMe command handler is a function registered by opcode.
 
-A handler has the signature ``handler(ctrl, cmd) -> None | DEFERRED`` and lives in
+A handler has the signature ``handler(ctrl: ControllerContext, cmd) -> None | DEFERRED``
+(``context.py``) and lives in
 the module of its command set (``admin_*.py``, ``nvm.py``). It reads its fields
 from ``cmd`` (a decoded SQE), moves data with ``ctrl.transfer(cmd, length)``
 (PRP or SGL, chosen by PSDT), and ends in one of three ways:
@@ -26,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 from nvshell.device.nvme.spec import SQE, opcode_name
 
 if TYPE_CHECKING:  # only for annotations: the controller imports this module
-    from nvshell.device.nvme.controller import Controller
+    from nvshell.device.nvme.context import ControllerContext, Namespace
 
 #: Returned by a handler that completes its command later.
 DEFERRED = object()
@@ -57,7 +58,7 @@ class Command:
     result_dw1: int = 0
     #: The namespace the command addresses, looked up by the dispatcher when the
     #: table entry says the command needs one.
-    ns: Any = None
+    ns: "Namespace | None" = None
     #: Monotonic ns timestamp of the fetch (latency tracing).
     fetched_ns: int = 0
     #: Free for handlers and fault rules (e.g. the aborted flag).
@@ -86,7 +87,7 @@ _FROM_SQE = operator.itemgetter(*(SQE.names.index(f.name) for f in fields(Comman
 class CommandInfo:
     opcode: int
     name: str
-    handler: Callable[["Controller", Command], Any]
+    handler: Callable[["ControllerContext", Command], Any]
     #: "none": NSID ignored; "required": an attached, active namespace (cmd.ns set,
     #: else Invalid Namespace or Format); "optional": looked up if nonzero and not
     #: broadcast (0xffffffff).

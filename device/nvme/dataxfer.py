@@ -11,7 +11,7 @@ straight from it. No bounce buffers on the hot path.
 All validation happens up front, before any data moves, so a bad PRP list or
 SGL never leaves a half-done transfer behind. Errors are ``NvmeError`` with the
 status the spec names; the only other exception a caller can see is
-``DmaError`` (a region unmapped or read-only at ``views()`` time), which the
+``MemoryFault`` (a region unmapped or read-only at ``views()`` time), which the
 controller turns into Data Transfer Error.
 
 Bit bucket SGL descriptors (data the host wants discarded) appear in
@@ -29,11 +29,11 @@ from typing import TYPE_CHECKING, Iterator
 from nvshell.device.layout import Layout
 from nvshell.device.nvme.spec import PAGE_SIZE
 from nvshell.device.nvme.status import NvmeError, Status
-from nvshell.device.vfio_user.dma import DmaError
+from nvshell.device.memory import MemoryFault
 
 if TYPE_CHECKING:
     from nvshell.device.nvme.commands import Command
-    from nvshell.device.vfio_user.dma import GuestMemory
+    from nvshell.device.memory import HostMemory as GuestMemory
 
 #: One SGL descriptor (16 bytes): address, length, and the SGL identifier in the
 #: last byte (descriptor type in bits 7:4, subtype in bits 3:0).
@@ -163,13 +163,13 @@ def map_data(memory: "GuestMemory", cmd: "Command", length: int, *, page_size: i
         prp1 = cmd.dptr1
         if not prp1 & 0x3 and length <= page_size - (prp1 & (page_size - 1)):
             # Fast path (every 4 KiB I/O): the whole transfer is in PRP1's page.
-            # A DmaError here falls through to the general path, which splits
+            # A MemoryFault here falls through to the general path, which splits
             # at region boundaries or reports Data Transfer Error.
             try:
                 with memory.view(prp1, length):
                     pass
                 return DataMap(memory, [(prp1, length)], length)
-            except DmaError:
+            except MemoryFault:
                 pass
         pieces = _map_prp(memory, cmd.dptr1, cmd.dptr2, length, page_size)
         bucket = False
@@ -200,7 +200,7 @@ def _validate(memory: "GuestMemory", pieces: list[list]) -> list[tuple[int | Non
             with view(addr, length):
                 pass
             out.append((addr, length))
-        except DmaError:
+        except MemoryFault:
             out.extend(_split(memory, addr, length))
     return out
 
@@ -216,7 +216,7 @@ def _split(memory: "GuestMemory", addr: int, length: int) -> list[tuple[int | No
         try:
             with memory.view(addr, n):
                 pass
-        except DmaError:
+        except MemoryFault:
             raise NvmeError(Status.DATA_TRANSFER_ERROR, msg=f"guest memory {addr:#x}+{n:#x} not accessible") \
                 from None
         out.append((addr, n))
@@ -258,7 +258,7 @@ def _map_prp(memory: "GuestMemory", prp1: int, prp2: int, length: int, page_size
         try:
             with view(list_addr, count * 8) as raw:
                 entries = _prp_entries(count).unpack(raw)
-        except DmaError:
+        except MemoryFault:
             raise NvmeError(Status.DATA_TRANSFER_ERROR, msg=f"PRP list at {list_addr:#x} not mapped") from None
         data = entries[:-1] if chained else entries
         for entry in data:
@@ -307,7 +307,7 @@ def _map_sgl(memory: "GuestMemory", dptr1: int, dptr2: int, length: int) -> tupl
             try:
                 with memory.view(addr, seg_len) as raw:
                     descs = list(SGL_DESCRIPTOR.struct.iter_unpack(raw))
-            except DmaError:
+            except MemoryFault:
                 raise NvmeError(Status.DATA_TRANSFER_ERROR, msg=f"SGL segment at {addr:#x} not mapped") from None
             tail_addr, tail_len, tail_id = descs[-1]
             if tail_id >> 4 in (SGL_SEGMENT, SGL_LAST_SEGMENT):

@@ -17,7 +17,7 @@ The helpers (``rw_fields``, ``check_range``, ``check_mdts``, ``read_blocks``,
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nvshell.device.backends import BackendError
 from nvshell.device.layout import Layout
@@ -28,6 +28,9 @@ from nvshell.device.nvme.admin_smart_ns import count_read, count_write
 from nvshell.device.nvme.commands import EFFECT_LBCC, NVM, Command
 from nvshell.device.nvme.spec import BROADCAST_NSID, NvmOpcode, mdts_bytes
 from nvshell.device.nvme.status import NvmeError, Status
+
+if TYPE_CHECKING:
+    from nvshell.device.nvme.context import ControllerContext, Namespace
 
 
 CDW12_FUA = 1 << 30
@@ -61,12 +64,12 @@ def rw_fields(cmd: Command) -> tuple[int, int]:
     return (cmd.cdw11 << 32) | cmd.cdw10, (cmd.cdw12 & 0xFFFF) + 1
 
 
-def check_range(ns: Any, slba: int, nlb: int) -> None:
+def check_range(ns: "Namespace", slba: int, nlb: int) -> None:
     if slba + nlb > ns.nlbas:
         raise NvmeError(Status.LBA_OUT_OF_RANGE, msg=f"LBA {slba:#x}+{nlb} beyond {ns.nlbas:#x}")
 
 
-def check_mdts(ctrl: Any, nbytes: int) -> None:
+def check_mdts(ctrl: "ControllerContext", nbytes: int) -> None:
     limit = mdts_bytes(ctrl.config.mdts)
     if limit and nbytes > limit:
         raise NvmeError(Status.INVALID_FIELD, msg=f"transfer of {nbytes} bytes exceeds MDTS ({limit})")
@@ -80,7 +83,7 @@ def _write_error(exc: BackendError) -> NvmeError:
     return NvmeError(Status.WRITE_FAULT, msg=str(exc))
 
 
-def read_blocks(ns: Any, offset: int, data: Any) -> None:
+def read_blocks(ns: "Namespace", offset: int, data: Any) -> None:
     """Backend -> guest: fill every view of ``data`` (a DataMap) from byte ``offset``."""
     readinto = ns.backend.readinto
     try:
@@ -91,7 +94,7 @@ def read_blocks(ns: Any, offset: int, data: Any) -> None:
         raise _read_error(exc) from None
 
 
-def write_blocks(ns: Any, offset: int, data: Any) -> None:
+def write_blocks(ns: "Namespace", offset: int, data: Any) -> None:
     """Guest -> backend: store every view of ``data`` (a DataMap) at byte ``offset``."""
     write = ns.backend.write
     try:
@@ -102,14 +105,14 @@ def write_blocks(ns: Any, offset: int, data: Any) -> None:
         raise _write_error(exc) from None
 
 
-def flush_ns(ns: Any) -> None:
+def flush_ns(ns: "Namespace") -> None:
     try:
         ns.backend.flush()
     except BackendError as exc:
         raise _write_error(exc) from None
 
 
-def make_durable(ctrl: Any, cmd: Command, ns: Any) -> None:
+def make_durable(ctrl: "ControllerContext", cmd: Command, ns: "Namespace") -> None:
     """After a write: with FUA, or with the volatile write cache turned off (Set
     Features 06h), the data must be on stable storage before the CQE."""
     if cmd.cdw12 & CDW12_FUA or not ctrl.features.volatile_wc:
@@ -118,18 +121,26 @@ def make_durable(ctrl: Any, cmd: Command, ns: Any) -> None:
 
 # ------------------------------------------------------------------ handlers
 @NVM.command(NvmOpcode.FLUSH, nsid="optional")
-def flush(ctrl: Any, cmd: Command) -> None:
-    """Flush one namespace, or every attached one for NSID FFFFFFFFh."""
+def flush(ctrl: "ControllerContext", cmd: Command) -> object:
+    """Flush one namespace, or every attached one for NSID FFFFFFFFh. A file backend's
+    fdatasync runs off the IOThread (``ctrl.offload``)."""
     if cmd.nsid == BROADCAST_NSID:
-        for ns in list(ctrl.namespaces.values()):
+        namespaces = list(ctrl.namespaces.values())
+        if any(ns.backend.blocking for ns in namespaces):
+            return ctrl.offload(cmd, lambda: [flush_ns(ns) for ns in namespaces])
+        for ns in namespaces:
             flush_ns(ns)
-        return
-    if cmd.ns is None:
+        return None
+    ns = cmd.ns
+    if ns is None:
         raise NvmeError(Status.INVALID_NSID, msg=f"flush of nsid {cmd.nsid}")
-    flush_ns(cmd.ns)
+    if ns.backend.blocking:
+        return ctrl.offload(cmd, lambda: flush_ns(ns))
+    flush_ns(ns)
+    return None
 
 
-def map_blocks(ctrl: Any, cmd: Command) -> tuple[Any, int, int, Any]:
+def map_blocks(ctrl: "ControllerContext", cmd: Command) -> tuple[Any, int, int, Any]:
     """The checks every data-moving block command makes, in QEMU's order (MDTS, LBA
     range, data pointer): ``(namespace, byte offset, byte count, DataMap)``."""
     ns = cmd.ns
@@ -143,34 +154,43 @@ def map_blocks(ctrl: Any, cmd: Command) -> tuple[Any, int, int, Any]:
 
 
 @NVM.command(NvmOpcode.WRITE, nsid="required", effects=EFFECT_LBCC, direction="from-host")
-def write(ctrl: Any, cmd: Command) -> None:
+def write(ctrl: "ControllerContext", cmd: Command) -> object:
     ns, offset, nbytes, data = map_blocks(ctrl, cmd)
-    if ns.ms:
-        nvm_meta.write(ctrl, cmd, ns, offset >> ns.lbads, nbytes >> ns.lbads, data)
-    else:
-        write_blocks(ns, offset, data)
-    make_durable(ctrl, cmd, ns)
     ctrl.stats.add_write(nbytes)
     count_write(ns, nbytes)
     if unc.TRACKING:
         unc.written(ns, offset >> ns.lbads, nbytes >> ns.lbads)
+    if ns.ms:
+        nvm_meta.write(ctrl, cmd, ns, offset >> ns.lbads, nbytes >> ns.lbads, data)
+    elif ns.backend.blocking:               # a file: off the IOThread (device/nvme/offload.py)
+        def work() -> None:
+            write_blocks(ns, offset, data)
+            make_durable(ctrl, cmd, ns)
+        return ctrl.offload(cmd, work)
+    else:
+        write_blocks(ns, offset, data)
+    make_durable(ctrl, cmd, ns)
+    return None
 
 
 @NVM.command(NvmOpcode.READ, nsid="required", direction="to-host")
-def read(ctrl: Any, cmd: Command) -> None:
+def read(ctrl: "ControllerContext", cmd: Command) -> object:
     ns, offset, nbytes, data = map_blocks(ctrl, cmd)
     if unc.ANY:
         unc.check_readable(ns, offset >> ns.lbads, nbytes >> ns.lbads)
-    if ns.ms:
-        nvm_meta.read(ctrl, cmd, ns, offset >> ns.lbads, nbytes >> ns.lbads, data)
-    else:
-        read_blocks(ns, offset, data)
     ctrl.stats.add_read(nbytes)
     count_read(ns, nbytes)
+    if ns.ms:
+        nvm_meta.read(ctrl, cmd, ns, offset >> ns.lbads, nbytes >> ns.lbads, data)
+    elif ns.backend.blocking:
+        return ctrl.offload(cmd, lambda: read_blocks(ns, offset, data))
+    else:
+        read_blocks(ns, offset, data)
+    return None
 
 
 @NVM.command(NvmOpcode.COMPARE, nsid="required", direction="from-host")
-def compare(ctrl: Any, cmd: Command) -> None:
+def compare(ctrl: "ControllerContext", cmd: Command) -> None:
     """Compare host data with the media; Compare Failure on the first difference."""
     ns, offset, nbytes, data = map_blocks(ctrl, cmd)
     if unc.ANY:
@@ -197,7 +217,7 @@ def compare(ctrl: Any, cmd: Command) -> None:
 
 
 @NVM.command(NvmOpcode.WRITE_ZEROES, nsid="required", effects=EFFECT_LBCC)
-def write_zeroes(ctrl: Any, cmd: Command) -> None:
+def write_zeroes(ctrl: "ControllerContext", cmd: Command) -> None:
     """Zero a range; with DEAC the blocks are deallocated (they read as zeroes: DLFEAT)."""
     ns = cmd.ns
     slba, nlb = rw_fields(cmd)
@@ -219,7 +239,7 @@ def write_zeroes(ctrl: Any, cmd: Command) -> None:
 
 @NVM.command(NvmOpcode.DATASET_MANAGEMENT, nsid="required", effects=EFFECT_LBCC,
              direction="from-host")
-def dataset_management(ctrl: Any, cmd: Command) -> None:
+def dataset_management(ctrl: "ControllerContext", cmd: Command) -> None:
     """Deallocate (AD) the listed ranges; the other attributes are hints we ignore."""
     ns = cmd.ns
     if not cmd.cdw11 & DSM_ATTR_AD:
@@ -250,7 +270,7 @@ def dataset_management(ctrl: Any, cmd: Command) -> None:
 
 
 @NVM.command(NvmOpcode.VERIFY, nsid="required")
-def verify(ctrl: Any, cmd: Command) -> None:
+def verify(ctrl: "ControllerContext", cmd: Command) -> None:
     """Check that the range is readable, and its protection information per PRCHK."""
     ns = cmd.ns
     slba, nlb = rw_fields(cmd)
@@ -273,7 +293,7 @@ def verify(ctrl: Any, cmd: Command) -> None:
 
 
 @NVM.command(NvmOpcode.COPY, nsid="required", effects=EFFECT_LBCC, direction="from-host")
-def copy(ctrl: Any, cmd: Command) -> None:
+def copy(ctrl: "ControllerContext", cmd: Command) -> None:
     """Simple Copy within the namespace: descriptor format 0 (16b guard or no PI) or 1 (64b guard)."""
     ns = cmd.ns
     sdlba = (cmd.cdw11 << 32) | cmd.cdw10

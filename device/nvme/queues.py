@@ -1,10 +1,13 @@
 """Submission and completion queues living in guest memory.
 
 Queues are physically contiguous (CAP.CQR=1), so an entry's guest address is
-``base + index * entry_size``. We never keep a memoryview of a queue between
-calls: an entry is looked up in ``GuestMemory`` each time it is touched (one
-bisect), so a DMA_UNMAP can always close its mapping and an unmapped queue
-turns into a ``DmaError`` instead of a dangling pointer.
+``base + index * entry_size``. Each queue maps its ring once (``map``: one
+memoryview over the whole ring, taken on first use) and drops it in
+``release`` -- on deletion, reset, and before any DMA unmap (the transport
+closes the mapping after ``dma_unmapping``, which fails while a view is
+exported). A ring that spans two DMA regions, or whose memory is gone, raises
+``MemoryFault`` from ``map`` and the controller goes fatal, as a device whose
+queue memory vanished would.
 
 A completion entry is written in two steps, the phase-tag word last, so a host
 polling the CQ concurrently never sees the new phase before the rest of the
@@ -14,11 +17,12 @@ entry (x86 keeps stores in order; the two memcpy calls are the barrier).
 from __future__ import annotations
 
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from nvshell.device.nvme.spec import CQE, SQE
 
 if TYPE_CHECKING:
+    from nvshell.device.memory import HostMemory
     from nvshell.device.nvme.commands import Command
 
 SQE_SIZE = SQE.size
@@ -26,13 +30,14 @@ CQE_SIZE = CQE.size
 _CQE_STRUCT = CQE.struct
 #: Bytes of a CQE before the status/phase halfword.
 _CQE_BODY = CQE.offsets["status"]
+_STATUS_PACK = __import__("struct").Struct("<H").pack_into
 
 
 class CompletionQueue:
     """An I/O or admin completion queue (``qid`` 0 is the admin CQ)."""
 
     __slots__ = ("qid", "base", "size", "head", "tail", "phase", "ien", "vector", "sqs", "pending",
-                 "irq_pending", "posted", "_scratch")
+                 "irq_pending", "unsignalled", "posted", "ring", "_scratch")
 
     def __init__(self, qid: int, base: int, size: int, ien: bool, vector: int):
         self.qid = qid
@@ -47,11 +52,24 @@ class CompletionQueue:
         self.sqs: list[SubmissionQueue] = []
         #: Completions waiting for room (CQ full): packed CQEs without the phase bit.
         self.pending: deque[tuple[int, int, int, int, int, int]] = deque()
-        #: An entry was posted since the last interrupt (coalescing per round).
+        #: An entry was posted since its vector last fired.
         self.irq_pending = False
+        #: Entries posted since the last hand-over to the interrupt unit (coalescing counts them).
+        self.unsignalled = 0
         #: Entries ever posted (statistics, `info queues`).
         self.posted = 0
+        #: The whole ring in guest memory (writable), or None until first use.
+        self.ring: memoryview | None = None
         self._scratch = bytearray(CQE_SIZE)
+
+    def map(self, memory: "HostMemory") -> memoryview:
+        self.ring = memory.view(self.base, self.size * CQE_SIZE, True)
+        return self.ring
+
+    def release(self) -> None:
+        if self.ring is not None:
+            self.ring.release()
+            self.ring = None
 
     def full(self) -> bool:
         tail = self.tail + 1
@@ -62,26 +80,31 @@ class CompletionQueue:
     def used(self) -> int:
         return (self.tail - self.head) % self.size
 
-    def write_entry(self, memory: Any, dw0: int, dw1: int, sqhd: int, sqid: int, cid: int, sf: int) -> None:
+    def write_entry(self, memory: "HostMemory", dw0: int, dw1: int, sqhd: int, sqid: int, cid: int,
+                    sf: int) -> None:
         """Write one CQE at ``tail`` with the current phase and advance (caller checked ``full()``)."""
+        ring = self.ring
+        if ring is None:
+            ring = self.map(memory)
+        off = self.tail * CQE_SIZE
         scratch = self._scratch
-        _CQE_STRUCT.pack_into(scratch, 0, dw0 & 0xFFFFFFFF, dw1 & 0xFFFFFFFF, sqhd, sqid, cid,
-                              (sf & 0xFFFE) | self.phase)
-        view = memory.view(self.base + self.tail * CQE_SIZE, CQE_SIZE, True)
-        view[:_CQE_BODY] = scratch[:_CQE_BODY]
-        view[_CQE_BODY:] = scratch[_CQE_BODY:]
+        _CQE_STRUCT.pack_into(scratch, 0, dw0 & 0xFFFFFFFF, dw1 & 0xFFFFFFFF, sqhd, sqid, cid, 0)
+        ring[off:off + _CQE_BODY] = scratch[:_CQE_BODY]
+        _STATUS_PACK(ring, off + _CQE_BODY, (sf & 0xFFFE) | self.phase)
         self.tail += 1
         if self.tail == self.size:
             self.tail = 0
             self.phase ^= 1
         self.irq_pending = True
+        self.unsignalled += 1
         self.posted += 1
 
 
 class SubmissionQueue:
     """An I/O or admin submission queue (``qid`` 0 is the admin SQ)."""
 
-    __slots__ = ("qid", "base", "size", "head", "tail", "cq", "qprio", "deferred", "deleted", "fetched")
+    __slots__ = ("qid", "base", "size", "head", "tail", "cq", "qprio", "deferred", "deleted", "fetched",
+                 "ring")
 
     def __init__(self, qid: int, base: int, size: int, cq: CompletionQueue, qprio: int = 0):
         self.qid = qid
@@ -96,6 +119,17 @@ class SubmissionQueue:
         self.deleted = False
         #: Commands ever fetched (statistics).
         self.fetched = 0
+        #: The whole ring in guest memory, or None until first use.
+        self.ring: memoryview | None = None
+
+    def map(self, memory: "HostMemory") -> memoryview:
+        self.ring = memory.view(self.base, self.size * SQE_SIZE)
+        return self.ring
+
+    def release(self) -> None:
+        if self.ring is not None:
+            self.ring.release()
+            self.ring = None
 
     def entry_address(self, index: int) -> int:
         return self.base + index * SQE_SIZE

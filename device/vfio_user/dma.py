@@ -22,9 +22,12 @@ import mmap
 import os
 from dataclasses import dataclass
 
+from nvshell.device.memory import MemoryFault
 
-class DmaError(Exception):
-    """A guest-physical range that is not (entirely) mapped, or not writable."""
+
+class DmaError(MemoryFault):
+    """A guest-physical range that is not (entirely) mapped, or not writable (the
+    device model catches its base, ``MemoryFault``)."""
 
     def __init__(self, addr: int, length: int, why: str = "not mapped"):
         self.addr = addr
