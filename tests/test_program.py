@@ -312,6 +312,7 @@ bus: main-system-bus
         size = 1073741824
         file = ""
         backend = "memory"
+        direct = false
         lba-size = 512
         ms = 0
         mset = 0
@@ -360,6 +361,7 @@ bus: main-system-bus
         size = 67108864
         file = ""
         backend = "memory"
+        direct = false
         lba-size = 512
         ms = 0
         mset = 0
@@ -381,6 +383,7 @@ bus: main-system-bus
         size = 16777216
         file = ""
         backend = "memory"
+        direct = false
         lba-size = 4096
         ms = 0
         mset = 0
