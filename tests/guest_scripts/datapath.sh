@@ -8,8 +8,8 @@ fio_run() {
     name=$1; shift
     fio --name="$name" --direct=1 --bs=4k --ioengine=libaio --output-format=terse --terse-version=3 "$@" \
         >/tmp/$name.out 2>&1 || { cat /tmp/$name.out; echo "dp $name FAILED"; exit 1; }
-    # terse v3: field 6 = read total I/Os, field 47 = write total I/Os
-    echo "dp $name ios=$(( $(cut -d';' -f6 /tmp/$name.out | tail -n1) + $(cut -d';' -f47 /tmp/$name.out | tail -n1) ))"
+    # terse v3: field 6 = KiB read, field 47 = KiB written (bs=4k: 4 KiB per I/O)
+    echo "dp $name ios=$(( ($(cut -d';' -f6 /tmp/$name.out | tail -n1) + $(cut -d';' -f47 /tmp/$name.out | tail -n1)) / 4 ))"
 }
 # Markers for the host: Get Features 07h before the QD32 run, 08h after it.
 nvme get-feature $CTRL -f 0x7 >/dev/null 2>&1 || true
