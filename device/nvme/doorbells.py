@@ -436,12 +436,14 @@ class Doorbells:
             self._set_ei((cq.qid << 1) | 1, cq.head)
 
     def _flush_cqs(self) -> bool:
-        """Shadow CQ heads of CQs with waiting completions; True if some got posted."""
+        """Shadow CQ heads of full CQs (completions or submissions waiting for room); True
+        if one has room now (its completions were posted; a round follows)."""
         worked = False
         for cq in self.ctrl.engine.cqs:
-            if cq is not None and cq.pending and cq.qid:
+            if cq is not None and cq.qid and (cq.pending or cq.full()):
                 if self.refresh_cq(cq):
-                    self.ctrl.engine.flush_pending(cq)
+                    if cq.pending:
+                        self.ctrl.engine.flush_pending(cq)
                     worked = True
                 else:
                     self.want_cq_head(cq)
@@ -473,7 +475,7 @@ class Doorbells:
             if engine.has_waiting_cqes:
                 if self._flush_cqs():
                     moved = True
-                engine.has_waiting_cqes = any(cq is not None and cq.pending for cq in engine.cqs)
+                engine.has_waiting_cqes = any(cq is not None and (cq.pending or cq.full()) for cq in engine.cqs)
         if moved or self.more:
             self.more = engine.round()
             return True
@@ -492,8 +494,17 @@ class Doorbells:
         dbs, eis = views
         for sq in self._shadow_sqs:
             eis[sq.qid << 1] = sq.tail
+        engine = self.ctrl.engine
+        waiting = [cq for cq in engine.cqs if cq is not None and cq.qid and (cq.pending or cq.full())] \
+            if engine.has_waiting_cqes else []
+        for cq in waiting:                      # completions wait for room: the next head update rings
+            eis[(cq.qid << 1) | 1] = cq.head
         with _FENCE:
             pass
+        for cq in waiting:
+            index = (cq.qid << 1) | 1
+            if index < len(dbs) and dbs[index] != cq.head:
+                return True
         for sq in self._shadow_sqs:
             index = sq.qid << 1
             value = dbs[index]

@@ -55,7 +55,7 @@ class CommandEngine:
         self.in_round = False
         #: CQs that got entries since their vector last fired.
         self.irq_cqs: list[CompletionQueue] = []
-        #: Some CQ holds completions waiting for room (set when one is queued).
+        #: Some CQ is full with completions or submissions waiting for room.
         self.has_waiting_cqes = False
 
     # ------------------------------------------------------------ queues
@@ -175,7 +175,11 @@ class CommandEngine:
                     io_started = time.monotonic_ns()
                 while sq.head != sq.tail:
                     if cq.pending or (cq.full() and not ctrl.doorbells.refresh_cq(cq)):
-                        break       # resumed by the CQ head doorbell
+                        # Resumed by the CQ head doorbell (shadowed: once the host's next
+                        # head update rings, see Doorbells.want_cq_head).
+                        self.has_waiting_cqes = True
+                        ctrl.doorbells.want_cq_head(cq)
+                        break
                     if not n:
                         more = True
                         break
