@@ -55,7 +55,7 @@ def config(file_path: Path) -> dict[str, Any]:
              "lba-size": 4096, "eui64": NS2_EUI64, "nguid": NS2_NGUID, "mssrl": "16K", "mcl": "64K",
              "msrc": 8, "ms": 16, "pi": 3, "pif": 2, "attached-to": ["ctrl0"]},
             {"qom-type": "x-nvme-ns-nvm", "id": "ns3", "subsys": "sub2", "file": str(file_path), "nsid": 5,
-             "attached-to": ["ctrl1"]},
+             "direct": True, "attached-to": ["ctrl1"]},
             {"qom-type": "x-nvme-ns-zoned", "id": "nsz", "subsys": "subsys0", "nsid": 9, "size": "8M", "zone-size": "1M",
              "zone-capacity": "768K", "zone-max-open": 2, "zone-max-active": 3,
              "zone-descriptor-extension-size": 128, "zone-cross-read": True, "attached-to": ["ctrl0"]},
@@ -350,6 +350,10 @@ def _ns_file(w: World, inst: Inst, v: Any) -> None:
     eq(v, w.expected(inst, "file", ""), f"{inst.id}.file as configured")
 
 
+def _ns_direct(w: World, inst: Inst, v: Any) -> None:
+    eq(v, w.expected(inst, "direct", False), f"{inst.id}.direct as configured (O_DIRECT on the file)")
+
+
 def _ns_backend(w: World, inst: Inst, v: Any) -> None:
     conf = w.configured.get(inst.id, {})
     eq(v, conf.get("backend", "file" if conf.get("file") else "memory"), f"{inst.id}.backend (default resolved)")
@@ -494,6 +498,7 @@ CHECKS: dict[tuple[str, str], Check] = {
     ("x-nvme-ns-nvm", "size"): _ns_size,
     ("x-nvme-ns-nvm", "file"): _ns_file,
     ("x-nvme-ns-nvm", "backend"): _ns_backend,
+    ("x-nvme-ns-nvm", "direct"): _ns_direct,
     ("x-nvme-ns-nvm", "lba-size"): _ns_lba_size,
     ("x-nvme-ns-nvm", "ms"): _ns_ms,
     ("x-nvme-ns-nvm", "mset"): _ns_mset,
