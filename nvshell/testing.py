@@ -16,7 +16,25 @@ import time
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
+def _is_checkout(path: Path) -> bool:
+    return (path / "device" / "__init__.py").is_file() and (path / "nvshell" / "testing.py").is_file()
+
+
+def source_checkout() -> Path:
+    """The nvshell source tree the tests belong to.
+
+    Why not just this file's directory: once nvshell is installed, pytest loads the plugin
+    (entry point ``pytest11``) -- and with it this module -- from site-packages before it puts a
+    checkout's tests on the path, so CI running ``pytest`` in its clone imports the installed copy.
+    Then the checkout is the current directory (or one above it) holding nvshell's source."""
+    here = Path(__file__).resolve().parent.parent
+    if _is_checkout(here):
+        return here
+    cwd = Path.cwd().resolve()
+    return next((d for d in (cwd, *cwd.parents) if _is_checkout(d)), here)
+
+
+REPO = source_checkout()
 GUEST_DIR = Path(os.environ.get("NVSHELL_GUEST_DIR", REPO.parent / "shared" / "guest"))
 GUEST_SCRIPTS = REPO / "tests" / "guest_scripts"
 NVGUEST_DIR = Path(os.environ.get("NVGUEST_DIR", "/var/tmp/nvguest"))

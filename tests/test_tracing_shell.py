@@ -12,42 +12,10 @@ from typing import Iterator
 import pexpect
 import pytest
 
-from nvshell.device.nvme.spec import AdminOpcode
-from nvshell.device.vfio_user.client import VfioUserClient
-from nvshell.device.vfio_user.interface import RegionIndex
+from nvshell.testing import NvmeTestHost
 from tests.harness import REPO
-from tests.test_controller_e2e import RAM, RAM_SIZE, Guest
 
 PROMPT = r"\(nvshell\)"
-
-
-class SocketGuest(Guest):
-    """``Guest`` (test_controller_e2e) driving an nvshell controller socket it did not create."""
-
-    def __init__(self, path: Path) -> None:  # noqa: super().__init__ builds its own controller
-        self.c = VfioUserClient(timeout=5.0).connect(str(path))
-        self.c.negotiate()
-        self.ram = self.c.map_memory(RAM, RAM_SIZE)
-        self.c.set_msix_eventfds(5)
-        self.db = self.c.mmap_region_area(RegionIndex.BAR0)
-        self.next = RAM
-        self.q = {}
-        self.cid = 0
-
-    def close(self) -> None:
-        self.c.close()
-
-    def setup_io_queue(self) -> int:
-        self.enable()
-        cq, sq = self.alloc(4096), self.alloc(4096)
-        assert self.cmd(AdminOpcode.CREATE_IO_CQ, cdw10=63 << 16 | 1, cdw11=2 << 16 | 3, dptr1=cq).status >> 1 == 0
-        assert self.cmd(AdminOpcode.CREATE_IO_SQ, cdw10=63 << 16 | 1, cdw11=1 << 16 | 1, dptr1=sq).status >> 1 == 0
-        self.q[1] = dict(sq=sq, cq=cq, size=64, tail=0, head=0, phase=1)
-        return self.alloc(4096)
-
-    def io(self, buf: int, n: int, opcode: int = 0x01) -> None:
-        for i in range(n):
-            assert self.cmd(opcode, qid=1, vector=2, nsid=1, dptr1=buf, cdw10=8 * i, cdw12=7).status >> 1 == 0
 
 
 @pytest.fixture
@@ -84,13 +52,13 @@ def command(shell: pexpect.spawn, *lines: str, expect: str) -> None:
 
 
 def test_shell_shows_records_live_and_prompt_stays_usable(shell: pexpect.spawn, tmp_path: Path) -> None:
-    g = SocketGuest(tmp_path / "run" / "ctrl0.sock")
+    g = NvmeTestHost(tmp_path / "run" / "ctrl0.sock")
     try:
         # Nothing enabled in this shell yet: the set-up commands print nothing.
-        buf = g.setup_io_queue()
+        g.start()
         command(shell, "trace-event nvme_cmd_* on", "trace-filter qid=1,opcode=write", "trace-filter",
                 expect=r"filter: qid=1,opcode=write")
-        t = in_thread(lambda: (g.io(buf, 3, 0x02), g.io(buf, 5, 0x01)))
+        t = in_thread(lambda: (g.io(0x02, 3, depth=1), g.io(0x01, 5, depth=1)))
         for _ in range(5):
             shell.expect(r"nvme_cmd_submit \d\d:\d\d:\d\d\.\d{6} ctrl=ctrl0 qid=1 cid=\d+ opcode=write nsid=1")
         t.join(10)
@@ -99,7 +67,7 @@ def test_shell_shows_records_live_and_prompt_stays_usable(shell: pexpect.spawn, 
         command(shell, "info trace-events nvme_cmd_submit", expect="nvme_cmd_submit : state 1")
         # Rate limit: at most 5 lines a second, then a count of what was dropped.
         command(shell, "trace-filter rate=5", "trace-filter", expect=r"rate: 5 lines/s")
-        t = in_thread(lambda: g.io(buf, 60))
+        t = in_thread(lambda: g.io(0x01, 60, depth=1))
         shell.expect(r"\.\.\. (\d+) trace lines dropped", timeout=20)
         assert int(shell.match.group(1)) > 0
         t.join(20)
@@ -108,7 +76,7 @@ def test_shell_shows_records_live_and_prompt_stays_usable(shell: pexpect.spawn, 
         # Off: no more lines; the latency statistics kept what was traced.
         command(shell, "trace-event nvme_cmd_* off", "info trace-events nvme_cmd_submit",
                 expect="nvme_cmd_submit : state 0")
-        g.io(buf, 3)
+        g.io(0x01, 3, depth=1)
         command(shell, "info latency ctrl0", expect=r"ctrl0 write: n=65 errors=0")
         assert "nvme_cmd_submit" not in shell.before
         shell.expect(r"\|#+\|")                       # the histogram bars
