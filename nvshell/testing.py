@@ -306,7 +306,8 @@ class NvmeTestHost:
             data = self.identify(0, nsid)
             if not any(data[:8]):
                 raise NvmeHostError(f"namespace {nsid} is not active on this controller")
-            fmt = data[26] & 0xF
+            flbas = data[26]
+            fmt = (flbas & 0xF) | (((flbas >> 5) & 0x3) << 4)  # FLBAS bits 3:0 and 6:5
             lbaf = int.from_bytes(data[128 + 4 * fmt:132 + 4 * fmt], "little")
             self._lba_sizes[nsid] = 1 << ((lbaf >> 16) & 0xFF)
         return self._lba_sizes[nsid]
