@@ -267,14 +267,15 @@ def test_write_zeroes_with_and_without_pract(host):
     assert g.ram.read(g.md, 16) == b"\xff" * 16
 
 
-def copy(g, nsid, ranges, sdlba, fmt, *, prinfor=0, prinfow=0, reftag=0, apptag=0):
+def copy(g, nsid, ranges, sdlba, fmt, *, prinfor=0, prinfow=0, reftag=0, apptag=0, snsid=0):
     entries = b""
     for slba, nlb, eilbrt, elbat in ranges:
-        if fmt == 0:
-            entries += struct.pack("<8xQH2xIHH4x", slba, nlb - 1, eilbrt, elbat, 0xFFFF)
+        if fmt in (0, 2):
+            entry = struct.pack("<8xQH2xIHH4x", slba, nlb - 1, eilbrt, elbat, 0xFFFF)
         else:
-            entries += struct.pack("<8xQH12x", slba, nlb - 1) + eilbrt.to_bytes(6, "big") + \
+            entry = struct.pack("<8xQH12x", slba, nlb - 1) + eilbrt.to_bytes(6, "big") + \
                 struct.pack("<HH", elbat, 0xFFFF)
+        entries += struct.pack("<I", snsid) + entry[4:] if fmt >= 2 else entry
     g.ram.write(g.buf, entries)
     cdw12 = (len(ranges) - 1) | fmt << 8 | prinfor << 12 | prinfow << 26
     e = g.cmd(NvmOpcode.COPY, qid=1, vector=2, nsid=nsid, dptr1=g.buf, cdw10=sdlba, cdw12=cdw12,
@@ -301,6 +302,60 @@ def test_copy_checks_sources_and_regenerates_pi(host, nsid, fmt):
     assert io(g, NvmOpcode.READ, nsid, 400, 2, length=2 * lba) == 0
     assert g.ram.read(g.md, 8) == b"\xff" * 8
     assert copy(g, nsid, [(200, 2, 200, 6)], 400, 1 - fmt) == Status.INVALID_FORMAT   # other guard's format
+
+
+def test_copy_between_namespaces_formats_2_and_3(host):
+    g = host
+    data = payload(1024, 21)
+    assert io(g, NvmOpcode.WRITE, 5, 30, 2, data=data, md=bytes(128), flags=PRACT, apptag=3) == 0
+    # formats 2/3 are off until the host enables them (Host Behavior Support, CDFE)
+    assert copy(g, 1, [(30, 2, 30, 3)], 600, 2, snsid=5) == Status.INVALID_FIELD
+    hbs = bytearray(512)
+    hbs[4:6] = (0b1100).to_bytes(2, "little")
+    g.ram.write(g.md, bytes(hbs))
+    assert g.cmd(AdminOpcode.SET_FEATURES, cdw10=0x16, dptr1=g.md).status >> 1 == 0
+    # namespace 5 (512 + 64, tuple first) is formatted unlike namespace 1 (512 + 8)
+    assert copy(g, 1, [(30, 2, 30, 3)], 600, 2, snsid=5) == Status.INCOMPATIBLE_NAMESPACE_OR_FORMAT
+    assert copy(g, 1, [(30, 2, 30, 3)], 600, 2, snsid=99) == Status.INCOMPATIBLE_NAMESPACE_OR_FORMAT
+    # 64b guard across namespaces: namespace 2 -> namespace 6 differ (16 vs 64 bytes) too
+    assert copy(g, 6, [(30, 2, 30, 3)], 600, 3, snsid=2) == Status.INCOMPATIBLE_NAMESPACE_OR_FORMAT
+    # a like-formatted source: namespace 1 -> namespace 1 through format 2 (SNSID = the destination)
+    d1 = payload(1024, 22)
+    assert io(g, NvmOpcode.WRITE, 1, 30, 2, data=d1, flags=PRACT, apptag=3, mptr=0) == 0
+    assert copy(g, 1, [(30, 2, 30, 3)], 600, 2, snsid=1, prinfor=0x7, prinfow=0x8, reftag=600, apptag=4) == 0
+    assert io(g, NvmOpcode.READ, 1, 600, 2, length=1024, flags=G | A | R, apptag=4) == 0
+    assert g.ram.read(g.buf, 1024) == d1
+    hbs[4:6] = bytes(2)
+    g.ram.write(g.md, bytes(hbs))
+    assert g.cmd(AdminOpcode.SET_FEATURES, cdw10=0x16, dptr1=g.md).status >> 1 == 0
+
+
+def test_copy_across_namespaces_moves_data_and_metadata(tmp_path):
+    g = Guest(tmp_path, "trap")
+    try:
+        for nsid in (1, 2):
+            ns = NvmNamespace(MemoryBackend(1 << 20), ms=8, pi=1)
+            ns.nsid = nsid
+            g.io.run(g.ctrl.attach_namespace, ns)
+        g.enable()
+        cq, sq = g.alloc(4096), g.alloc(4096)
+        assert g.cmd(AdminOpcode.CREATE_IO_CQ, cdw10=15 << 16 | 1, cdw11=2 << 16 | 3, dptr1=cq).status >> 1 == 0
+        assert g.cmd(AdminOpcode.CREATE_IO_SQ, cdw10=15 << 16 | 1, cdw11=1 << 16 | 1, dptr1=sq).status >> 1 == 0
+        g.q[1] = dict(sq=sq, cq=cq, size=16, tail=0, head=0, phase=1)
+        g.buf, g.prpl, g.md = g.alloc(3 * 4096), g.alloc(4096), g.alloc(4096)
+        hbs = bytearray(512)
+        hbs[4:6] = (0b0100).to_bytes(2, "little")
+        g.ram.write(g.md, bytes(hbs))
+        assert g.cmd(AdminOpcode.SET_FEATURES, cdw10=0x16, dptr1=g.md).status >> 1 == 0
+        data = payload(1024, 23)
+        assert io(g, NvmOpcode.WRITE, 2, 8, 2, data=data, flags=PRACT, apptag=5, mptr=0) == 0
+        # source ranges of namespace 2 checked with their tags, destination in namespace 1 regenerated
+        assert copy(g, 1, [(8, 2, 8, 5)], 100, 2, snsid=2, prinfor=0x7, prinfow=0x8, reftag=100, apptag=5) == 0
+        assert io(g, NvmOpcode.READ, 1, 100, 2, length=1024, flags=G | A | R, apptag=5) == 0
+        assert g.ram.read(g.buf, 1024) == data
+        assert g.ram.read(g.md, 16) == tuple16(data[:512], 5, 100) + tuple16(data[512:], 5, 101)
+    finally:
+        g.close()
 
 
 # ---------------------------------------------------------------- format nvm

@@ -297,7 +297,7 @@ def identify_controller(ctrl: "ControllerContext") -> bytes:
         nn=max_nsid(ctrl),
         oncs=oncs(),
         vwc=VWC_PRESENT | VWC_FLUSH_BROADCAST,
-        ocfs=0b11 if NvmOpcode.COPY in NVM else 0,   # descriptor formats 0 (16b guard) and 1 (64b guard)
+        ocfs=0b1111 if NvmOpcode.COPY in NVM else 0,   # descriptor formats 0/2 (16b guard), 1/3 (64b guard)
         sgls=SGLS_SUPPORTED | SGLS_BIT_BUCKET,
         mnan=max_nsid(ctrl),
         subnqn=subsys.subnqn.encode()[:255],

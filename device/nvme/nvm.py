@@ -40,16 +40,23 @@ DSM_ATTR_AD = 1 << 2
 #: Dataset Management range (16 bytes).
 DSM_RANGE = Layout("DsmRange", [("cattr", "I"), ("nlb", "I"), ("slba", "Q")])
 #: Copy source range entry, descriptor format 0 (32 bytes): for the 16b guard (or no PI).
-COPY_RANGE_F0 = Layout("CopySourceRangeF0", [
-    (8, "slba", "Q"), (16, "nlb", "H"), (20, "eilbrt", "I"), (24, "elbat", "H"), (26, "elbatm", "H"),
-], size=32)
+_COPY_F0_FIELDS = [(8, "slba", "Q"), (16, "nlb", "H"), (20, "eilbrt", "I"), (24, "elbat", "H"), (26, "elbatm", "H")]
+COPY_RANGE_F0 = Layout("CopySourceRangeF0", _COPY_F0_FIELDS, size=32)
 #: Descriptor format 1 (40 bytes): for the 64b guard; bytes 26..35 are the storage tag
 #: and reference tag (big-endian, the 48-bit reference tag in the last six bytes).
-COPY_RANGE_F1 = Layout("CopySourceRangeF1", [
-    (8, "slba", "Q"), (16, "nlb", "H"), (30, "eilbrt", "6s"), (36, "elbat", "H"), (38, "elbatm", "H"),
-], size=40)
-#: Descriptor formats this device takes, by the guard format they belong to (OCFS bits 0, 1).
-COPY_FORMATS = {0: (COPY_RANGE_F0, 0), 1: (COPY_RANGE_F1, 2)}
+_COPY_F1_FIELDS = [(8, "slba", "Q"), (16, "nlb", "H"), (30, "eilbrt", "6s"), (36, "elbat", "H"),
+                   (38, "elbatm", "H")]
+COPY_RANGE_F1 = Layout("CopySourceRangeF1", _COPY_F1_FIELDS, size=40)
+#: Formats 2 and 3: formats 0 and 1 with the source namespace (SNSID) in bytes 3:0, for a copy
+#: between namespaces (enabled per format by the host: Host Behavior Support CDFE).
+COPY_RANGE_F2 = Layout("CopySourceRangeF2", [(0, "snsid", "I"), *_COPY_F0_FIELDS], size=32)
+COPY_RANGE_F3 = Layout("CopySourceRangeF3", [(0, "snsid", "I"), *_COPY_F1_FIELDS], size=40)
+#: Descriptor formats this device takes: layout, the guard format they belong to, and whether
+#: they name a source namespace (OCFS bits 0..3).
+COPY_FORMATS = {0: (COPY_RANGE_F0, 0, False), 1: (COPY_RANGE_F1, 2, False),
+                2: (COPY_RANGE_F2, 0, True), 3: (COPY_RANGE_F3, 2, True)}
+#: Host Behavior Support: Copy Descriptor Formats Enable, bit N enables format N (bytes 5:4).
+HBS_CDFE_OFFSET = 4
 
 #: Verify reads the range in pieces of this size (it is not bounded by MDTS).
 VERIFY_CHUNK = 1 << 20
@@ -292,6 +299,19 @@ def verify(ctrl: "ControllerContext", cmd: Command) -> None:
         raise _read_error(exc) from None
 
 
+def _copy_source(ctrl: Any, ns: Any, snsid: int) -> Any:
+    """The source namespace of a format 2/3 range: attached to this controller, formatted like the
+    destination (block size, metadata, protection), else Incompatible Namespace or Format."""
+    src = ns if snsid == ns.nsid else ctrl.namespaces.get(snsid)
+    if src is None or not getattr(src, "ready", True):
+        raise NvmeError(Status.INCOMPATIBLE_NAMESPACE_OR_FORMAT, msg=f"copy source namespace {snsid} not attached")
+    if src is not ns and (src.lba_size, src.ms, src.fmt.pi, src.fmt.pif, src.fmt.first) != \
+            (ns.lba_size, ns.ms, ns.fmt.pi, ns.fmt.pif, ns.fmt.first):
+        raise NvmeError(Status.INCOMPATIBLE_NAMESPACE_OR_FORMAT,
+                        msg=f"copy source namespace {snsid} is formatted unlike namespace {ns.nsid}")
+    return src
+
+
 @NVM.command(NvmOpcode.COPY, nsid="required", effects=EFFECT_LBCC, direction="from-host")
 def copy(ctrl: "ControllerContext", cmd: Command) -> None:
     """Simple Copy within the namespace: descriptor format 0 (16b guard or no PI) or 1 (64b guard)."""
@@ -301,7 +321,12 @@ def copy(ctrl: "ControllerContext", cmd: Command) -> None:
     desc_format = (cmd.cdw12 >> 8) & 0xF
     if desc_format not in COPY_FORMATS:
         raise NvmeError(Status.INVALID_FIELD, msg=f"copy descriptor format {desc_format} not supported")
-    layout, pif = COPY_FORMATS[desc_format]
+    layout, pif, cross = COPY_FORMATS[desc_format]
+    if cross:
+        hbs = ctrl.features.host_behavior
+        cdfe = int.from_bytes(hbs[HBS_CDFE_OFFSET:HBS_CDFE_OFFSET + 2], "little")
+        if not cdfe & (1 << desc_format):
+            raise NvmeError(Status.INVALID_FIELD, msg=f"copy descriptor format {desc_format} not enabled (CDFE)")
     if pif != ns.fmt.pif:
         raise NvmeError(Status.INVALID_FORMAT, msg=f"copy descriptor format {desc_format} does not match "
                                                    f"the namespace's guard format (PIF {ns.fmt.pif})")
@@ -318,21 +343,22 @@ def copy(ctrl: "ControllerContext", cmd: Command) -> None:
         total += nlb
         if total > ns.mcl:
             raise NvmeError(Status.COMMAND_SIZE_LIMIT_EXCEEDED, msg=f"copy of {total}+ blocks > MCL {ns.mcl}")
-        check_range(ns, r.slba, nlb)
+        src = _copy_source(ctrl, ns, r.snsid) if cross else ns
+        check_range(src, r.slba, nlb)
         eilbrt = int.from_bytes(r.eilbrt, "big") if isinstance(r.eilbrt, bytes) else r.eilbrt
-        sources.append((r.slba, nlb, eilbrt, r.elbat, r.elbatm))
+        sources.append((src, r.slba, nlb, eilbrt, r.elbat, r.elbatm))
     check_range(ns, sdlba, total)
     if unc.ANY:
-        for slba, nlb, *_ in sources:
-            unc.check_readable(ns, slba, nlb)
+        for src, slba, nlb, *_ in sources:
+            unc.check_readable(src, slba, nlb)
     # Read every source first: the destination may overlap a source range.
     buf = bytearray(total << ns.lbads)
     view = memoryview(buf)
     pos = 0
     try:
-        for slba, nlb, *_ in sources:
+        for src, slba, nlb, *_ in sources:
             n = nlb << ns.lbads
-            ns.backend.readinto(slba << ns.lbads, view[pos:pos + n])
+            src.backend.readinto(slba << ns.lbads, view[pos:pos + n])
             pos += n
     except BackendError as exc:
         raise _read_error(exc) from None

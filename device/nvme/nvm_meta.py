@@ -357,22 +357,22 @@ def deallocate(ns: Any, slba: int, nlb: int) -> None:
 COPY_PRINFOR_SHIFT = 12
 
 
-def copy(cmd: Any, ns: Any, sources: list[tuple[int, int, int, int, int]], data: memoryview, sdlba: int) -> None:
+def copy(cmd: Any, ns: Any, sources: list[tuple[Any, int, int, int, int, int]], data: memoryview, sdlba: int) -> None:
     """Metadata side of Copy, after the source data was read into ``data``.
 
-    ``sources`` are ``(slba, nlb, eilbrt, elbat, elbatm)``. The sources' PI is checked
+    ``sources`` are ``(source namespace, slba, nlb, eilbrt, elbat, elbatm)``. The sources' PI is checked
     per PRINFOR (CDW12 15:12) with each range's expected tags; the destination gets
     the metadata as read, with PI regenerated when PRINFOW (29:26) has PRACT (ILBRT
     CDW14, LBAT CDW15), or else checked per PRINFOW's PRCHK against ILBRT/LBAT/LBATM.
     """
     ms, lba = ns.ms, ns.lba_size
-    total = sum(s[1] for s in sources)
+    total = sum(s[2] for s in sources)
     md = memoryview(bytearray(total * ms))
     prot = ns.protection
     pos = 0
     try:
-        for slba, nlb, eilbrt, elbat, elbatm in sources:
-            ns.metadata.read(slba, md[pos * ms:(pos + nlb) * ms])
+        for src, slba, nlb, eilbrt, elbat, elbatm in sources:
+            src.metadata.read(slba, md[pos * ms:(pos + nlb) * ms])
             if prot is not None:
                 info = (cmd.cdw12 >> COPY_PRINFOR_SHIFT) & 0xF
                 if info & PRCHK_MASK:
