@@ -70,6 +70,11 @@ async def info_qtree(ctx: Any, args: dict[str, Any]) -> str:
     return fmt.format_qtree(await qmp(ctx, "x-query-qtree"), brief=args["b"])
 
 
+@info_command("config", help="show every object and device as -readconfig JSON, with the values in effect")
+async def info_config(ctx: Any, args: dict[str, Any]) -> str:
+    return fmt.format_json(await qmp(ctx, "x-nvme-query-config"))
+
+
 @info_command("qom-tree", "path?", help="show the QOM composition tree", complete={"path": "qom-path"})
 async def info_qom_tree(ctx: Any, args: dict[str, Any]) -> str:
     path = args["path"] or "/"

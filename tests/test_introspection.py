@@ -751,3 +751,37 @@ def test_every_property_reads_back_what_the_host_sees(running: World) -> None:
     walk.check_qom_set("after Format NVM and Namespace Management")
     walk.run("after qom-set")
     walk.report()
+
+
+def test_config_dump_rebuilds_what_the_host_saw(tmp_path: Path) -> None:
+    """``info config`` after a host's Format NVM and Namespace Management, fed back with
+    ``-readconfig``, gives a device that identifies the same to the host (LBA formats,
+    identifiers, namespaces) and dumps the same configuration."""
+    run_dir = tmp_path / "run"
+
+    def identify_all(h: AdminHost) -> dict[int, tuple[bytes, bytes]]:
+        return {n: (h.identify(0x00, nsid=n), h.identify(0x03, nsid=n)) for n in _u32_list(h.identify(0x02))}
+
+    with NvshellProcess(run_dir) as nv:
+        qmp = Qmp(run_dir / "qmp.sock")
+        try:
+            with AdminHost(run_dir / "ctrl0.sock") as h:
+                idns = h.identify(0x00, nsid=1)
+                plain4k = format_index(idns, 4096, 0)
+                h.format_nvm(1, lbaf=plain4k)
+                nsid = h.ns_create(nsze=512, flbas=(plain4k & 0xF) | ((plain4k >> 4) << 5))
+                h.ns_attach(nsid, [struct.unpack_from("<H", h.identify(0x01), 78)[0]])
+                seen = identify_all(h)
+            dump = qmp.hmp("info config")
+        finally:
+            qmp.close()
+    assert sorted(seen) == [1, nsid], seen
+    (tmp_path / "dump.json").write_text(dump)
+    with NvshellProcess(run_dir, "-readconfig", str(tmp_path / "dump.json")) as nv:
+        qmp = Qmp(run_dir / "qmp.sock")
+        try:
+            with AdminHost(run_dir / "ctrl0.sock") as h:
+                assert identify_all(h) == seen
+            assert json.loads(qmp.hmp("info config")) == json.loads(dump)
+        finally:
+            qmp.close()
