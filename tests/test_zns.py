@@ -600,3 +600,11 @@ def test_write_uncorrectable_is_a_zone_write(host):
     assert host.zms(nsid, 0, RESET) == 0                   # the reset zone holds nothing bad
     assert host.write_lba(nsid, 0, 4) == 0 and host.read_lba(nsid, 0, 4)[0] == 0
     assert host.zms(nsid, 0, RESET) == 0 and host.read_lba(nsid, 0, 4) == (0, bytes(2048))
+
+
+def test_format_refuses_blocks_the_zones_cannot_hold(host):
+    ns = ZonedNamespace(MemoryBackend(8 * 6144), zone_size=6144)    # 12 x 512-byte blocks, 1.5 x 4 KiB
+    nsid = setup(host, ns)
+    assert host.write_lba(nsid, 0, 2, b"k" * 1024) == 0
+    assert status(host.admin(AdminOpcode.FORMAT_NVM, nsid=nsid, cdw10=4)) == S.INVALID_FORMAT
+    assert ns.lba_size == 512 and host.read_lba(nsid, 0, 2) == (0, b"k" * 1024)   # nothing erased

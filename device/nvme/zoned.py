@@ -537,6 +537,12 @@ class ZonedNamespace(NvmNamespace):
         """Format NVM: new LBA format, every zone empty (the zone table is rebuilt)."""
         if kw.get("pi"):
             raise NvmeError(Status.INVALID_FORMAT, msg="zoned namespaces carry no protection information")
+        if 0 <= lbaf < len(LBA_FORMATS):
+            lba_size = 1 << LBA_FORMATS[lbaf][0]
+            if self.zone_size_bytes % lba_size or self.zone_cap_bytes % lba_size:
+                # refused before anything is erased: the zones must hold whole blocks
+                raise NvmeError(Status.INVALID_FORMAT, msg=f"zones of {self.zone_size_bytes} bytes do not hold "
+                                                           f"whole {lba_size}-byte blocks")
         if self.state_file:
             try:
                 os.unlink(self.state_file)
