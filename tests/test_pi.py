@@ -451,3 +451,25 @@ def test_pi_corrupt_rule_arguments():
         FaultRule.from_args({"id": "p", "action": "corrupt", "field": "guard"})
     with pytest.raises(PropertyError, match="applies to reads"):
         FaultRule.from_args({"id": "p", "action": "pi-corrupt", "opcode": "write"})
+
+
+def test_corrupt_fault_flips_data_bits_only_with_extended_lbas(host):
+    from nvshell.device.faults import FaultRule, FaultSet
+    from nvshell.device.nvme.fault_injector import install
+    g = host
+    lba, ms = 4096, 8
+    blocks = [payload(lba, 40), payload(lba, 41)]
+    assert io(g, NvmOpcode.WRITE, 3, 230, 2, data=blocks[0] + blocks[1], flags=PRACT, mptr=0, length=2 * lba) == 0
+    assert io(g, NvmOpcode.READ, 3, 230, 2, length=2 * (lba + ms), mptr=0) == 0
+    clean = g.ram.read(g.buf, 2 * (lba + ms))
+    faults = FaultSet()
+    injector = g.io.run(install, g.ctrl, faults)
+    try:
+        faults.add(FaultRule.from_args({"id": "c1", "action": "corrupt", "bits": 8, "seed": 3, "nsid": 3}))
+        assert io(g, NvmOpcode.READ, 3, 230, 2, length=2 * (lba + ms), mptr=0) == 0
+        wire = g.ram.read(g.buf, 2 * (lba + ms))
+    finally:
+        g.io.run(injector.uninstall)
+    assert wire[lba:lba + ms] == clean[lba:lba + ms] and wire[-ms:] == clean[-ms:]     # metadata untouched
+    flipped = sum(bin(a ^ b).count("1") for a, b in zip(wire, clean))
+    assert 0 < flipped <= 8

@@ -380,12 +380,16 @@ class FaultInjector:
         if end <= first:
             return
         lo, hi = (first - slba) * lba_size, (end - slba) * lba_size
-        dmap = self.ctrl.transfer(cmd, nlb * lba_size)
+        # Extended LBAs interleave each block's metadata: data byte N of the read sits further on.
+        step = lba_size + ns.ms if getattr(ns, "ms", 0) and ns.fmt.extended and not nvm_meta.strips(ns, cmd) \
+            else lba_size
+        dmap = self.ctrl.transfer(cmd, nlb * step)
         memory = self.ctrl.memory
         for _ in range(rule.bits):
             pos = rule.flip_position(lo * 8, hi * 8)
             byte, bit = divmod(pos, 8)
-            _xor_byte(memory, dmap, byte, 1 << bit)
+            block, inner = divmod(byte, lba_size)
+            _xor_byte(memory, dmap, block * step + inner, 1 << bit)
 
 
 def _xor_byte(memory: Any, dmap: Any, byte: int, mask: int) -> None:
