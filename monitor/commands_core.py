@@ -7,11 +7,9 @@ introspection scripts work unchanged.
 from __future__ import annotations
 
 import asyncio
-import importlib
-import inspect
 from typing import Any
 
-from nvshell.monitor.errors import CommandNotFound, GenericError
+from nvshell.monitor.errors import ALREADY_NEGOTIATED, CommandNotFound
 from nvshell.monitor.registry import Arg, Enum, Struct, qmp_command, qmp_event
 
 qmp_event("SHUTDOWN", [Arg("guest", "bool", doc="false: the host asked (quit)"), Arg("reason", "str")],
@@ -24,7 +22,6 @@ COMMAND_INFO = Struct("CommandInfo", (Arg("name", "str"),))
 RUN_STATE = Enum("RunState", ("running", "shutdown"))
 STATUS_INFO = Struct("StatusInfo", (Arg("running", "bool"), Arg("status", RUN_STATE)))
 
-ALREADY_NEGOTIATED = "Capabilities negotiation is already complete, command ignored"
 
 
 @qmp_command("qmp_capabilities", args=[Arg("enable", [QMP_CAPABILITY], optional=True)])
@@ -73,20 +70,3 @@ def quit_(ctx: Any, args: dict) -> None:
         loop.call_soon(ctx.shutdown)
 
 
-def crlf(text: str) -> str:
-    """HMP output as QEMU sends it: CRLF line endings (qmp-shell -H splits on them)."""
-    return text.replace("\r\n", "\n").replace("\n", "\r\n")
-
-
-@qmp_command("human-monitor-command", args=[Arg("command-line", "str"), Arg("cpu-index", "int", optional=True)],
-             returns="str")
-async def human_monitor_command(ctx: Any, args: dict) -> str:
-    """Run an HMP command line via ``monitor.hmp.run_hmp`` (imported lazily: it sits above us)."""
-    try:
-        hmp = importlib.import_module("nvshell.monitor.hmp")
-    except ImportError as exc:
-        raise GenericError(f"The human monitor is not available: {exc}") from exc
-    result = hmp.run_hmp(args["command-line"], ctx)
-    if inspect.isawaitable(result):
-        result = await result
-    return crlf("" if result is None else str(result))

@@ -90,7 +90,3 @@ def fault_del(ctx: Any, args: dict) -> dict[str, Any]:
 def fault_list(ctx: Any, args: dict) -> list[dict[str, Any]]:
     """Every rule: its match, action, parameters and counters (``hits``, ``matched``)."""
     return [rule.describe() for rule in _machine(ctx).faults]
-
-
-# The shell commands built on these register themselves on import.
-from nvshell.monitor import hmp_faults as _hmp_faults  # noqa: E402,F401

@@ -223,6 +223,3 @@ async def x_nvme_query_iostat(ctx: Any, args: dict) -> dict[str, Any]:
     sampler = sampler_of(ctx)
     old, new = await sampler.window(interval)
     return iostat(sampler, old, new, device)
-
-
-from nvshell.monitor import hmp_iostat as _hmp_iostat  # noqa: E402,F401  (info iostat)

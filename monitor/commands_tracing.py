@@ -404,7 +404,3 @@ def x_query_latency(ctx: Any, args: dict) -> list[dict]:
     if args.get("reset"):
         stats.reset(device)
     return out
-
-
-# The HMP commands (trace-file, trace-filter, info latency) and the shell's live view.
-from nvshell.monitor import hmp_tracing as _hmp_tracing  # noqa: E402,F401

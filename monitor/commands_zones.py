@@ -70,6 +70,3 @@ def query_zones(ctx: Any, args: dict) -> dict[str, Any]:
         raise GenericError(str(exc)) from None
     report["id"] = obj.id
     return report
-
-
-from nvshell.monitor import hmp_zones as _hmp_zones  # noqa: E402,F401  (the shell's 'info zones')

@@ -16,6 +16,8 @@ from nvshell.device.errors import NvshellError
 log = logging.getLogger("nvshell.monitor")
 
 GENERIC_ERROR = "GenericError"
+#: ``qmp_capabilities`` after negotiation (QEMU's wording); the session and the command both use it.
+ALREADY_NEGOTIATED = "Capabilities negotiation is already complete, command ignored"
 COMMAND_NOT_FOUND = "CommandNotFound"
 DEVICE_NOT_FOUND = "DeviceNotFound"
 DEVICE_NOT_ACTIVE = "DeviceNotActive"

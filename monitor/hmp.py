@@ -18,6 +18,7 @@ from typing import Any, Awaitable, Callable, Iterator
 
 from nvshell.device.errors import NvshellError
 from nvshell.monitor.errors import MonitorError, QMPError
+from nvshell.monitor.registry import Arg, qmp_command
 
 
 Handler = Callable[[Any, dict[str, Any]], Awaitable[str]]
@@ -115,7 +116,13 @@ class CommandTable:
         return list(self.commands) + list(self._aliases)
 
     def __iter__(self) -> Iterator[HMPCommand]:
-        return iter(self.commands.values())
+        """In the loader's group order (then declaration order), whichever module was
+        imported first: ``help`` reads the same in every process."""
+        from nvshell.monitor.loader import HMP_GROUPS
+        order = {f"nvshell.monitor.{g}": i for i, g in enumerate(HMP_GROUPS)}
+        entries = list(self.commands.values())
+        return iter(sorted(entries, key=lambda c: (order.get(getattr(c.handler, "__module__", ""), len(order)),
+                                                   entries.index(c))))
 
 
 def default_params(spec: tuple[Param, ...]) -> str:
@@ -274,5 +281,14 @@ async def run_hmp(line: str, ctx: Any) -> str:
     return result.text
 
 
-# The built-in commands register themselves on import.
-from nvshell.monitor import hmp_commands as _hmp_commands  # noqa: E402,F401
+def crlf(text: str) -> str:
+    """HMP output as QEMU sends it: CRLF line endings (qmp-shell -H splits on them)."""
+    return text.replace("\r\n", "\n").replace("\n", "\r\n")
+
+
+@qmp_command("human-monitor-command", args=[Arg("command-line", "str"), Arg("cpu-index", "int", optional=True)],
+             returns="str")
+async def human_monitor_command(ctx: Any, args: dict) -> str:
+    """Run an HMP command line (QEMU's bridge from QMP to the human monitor). Declared
+    here, in the HMP layer, so that no QMP command module imports HMP."""
+    return crlf(await run_hmp(args["command-line"], ctx))

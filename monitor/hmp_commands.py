@@ -185,12 +185,7 @@ async def hmp_qom_set(ctx: Any, args: dict[str, Any]) -> str:
 # tracing, quit
 
 
-@hmp_command("trace-event", "name option", params="name on|off", help="changes status of a specific trace event",
-             complete={"name": "trace-event", "option": "on-off"})
-async def hmp_trace_event(ctx: Any, args: dict[str, Any]) -> str:
-    enable = parse_bool(args["option"], "option")
-    await qmp(ctx, "trace-event-set-state", {"name": args["name"], "enable": enable})
-    return ""
+# ``trace-event`` lives in hmp_tracing.py, with the shell's live trace view it also drives.
 
 
 @hmp_command("quit", help="quit nvshell", aliases=("q",))

@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextvars
-import inspect
 import re
 import shutil
 import threading
@@ -31,7 +30,7 @@ from typing import Any, Callable, Optional
 
 from nvshell.device.trace import LineSink, RateLimitedSink, Record
 from nvshell.monitor.commands_tracing import FILTER_FIELDS, Tracing, parse_filter_value, record_matches, tracing_of
-from nvshell.monitor.hmp import COMMANDS, HMPCommand, HMPError, hmp_command, info_command, qmp
+from nvshell.monitor.hmp import HMPError, hmp_command, info_command, qmp
 from nvshell.device.keyval import parse_bool
 
 #: Default lines per second the shell prints before counting drops.
@@ -181,28 +180,17 @@ def _view_or_error(command: str) -> ShellTraceView:
 # trace-event: also drive the shell's live view
 
 
-def _wrap_trace_event() -> None:
-    original = COMMANDS.lookup("trace-event")
-    if original is None or getattr(original.handler, "_drives_shell_view", False):
-        return
-
-    async def trace_event(ctx: Any, args: dict[str, Any]) -> str:
-        out = original.handler(ctx, args)
-        if inspect.isawaitable(out):
-            out = await out
-        view = CURRENT_SHELL_VIEW.get()
-        if view is not None:
-            names = [tp.name for tp in view.tracing.registry.list(args["name"])]
-            (view.enable if parse_bool(args["option"], "option") else view.disable)(names)
-        return out or ""
-
-    trace_event._drives_shell_view = True  # type: ignore[attr-defined]
-    COMMANDS.add(HMPCommand(original.name, original.args, original.params,
-                            original.help + " (in the shell: also print its records above the prompt)",
-                            trace_event, original.aliases))
-
-
-_wrap_trace_event()
+@hmp_command("trace-event", "name option", params="name on|off",
+             help="changes status of a specific trace event (in the shell: also print its records above the prompt)",
+             complete={"name": "trace-event", "option": "on-off"})
+async def hmp_trace_event(ctx: Any, args: dict[str, Any]) -> str:
+    enable = parse_bool(args["option"], "option")
+    await qmp(ctx, "trace-event-set-state", {"name": args["name"], "enable": enable})
+    view = CURRENT_SHELL_VIEW.get()
+    if view is not None:
+        names = [tp.name for tp in view.tracing.registry.list(args["name"])]
+        (view.enable if enable else view.disable)(names)
+    return ""
 
 
 # ---------------------------------------------------------------------------------------

@@ -6,8 +6,8 @@ the error messages when they get it wrong.  Declaring each command's arguments o
 (``Arg(name, type, optional)``) keeps both in agreement: the same table checks every
 request and produces QEMU's ``SchemaInfo`` list.
 
-Open registration: any module may add commands with ``@qmp_command(...)``; every
-``monitor/commands_*.py`` module is imported by ``default_registry()``.  Handlers are
+Open registration: any module may add commands with ``@qmp_command(...)``; the command
+group modules are imported, in a fixed order, by ``monitor/loader.py`` (``default_registry()``).  Handlers are
 ``handler(ctx, args) -> result`` (plain or ``async``); ``args`` is the checked
 argument dict with the wire names (``"qom-type"``), including extra keys when the
 command was declared with ``flatten=True``.
@@ -18,9 +18,7 @@ sessions, the HMP layer and the shell.
 
 from __future__ import annotations
 
-import importlib
 import inspect
-import pkgutil
 import sys
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Iterable, Union
@@ -389,16 +387,7 @@ def qmp_event(name: str, members: Iterable[Arg] = (), doc: str = "") -> EventDec
     return REGISTRY.event(name, members, doc)
 
 
-_loaded = False
-
-
 def default_registry() -> Registry:
-    """The process-wide registry with every ``monitor.commands_*`` module imported."""
-    global _loaded
-    if not _loaded:
-        from nvshell import monitor
-        for info in pkgutil.iter_modules(monitor.__path__):
-            if info.name.startswith("commands_"):
-                importlib.import_module(f"nvshell.monitor.{info.name}")
-        _loaded = True
-    return REGISTRY
+    """The process-wide registry with every command group loaded (``monitor/loader.py``)."""
+    from nvshell.monitor.loader import load  # the loader imports the groups, which import us
+    return load()

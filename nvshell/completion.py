@@ -59,6 +59,8 @@ class HMPCompleter(Completer):
 
     def __init__(self, query: Query, table: CommandTable = COMMANDS, info: CommandTable = INFO,
                  *, cache_seconds: float = 2.0) -> None:
+        from nvshell.monitor.loader import load
+        load()                      # every command group, so the tables below are complete
         self.query = query
         self.table = table
         self.info = info

@@ -125,7 +125,10 @@ async def run_remote(address: str, *, history_file: Path | str | None = None, in
     """Connect and run the shell (stdin a TTY) or the script reader (otherwise).
 
     Returns the exit status: 1 when the connection fails or a script command fails."""
+    from nvshell.monitor.loader import load
     from nvshell.shell import route_sigint, script_loop, shell_loop, unroute_sigint
+
+    load()  # the HMP tables (help, completion, command lookup) are the same as the server's
 
     # qemu.qmp logs connection failures at ERROR on stderr, which would repeat our own error
     # line and, mid-session, garble the prompt: keep it quiet unless -v asked for logs.

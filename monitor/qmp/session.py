@@ -24,8 +24,7 @@ import json
 import logging
 from typing import Any, Callable, Optional
 
-from nvshell.monitor.commands_core import ALREADY_NEGOTIATED
-from nvshell.monitor.errors import CommandNotFound, GenericError, QMPError, to_qmp_error
+from nvshell.monitor.errors import ALREADY_NEGOTIATED, CommandNotFound, GenericError, QMPError, to_qmp_error
 from nvshell.monitor.qmp.parser import MAX_MESSAGE, JSONStreamParser, Message, ParseError
 from nvshell.monitor.registry import Registry
 
