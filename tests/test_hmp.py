@@ -4,7 +4,6 @@ shell (``execute_line``) and QMP ``human-monitor-command`` (``run_hmp``) use."""
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 from typing import Any, Iterator
 
 import pytest
@@ -14,7 +13,6 @@ from nvshell.monitor.commands_trace import SimpleTraceControl
 from nvshell.monitor.context import MonitorContext
 from nvshell.monitor.hmp import HMPError, HMPResult, execute_line, run_hmp, split_word
 
-HAVE_CTRL = importlib.util.find_spec("nvshell.device.nvme.controller") is not None
 
 SUBSYS = "object_add x-nvme-subsystem,id=subsys0,subnqn=nqn.2024-01.io.nvshell:s0," \
          "uuid=11111111-2222-3333-4444-555555555555"
@@ -154,7 +152,6 @@ bus: main-system-bus
 """
 
 
-@pytest.mark.skipif(not HAVE_CTRL, reason="nvshell.device.nvme.controller not there yet")
 def test_golden_qtree_with_controller(ctx: MonitorContext) -> None:
     assert out(ctx, SUBSYS, NS1, NS2, CTRL, "info qtree -b") == GOLDEN_QTREE_CTRL
     full = out(ctx, "info qtree")

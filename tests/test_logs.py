@@ -160,7 +160,7 @@ def test_effects_log_io_table_by_csi(ctrl: FakeController) -> None:
 
 def test_real_controller_stats_and_error_log() -> None:
     """SMART and Error Information from the controller's own SmartStats/ErrorLog."""
-    controller = pytest.importorskip("nvshell.device.nvme.controller")
+    from nvshell.device.nvme import controller
     from nvshell.device.nvme.config import ControllerConfig
     s = Subsystem()
     ctrl = controller.Controller(ControllerConfig(serial="X", doorbells="trap"), s, None)

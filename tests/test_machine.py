@@ -10,11 +10,10 @@ import time
 
 import pytest
 
-pytest.importorskip("nvshell.device.nvme.controller")
 
-from nvshell.device.errors import ObjectError  # noqa: E402
-from nvshell.device.machine import Machine, default_topology  # noqa: E402
-from nvshell.device.vfio_user.client import VfioUserClient  # noqa: E402
+from nvshell.device.errors import ObjectError
+from nvshell.device.machine import Machine, default_topology
+from nvshell.device.vfio_user.client import VfioUserClient
 
 
 def wait_for(pred, timeout=3.0):

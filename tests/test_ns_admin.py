@@ -195,7 +195,7 @@ def test_default_factory_uses_real_namespace() -> None:
 def two_hosts(monkeypatch: pytest.MonkeyPatch):
     """Two real Controllers (own IOThreads, own guest RAM) in one Subsystem."""
     monkeypatch.setattr(admin_ns, "namespace_factory", admin_ns._default_factory)
-    tc = pytest.importorskip("tests.test_controller")
+    from tests import test_controller as tc
     s = Subsystem()
     hosts = []
     for _ in range(2):
