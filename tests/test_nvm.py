@@ -12,7 +12,7 @@ from nvshell.device.nvme.namespace import NvmNamespace
 from nvshell.device.nvme.nvm import COPY_RANGE_F0, DSM_RANGE
 from nvshell.device.nvme.spec import NvmOpcode
 from nvshell.device.nvme.status import Status
-from tests.test_nvm_fakes import PAGE, FakeCtrl, Guest, make_cmd
+from tests.test_nvm_fakes import PAGE, Guest, NvmHost, make_cmd
 
 PSDT_SGL = 1 << 6
 
@@ -22,7 +22,7 @@ def env():
     g = Guest()
     ns = NvmNamespace(MemoryBackend(1 << 24), lba_size=512, mssrl=64 * 512, mcl=128 * 512, msrc=4)
     ns.nsid = 1
-    ctrl = FakeCtrl(g.memory)
+    ctrl = NvmHost(g.memory)
     ctrl.namespaces[1] = ns
     yield g, ns, ctrl
     g.close()
@@ -46,7 +46,7 @@ def test_write_then_read(env):
     assert ns.backend.read(10 * 512, 8192) == payload
     assert ctrl.run(rw(NvmOpcode.READ, 10, 16, dst, dst + PAGE)) == Status.SUCCESS
     assert g.read(dst, 8192) == payload
-    assert ctrl.stats.written_bytes == 8192 and ctrl.stats.read_bytes == 8192
+    assert ctrl.stats.bytes_written == 8192 and ctrl.stats.bytes_read == 8192
 
 
 def test_read_write_4k_format_and_64bit_slba(env):
@@ -89,7 +89,7 @@ def test_rw_errors(env):
     assert ctrl.run(rw(NvmOpcode.READ, 0, 1, 0x4000_0000)) == Status.DATA_TRANSFER_ERROR
     assert ctrl.run(rw(NvmOpcode.WRITE, 0, 1, buf + 1)) == Status.PRP_OFFSET_INVALID
     assert ctrl.run(rw(NvmOpcode.WRITE, 0, 1, buf, flags=3 << 6)) == Status.INVALID_FIELD
-    assert ctrl.stats.written_bytes == 0
+    assert ctrl.stats.bytes_written == 0
 
 
 class FailingBackend(MemoryBackend):

@@ -1,4 +1,4 @@
-"""Shared test doubles for the NVM data path: guest memory from a memfd, a fake controller.
+"""Shared NVM test helpers: guest memory from a memfd, and the real controller driven one command at a time.
 
 No tests here; ``test_dataxfer``, ``test_nvm`` and ``test_namespace`` import it.
 """
@@ -6,15 +6,13 @@ No tests here; ``test_dataxfer``, ``test_nvm`` and ``test_namespace`` import it.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
-from types import SimpleNamespace
+import dataclasses
 from typing import Any
 
-from nvshell.device.nvme.controller import Features
-from nvshell.device.nvme.commands import NVM, Command
-from nvshell.device.nvme.dataxfer import DataMap, map_data
-from nvshell.device.nvme.status import NvmeError, Status
-from nvshell.device.vfio_user.dma import PROT_READ, PROT_WRITE, DmaError, GuestMemory
+from nvshell.device.nvme.commands import Command
+from nvshell.device.nvme.config import ControllerConfig
+from nvshell.device.nvme.controller import Controller
+from nvshell.device.vfio_user.dma import PROT_READ, PROT_WRITE, GuestMemory
 
 PAGE = 4096
 GUEST_BASE = 0x100000
@@ -55,53 +53,33 @@ def make_cmd(opcode: int = 0, *, nsid: int = 1, flags: int = 0, dptr1: int = 0, 
                    cdw10=cdw10, cdw11=cdw11, cdw12=cdw12, cdw13=cdw13, cdw14=0, cdw15=0, ns=ns)
 
 
-@dataclass
-class FakeStats:
-    read_bytes: int = 0
-    written_bytes: int = 0
+class NvmHost:
+    """The real ``Controller`` for one-command NVM tests: guest memory bound, no transport and
+    no IOThread (blocking backend work then runs inline, as ``Controller.offload`` does), and
+    ``run`` dispatches through the controller's own ``CommandEngine`` -- no second dispatcher."""
 
-    def add_read(self, n: int) -> None:
-        self.read_bytes += n
-
-    def add_write(self, n: int) -> None:
-        self.written_bytes += n
-
-
-@dataclass
-class FakeCtrl:
-    """What the NVM handlers use of a Controller: memory, transfer, config.mdts, stats, namespaces,
-    features (the volatile write cache)."""
-
-    memory: GuestMemory
-    mdts: int = 7
-    stats: FakeStats = field(default_factory=FakeStats)
-    namespaces: dict = field(default_factory=dict)
-    features: Features = field(default_factory=Features)
+    def __init__(self, memory: GuestMemory, mdts: int = 7):
+        self.ctrl = Controller(ControllerConfig(mdts=mdts), None, None)
+        self.ctrl.bind(memory, None)  # type: ignore[arg-type]
 
     @property
-    def config(self) -> SimpleNamespace:
-        return SimpleNamespace(mdts=self.mdts)
+    def namespaces(self) -> dict:
+        return self.ctrl.namespaces
 
-    def transfer(self, cmd: Command, length: int, *, allow_sgl: bool = True) -> DataMap:
-        return map_data(self.memory, cmd, length, allow_sgl=allow_sgl)
+    @property
+    def stats(self) -> Any:
+        return self.ctrl.stats
 
-    def offload(self, cmd: Command, work) -> None:
-        """As the real controller without an IOThread: blocking backend work runs inline."""
-        work()
+    @property
+    def mdts(self) -> int:
+        return self.ctrl.config.mdts
+
+    @mdts.setter
+    def mdts(self, value: int) -> None:
+        self.ctrl.config = dataclasses.replace(self.ctrl.config, mdts=value)
 
     def run(self, cmd: Command) -> int:
-        """Dispatch like the controller: returns the status (DmaError -> Data Transfer Error)."""
-        info = NVM.get(cmd.opcode)
-        if info is None:
-            return Status.INVALID_OPCODE
-        if info.nsid == "required" or (info.nsid == "optional" and cmd.nsid not in (0, 0xFFFFFFFF)):
-            cmd.ns = self.namespaces.get(cmd.nsid)
-            if cmd.ns is None and info.nsid == "required":
-                return Status.INVALID_NSID
-        try:
-            info.handler(self, cmd)
-        except NvmeError as exc:
-            return exc.status
-        except DmaError:
-            return Status.DATA_TRANSFER_ERROR
-        return Status.SUCCESS
+        """The command's completion status (a handler that defers it is a test bug)."""
+        outcome = self.ctrl.engine.dispatch(cmd)
+        assert outcome is not None, "the handler deferred the command"
+        return outcome[0]
