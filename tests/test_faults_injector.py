@@ -152,12 +152,15 @@ def test_fatal_sets_cfs_and_holds(rig):
 
 
 def test_ns_not_ready_window(rig):
+    t0 = time.monotonic()
     add(rig, opcode="read", slba=0, nlb=1, action="ns-not-ready", duration=200, count=1)
     e = read(rig, 0)
     assert status(e) == Status.NS_NOT_READY and not dnr(e)
     assert status(read(rig, 100)) == Status.NS_NOT_READY   # the whole namespace, for a while
-    time.sleep(0.25)
-    assert status(read(rig, 100)) == 0
+    while status(read(rig, 100)) != 0:                     # sync point: the first read that succeeds
+        assert time.monotonic() - t0 < 5, "the namespace never became ready again"
+        time.sleep(0.01)
+    assert time.monotonic() - t0 >= 0.2                    # not before the window ended
 
 
 def test_ns_remove_detaches_with_aen_then_reattaches(rig):
