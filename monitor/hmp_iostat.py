@@ -16,14 +16,22 @@ from nvshell.monitor.hmp import HMPError, info_command, qmp
 SPARK = "▁▂▃▄▅▆▇█"
 
 
-def sparkline(values: list[float], width: int = 60) -> str:
-    """The last ``width`` values, scaled to the largest of them."""
-    vals = values[-width:]
-    top = max(vals, default=0.0)
+#: Seconds of history per sparkline character: the last minute in 30 columns.
+SPARK_SECONDS = 2
+SPARK_WIDTH = 30
+
+
+def sparkline(values: list[float], width: int = SPARK_WIDTH, per_char: int = SPARK_SECONDS) -> str:
+    """The last ``width * per_char`` per-second values, ``per_char`` averaged into each character,
+    scaled to the largest; right-aligned so the newest is always in the last column."""
+    vals = values[-width * per_char:]
+    vals = vals[len(vals) % per_char:]  # whole groups, ending with the newest second
+    cells = [sum(vals[i:i + per_char]) / per_char for i in range(0, len(vals), per_char)]
+    top = max(cells, default=0.0)
     if top <= 0:
         return " " * width
-    line = "".join(" " if v <= 0 else SPARK[round(v / top * (len(SPARK) - 1))] for v in vals)
-    return line.rjust(width)  # newest second on the right, always at the same column
+    line = "".join(" " if v <= 0 else SPARK[round(v / top * (len(SPARK) - 1))] for v in cells)
+    return line.rjust(width)
 
 
 def _num(v: float) -> str:
@@ -45,18 +53,18 @@ def _lat(us: int | None) -> str:
 
 
 def render_iostat(data: dict[str, Any]) -> str:
-    """The table: a controller line (all its I/O queues), then one line per queue."""
-    header = (f"{'device':<10} {'queue':<6} {'IOPS':>8} {'r/s':>8} {'w/s':>8} {'MB/s':>8} {'occupancy':>10} "
-              f"{'p50':>7} {'p99':>7}  last minute (IOPS/s)")
+    """The table: a controller line (all its I/O queues), then one line per queue (~100 columns)."""
+    header = (f"{'device':<8} {'queue':<5} {'IOPS':>7} {'r/s':>6} {'w/s':>6} {'MB/s':>7} {'occ':>7} "
+              f"{'p50':>6} {'p99':>6}  last minute, {SPARK_SECONDS} s/char")
     lines = [f"I/O over the last {data['interval']:g} s", header]
     for dev in data["devices"]:
-        lines.append(f"{dev['device']:<10} {'all':<6} {_num(dev['iops']):>8} {_num(dev['read-iops']):>8} "
-                     f"{_num(dev['write-iops']):>8} {dev['mbps']:>8.2f} {'':>10} {_lat(dev.get('p50-us')):>7} "
-                     f"{_lat(dev.get('p99-us')):>7}  |{sparkline(dev['history'])}|")
+        lines.append(f"{dev['device']:<8} {'all':<5} {_num(dev['iops']):>7} {_num(dev['read-iops']):>6} "
+                     f"{_num(dev['write-iops']):>6} {dev['mbps']:>7.2f} {'':>7} {_lat(dev.get('p50-us')):>6} "
+                     f"{_lat(dev.get('p99-us')):>6}  |{sparkline(dev['history'])}|")
         for q in dev["queues"]:
             occ = f"{q['occupancy']}/{q['size']}"
-            lines.append(f"{'':<10} {'q' + str(q['qid']):<6} {_num(q['iops']):>8} {'':>8} {'':>8} {'':>8} "
-                         f"{occ:>10} {'':>7} {'':>7}  |{sparkline(q['history'])}|")
+            lines.append(f"{'':<8} {'q' + str(q['qid']):<5} {_num(q['iops']):>7} {'':>6} {'':>6} {'':>7} "
+                         f"{occ:>7} {'':>6} {'':>6}  |{sparkline(q['history'])}|")
     if not data["devices"]:
         lines.append("(no controllers)")
     if not data["latency"]:

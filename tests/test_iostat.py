@@ -71,9 +71,10 @@ def test_query_and_table(nvshell: NvshellProcess, qmp: QmpConnection) -> None:
 
 
 def test_sparkline() -> None:
-    assert sparkline([0, 1, 2, 4, 8], width=6) == "  ▂▃▅█"
-    line = sparkline([0.0, 1.0, 4.0, 8.0], width=5)
-    assert len(line) == 5 and line[0] == " " and line[1] == " " and line[-1] == "█" and line[3] in "▄▅"
+    assert sparkline([0, 1, 2, 4, 8], width=6, per_char=1) == "  ▂▃▅█"
+    # Two seconds a character, newest last: (0+0), (2+2), (8+8) -> blank, 3/8 height, full.
+    # The oldest second (9) does not fill a pair and is left out.
+    assert sparkline([9, 0, 0, 2, 2, 8, 8], width=4, per_char=2) == "  ▃█"
     assert sparkline([], width=3) == "   " and sparkline([0, 0], width=2) == "  "
 
 
@@ -135,7 +136,7 @@ def test_live_view_in_a_pty(where: str, tmp_path: Path, shell_env: dict[str, str
         m = re.search(r"ctrl0\s+all\s+(\d+)\s+(\d+)\s+(\d+)\s+([\d.]+)\s+(<\S+)\s+(<\S+)\s+\|(.*)\|", text)
         assert m, text
         assert int(m.group(1)) > 0 and float(m.group(4)) > 0       # IOPS and MB/s of live I/O
-        assert len(m.group(7)) == 60 and re.search("[▁▂▃▄▅▆▇█]{3}$", m.group(7)), m.group(7)
+        assert len(m.group(7)) == 30 and re.search("[▁▂▃▄▅▆▇█]{2}$", m.group(7)), m.group(7)
         q1 = re.search(r"^\W*q1\s+(\d+)\s+(\d+)/64\s+\|(.*)\|", text, re.M)
         assert q1 and int(q1.group(1)) > 0, text
         assert "(nvshell)" not in text                              # full screen: the prompt is gone
