@@ -35,7 +35,7 @@ echo "tnvmcap: $(nvme id-ctrl $C | grep -E '^tnvmcap' | tr -s ' ')"
 echo "unvmcap: $(nvme id-ctrl $C | grep -E '^unvmcap' | tr -s ' ')"
 
 echo "### create-ns (32 MiB, 4 KiB LBAs, shared)"
-nvme create-ns $C --nsze=8192 --ncap=8192 --flbas=1 --dps=0 --nmic=1 2>&1 || rc=1
+nvme create-ns $C --nsze=8192 --ncap=8192 --flbas=4 --dps=0 --nmic=1 2>&1 || rc=1
 echo "allocated: $(nvme list-ns $C --all 2>&1 | tr '\n' ' ')"
 echo "active: $(nvme list-ns $C 2>&1 | tr '\n' ' ')"
 no_ns 2 && echo "SEEN create-inactive" || { echo "nsid 2 active before attach"; rc=1; }
