@@ -608,3 +608,20 @@ def test_format_refuses_blocks_the_zones_cannot_hold(host):
     assert host.write_lba(nsid, 0, 2, b"k" * 1024) == 0
     assert status(host.admin(AdminOpcode.FORMAT_NVM, nsid=nsid, cdw10=4)) == S.INVALID_FORMAT
     assert ns.lba_size == 512 and host.read_lba(nsid, 0, 2) == (0, b"k" * 1024)   # nothing erased
+
+
+def test_file_backend_io_off_the_iothread(host, tmp_path):
+    """A file backend's I/O runs off the IOThread: the zone commands complete when it is done."""
+    path = str(tmp_path / "f.img")
+    ns = ZonedNamespace(FileBackend(path, 4 * ZSZE * 512), zone_size=ZSZE * 512, zone_state_file=path + ".zones")
+    nsid = setup(host, ns)
+    blocks = [random.Random(i).randbytes(8 * 512) for i in range(6)]
+    for i, b in enumerate(blocks[:3]):
+        assert host.write_lba(nsid, 8 * i, 8, b) == 0
+    for i, b in enumerate(blocks[3:]):
+        assert host.append(nsid, ZSZE, 8, b) == (0, ZSZE + 8 * i)
+    assert host.read_lba(nsid, 0, 24) == (0, b"".join(blocks[:3]))
+    assert host.read_lba(nsid, ZSZE, 24) == (0, b"".join(blocks[3:]))
+    assert status(host.io(NvmOpcode.WRITE_ZEROES, nsid=nsid, cdw10=24, cdw12=7)) == 0
+    assert status(host.io(NvmOpcode.FLUSH, nsid=nsid)) == 0
+    assert ns.zones.zones[0].wp == 32 and ns.zones.zones[1].wp == ZSZE + 24

@@ -84,14 +84,14 @@ def _slba(cmd: Command) -> int:
 def _read_checked(handler: Any, *, mdts: bool = True) -> Any:
     """An NVM read-type handler preceded by the zone read rules."""
 
-    def zoned(ctrl: Any, cmd: Command) -> None:
+    def zoned(ctrl: Any, cmd: Command) -> Any:
         ns = cmd.ns
         slba, nlb = rw_fields(cmd)
         if mdts:
             check_mdts(ctrl, nlb << ns.lbads)
         check_range(ns, slba, nlb)
         ns.zones.check_read(slba, nlb)
-        handler(ctrl, cmd)
+        return handler(ctrl, cmd)          # DEFERRED when the backend I/O runs off the IOThread
 
     zoned.__name__ = f"zoned_{handler.__name__}"
     zoned.__doc__ = f"{handler.__doc__ or handler.__name__} (zone read rules first)"
@@ -109,11 +109,11 @@ for _op, _name, _direction, _mdts in ((NvmOpcode.READ, "read", "to-host", True),
 
 # ------------------------------------------------------------------ writes
 @ZONED.command(NvmOpcode.FLUSH, "flush", nsid="optional")
-def zoned_flush(ctrl: Any, cmd: Command) -> None:
+def zoned_flush(ctrl: Any, cmd: Command) -> Any:
     """Flush, and make the zone table durable with the data."""
-    nvm.flush(ctrl, cmd)
     if cmd.ns is not None:
         cmd.ns.sync()
+    return nvm.flush(ctrl, cmd)
 
 
 def _check_size(ctrl: Any, ns: Any, cmd: Command, nlb: int) -> None:
@@ -122,7 +122,7 @@ def _check_size(ctrl: Any, ns: Any, cmd: Command, nlb: int) -> None:
 
 
 @ZONED.command(NvmOpcode.WRITE, "write", nsid="required", effects=EFFECT_LBCC, direction="from-host")
-def zoned_write(ctrl: Any, cmd: Command) -> None:
+def zoned_write(ctrl: Any, cmd: Command) -> Any:
     """Write at the write pointer; NVM's write moves the data (and metadata)."""
     ns = cmd.ns
     slba, nlb = rw_fields(cmd)
@@ -131,12 +131,13 @@ def zoned_write(ctrl: Any, cmd: Command) -> None:
     zones = ns.zones
     with zones.lock:
         zone = zones.begin_write(slba, nlb)
-        nvm.write(ctrl, cmd)
+        outcome = nvm.write(ctrl, cmd)     # DEFERRED for a file backend: completes when stored
         zones.end_write(zone, nlb)
+    return outcome
 
 
 @ZONED.command(NvmOpcode.ZONE_APPEND, "zone-append", nsid="required", effects=EFFECT_LBCC, direction="from-host")
-def zone_append(ctrl: Any, cmd: Command) -> None:
+def zone_append(ctrl: Any, cmd: Command) -> Any:
     """Write at the zone's write pointer; the LBA written is DW0/DW1 of the CQE.
 
     ZASL is 0 (Identify CNS 06h): the size limit is MDTS, so an append too large
@@ -151,17 +152,18 @@ def zone_append(ctrl: Any, cmd: Command) -> None:
     with zones.lock:
         zone = zones.begin_write(zslba, nlb, append=True)
         slba = zone.wp
+        cmd.result, cmd.result_dw1 = slba & 0xFFFFFFFF, slba >> 32   # before: the write may complete later
         cmd.cdw10, cmd.cdw11 = slba & 0xFFFFFFFF, slba >> 32
         try:
-            nvm.write(ctrl, cmd)
+            outcome = nvm.write(ctrl, cmd)
         finally:
             cmd.cdw10, cmd.cdw11 = zslba & 0xFFFFFFFF, zslba >> 32
         zones.end_write(zone, nlb)
-    cmd.result, cmd.result_dw1 = slba & 0xFFFFFFFF, slba >> 32
+    return outcome
 
 
 @ZONED.command(NvmOpcode.WRITE_ZEROES, "write-zeroes", nsid="required", effects=EFFECT_LBCC)
-def zoned_write_zeroes(ctrl: Any, cmd: Command) -> None:
+def zoned_write_zeroes(ctrl: Any, cmd: Command) -> Any:
     """Write Zeroes is a write for the zone rules: at the write pointer, which moves."""
     ns = cmd.ns
     slba, nlb = rw_fields(cmd)
@@ -169,12 +171,13 @@ def zoned_write_zeroes(ctrl: Any, cmd: Command) -> None:
     zones = ns.zones
     with zones.lock:
         zone = zones.begin_write(slba, nlb)
-        nvm.write_zeroes(ctrl, cmd)
+        outcome = nvm.write_zeroes(ctrl, cmd)
         zones.end_write(zone, nlb)
+    return outcome
 
 
 @ZONED.command(NvmOpcode.WRITE_UNCORRECTABLE, "write-uncorrectable", nsid="required", effects=EFFECT_LBCC)
-def zoned_write_uncorrectable(ctrl: Any, cmd: Command) -> None:
+def zoned_write_uncorrectable(ctrl: Any, cmd: Command) -> Any:
     """Write Uncorrectable writes the blocks (as invalid): at the write pointer, which moves."""
     ns = cmd.ns
     slba, nlb = rw_fields(cmd)
@@ -182,12 +185,13 @@ def zoned_write_uncorrectable(ctrl: Any, cmd: Command) -> None:
     zones = ns.zones
     with zones.lock:
         zone = zones.begin_write(slba, nlb)
-        _NVM_WRITE_UNCORRECTABLE(ctrl, cmd)
+        outcome = _NVM_WRITE_UNCORRECTABLE(ctrl, cmd)
         zones.end_write(zone, nlb)
+    return outcome
 
 
 @ZONED.command(NvmOpcode.COPY, "copy", nsid="required", effects=EFFECT_LBCC, direction="from-host")
-def zoned_copy(ctrl: Any, cmd: Command) -> None:
+def zoned_copy(ctrl: Any, cmd: Command) -> Any:
     """Copy: the source ranges follow the read rules, the destination the write rules.
 
     The source range list is read here to learn the total length and check the
@@ -196,8 +200,7 @@ def zoned_copy(ctrl: Any, cmd: Command) -> None:
     sdlba = _slba(cmd)
     nr = (cmd.cdw12 & 0xFF) + 1
     if (cmd.cdw12 >> 8) & 0xF != 0 or nr > ns.msrc:
-        nvm.copy(ctrl, cmd)     # the NVM handler reports the descriptor format / MSRC error
-        return
+        return nvm.copy(ctrl, cmd)     # the NVM handler reports the descriptor format / MSRC error
     raw = ctrl.transfer(cmd, nr * COPY_RANGE_F0.size).from_guest()
     total = 0
     zones = ns.zones
@@ -209,8 +212,9 @@ def zoned_copy(ctrl: Any, cmd: Command) -> None:
     check_range(ns, sdlba, total)
     with zones.lock:
         zone = zones.begin_write(sdlba, total)
-        nvm.copy(ctrl, cmd)
+        outcome = nvm.copy(ctrl, cmd)
         zones.end_write(zone, total)
+    return outcome
 
 
 # ------------------------------------------------------------------ zone management
