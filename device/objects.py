@@ -801,9 +801,9 @@ CTRL_PROPS = [
              description="async event request limit (0's based)"),
     Property("mdts", IntType("uint8", maximum=31), default=7, live=_config("mdts"),
              description="maximum data transfer size, power of two of 4 KiB pages (0 = none)"),
-    Property("doorbells", EnumType(("mmap", "trap")), default="mmap", live=_config("doorbells"),
-             description="mmap: doorbell page shared with the client and polled; trap: doorbell writes are "
-                         "messages"),
+    Property("doorbells", EnumType(("trap", "mmap")), default="trap", live=_config("doorbells"),
+             description="trap: doorbell writes are messages (rare with shadow doorbells), the device "
+                         "sleeps between them; mmap: doorbell page shared with the client and polled"),
     Property("ocp", BoolType(), default=False, live=_config("ocp"),
              description="OCP Datacenter NVMe SSD log pages (C0h SMART / Health Information Extended)"),
     Property("connected", BoolType(), read_only=True, getter=lambda o: o.connected(),

@@ -1,20 +1,35 @@
 #!/usr/bin/env python3
-"""Compare nvshell with QEMU's own in-process NVMe device, in one run, alternating.
+"""Compare nvshell with QEMU's own in-process NVMe device, in one run, alternating boots.
 
-Machines here are noisy, so absolute IOPS mean little: this script boots the
-test guest (../shared/guest/run.sh) ROUNDS times against each device in turn,
-runs the same fio random-read jobs (4 KiB, QD1 and QD32, libaio, O_DIRECT) and
-reports the median IOPS of each and the ratio nvshell / QEMU.
+Machines here are noisy, so absolute numbers mean little: this script boots the
+test guest (../shared/guest/run.sh) ROUNDS times against each device in turn
+(nvshell, then QEMU's ``--local-nvme``), runs the same fio jobs in each boot and
+reports per-job medians, the nvshell/QEMU ratio, nvshell's CPU per 1000 I/Os
+(whole boot, from /proc/PID/stat) and -- with ``--latency`` -- nvshell's
+device-side read service time (fetch to CQE) from a separate traced boot.
 
-    sudo python3 scripts/bench_guest.py --rounds 3 --runtime 5 [--doorbells mmap|trap] [--json]
+Jobs (4 KiB random reads unless said otherwise, O_DIRECT):
+  qd1        psync QD1
+  qd32       libaio QD32
+  poll-qd1   pvsync2 --hipri QD1 on a polled queue (every boot has nvme.poll_queues=1)
+  2x16       two jobs x libaio QD16
+  seq128k    128 KiB sequential reads, libaio QD8 (MiB/s)
+  randwrite  4 KiB random writes, libaio QD32
+
+``--hog N`` runs N busy-loop processes on the host during both devices' boots
+(what a user's build or a second VM does to the device's CPU).
+
+    sudo python3 scripts/bench_guest.py --rounds 2 --runtime 5 [--hog 1] [--doorbells trap|mmap] [--json]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import statistics
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -23,74 +38,152 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from nvshell.testing import GUEST_DIR, NvshellProcess, guest_unavailable_reason  # noqa: E402
 
-import subprocess  # noqa: E402
-
-JOBS = ("randread-qd1", "randread-qd32")
-
-
-def guest_script(runtime: int) -> str:
-    return f"""
-set -e
-DEV=$(ls /dev/nvme*n1 | head -n1)
-for job in "randread-qd1 1" "randread-qd32 32"; do
-    set -- $job
-    fio --name=$1 --filename=$DEV --direct=1 --bs=4k --ioengine=libaio --rw=randread --iodepth=$2 \\
-        --time_based --runtime={runtime} --size=256M --output-format=terse --terse-version=3 >/tmp/out 2>&1 \\
-        || {{ cat /tmp/out; exit 1; }}
-    echo "result $1 $(cut -d';' -f8 /tmp/out | tail -n1)"
-done
-"""
+#: name -> (fio arguments, unit); unit "iops" or "MiB/s".
+JOBS: dict[str, tuple[str, str]] = {
+    "qd1": ("--rw=randread --bs=4k --ioengine=psync --iodepth=1", "iops"),
+    "qd32": ("--rw=randread --bs=4k --ioengine=libaio --iodepth=32", "iops"),
+    "poll-qd1": ("--rw=randread --bs=4k --ioengine=pvsync2 --hipri --iodepth=1", "iops"),
+    "2x16": ("--rw=randread --bs=4k --ioengine=libaio --iodepth=16 --numjobs=2 --group_reporting", "iops"),
+    "seq128k": ("--rw=read --bs=128k --ioengine=libaio --iodepth=8", "MiB/s"),
+    "randwrite": ("--rw=randwrite --bs=4k --ioengine=libaio --iodepth=32", "iops"),
+}
+POLL_APPEND = "nvme.poll_queues=1"
 
 
-def run_once(script: Path, sockets: list[Path], extra: list[str]) -> dict[str, float]:
-    cmd = ["bash", str(GUEST_DIR / "run.sh"), "--script", str(script), "--timeout", "300", *extra]
+def guest_script(runtime: int, jobs: list[str]) -> str:
+    lines = ["set -e", "DEV=$(ls /dev/nvme*n1 | head -n1)"]
+    for name in jobs:
+        fio_args, _ = JOBS[name]
+        # terse v3: 6 read KiB, 7 read KiB/s, 8 read IOPS; 47 write KiB, 48 write KiB/s, 49 write IOPS
+        lines.append(
+            f"fio --name={name} --filename=$DEV --direct=1 {fio_args} --time_based --runtime={runtime} "
+            f"--size=512M --output-format=terse --terse-version=3 >/tmp/{name}.out 2>&1 "
+            f"|| {{ cat /tmp/{name}.out; exit 1; }}")
+        lines.append(f"echo \"result {name} $(cut -d';' -f6,7,8,47,48,49 /tmp/{name}.out | tail -n1)\"")
+    return "\n".join(lines) + "\n"
+
+
+def parse(out: str) -> dict[str, dict[str, float]]:
+    """result NAME rkb;rbw;riops;wkb;wbw;wiops -> {name: {value, ios}}."""
+    got: dict[str, dict[str, float]] = {}
+    for name, fields in re.findall(r"^result (\S+) ([\d.;]+)$", out, re.M):
+        rkb, rbw, riops, wkb, wbw, wiops = (float(x) for x in fields.split(";"))
+        unit = JOBS[name][1]
+        bs_kib = 128 if name == "seq128k" else 4
+        value = (rbw + wbw) / 1024 if unit == "MiB/s" else riops + wiops
+        got[name] = {"value": value, "ios": (rkb + wkb) / bs_kib}
+    return got
+
+
+def run_guest(script: Path, sockets: list[Path], extra: list[str]) -> str:
+    cmd = ["bash", str(GUEST_DIR / "run.sh"), "--script", str(script), "--timeout", "600",
+           "--append", POLL_APPEND, *extra]
     for sock in sockets:
         cmd += ["--socket", str(sock)]
-    done = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=400)
+    done = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=700)
     if done.returncode:
-        raise RuntimeError(f"guest failed ({done.returncode}):\n{done.stdout}")
-    return {name: float(iops) for name, iops in re.findall(r"^result (\S+) ([\d.]+)$", done.stdout, re.M)}
+        raise RuntimeError(f"guest failed ({done.returncode}):\n{done.stdout[-4000:]}")
+    return done.stdout
+
+
+def cpu_ms(pid: int) -> float:
+    """utime + stime of ``pid`` in milliseconds (/proc/PID/stat fields 14, 15)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) * 1000 / os.sysconf("SC_CLK_TCK")
+
+
+def hogs(n: int) -> list[subprocess.Popen]:
+    return [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
+
+
+def nvshell_args(doorbells: str, backend: str, trace: bool = False) -> list[str]:
+    args = ["-object", "x-nvme-subsystem,id=subsys0",
+            "-device", f"x-nvme-ctrl,id=ctrl0,subsys=subsys0,doorbells={doorbells}",
+            "-object", f"x-nvme-ns-nvm,id=ns1,subsys=subsys0,size=1G,backend={backend},attached-to=all"]
+    return ["-trace", "nvme_cmd_complete", *args] if trace else args
+
+
+def latency(tmp: Path, runtime: int, doorbells: str, backend: str) -> str:
+    """Device-side read latency from one traced nvshell boot (QD1 job): ``info latency``."""
+    script = tmp / "lat.sh"
+    script.write_text(guest_script(runtime, ["qd1"]))
+    with NvshellProcess(tmp / "lat", *nvshell_args(doorbells, backend, trace=True)) as nv:
+        run_guest(script, [nv.run_dir / "ctrl0.sock"], [])
+        done = subprocess.run([sys.executable, "-m", "nvshell", "--connect", f"unix:{nv.run_dir / 'qmp.sock'}"],
+                              input="info latency\n", stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True, timeout=60)
+    return done.stdout
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=3, help="boots per device (alternating)")
+    parser.add_argument("--rounds", type=int, default=2, help="boots per device (alternating)")
     parser.add_argument("--runtime", type=int, default=5, help="seconds per fio job")
-    parser.add_argument("--doorbells", choices=("mmap", "trap"), default="mmap")
+    parser.add_argument("--hog", type=int, default=0, help="busy-loop processes on the host during the boots")
+    parser.add_argument("--doorbells", choices=("mmap", "trap"), default="trap")
     parser.add_argument("--backend", choices=("memory", "null"), default="memory")
+    parser.add_argument("--jobs", default=",".join(JOBS), help="comma-separated subset of: " + ", ".join(JOBS))
+    parser.add_argument("--latency", action="store_true", help="also one traced boot for device-side latency")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     args = parser.parse_args(argv)
+    jobs = [j for j in args.jobs.split(",") if j]
+    unknown = [j for j in jobs if j not in JOBS]
+    if unknown:
+        parser.error(f"unknown job(s): {', '.join(unknown)}")
     reason = guest_unavailable_reason()
     if reason:
         print(f"bench_guest: {reason}", file=sys.stderr)
         return 2
-    results: dict[str, dict[str, list[float]]] = {"nvshell": {j: [] for j in JOBS}, "qemu": {j: [] for j in JOBS}}
-    with tempfile.TemporaryDirectory() as tmp:
-        script = Path(tmp) / "bench.sh"
-        script.write_text(guest_script(args.runtime))
-        nv_args = ["-object", "x-nvme-subsystem,id=subsys0",
-                   "-device", f"x-nvme-ctrl,id=ctrl0,subsys=subsys0,doorbells={args.doorbells}",
-                   "-object", f"x-nvme-ns-nvm,id=ns1,subsys=subsys0,size=1G,backend={args.backend},attached-to=all"]
-        for round_no in range(args.rounds):
-            with NvshellProcess(Path(tmp) / f"run{round_no}", *nv_args) as nv:
-                for job, iops in run_once(script, [nv.run_dir / "ctrl0.sock"], []).items():
-                    results["nvshell"][job].append(iops)
-            for job, iops in run_once(script, [], ["--local-nvme", "1G"]).items():
-                results["qemu"][job].append(iops)
-            print(f"round {round_no + 1}: " + ", ".join(
-                f"{dev} {job} {results[dev][job][-1]:.0f}" for dev in results for job in JOBS), file=sys.stderr)
-    summary = {job: {"nvshell_iops": statistics.median(results["nvshell"][job]),
-                     "qemu_iops": statistics.median(results["qemu"][job])} for job in JOBS}
-    for job in JOBS:
-        summary[job]["ratio"] = summary[job]["nvshell_iops"] / summary[job]["qemu_iops"]
+    results: dict[str, dict[str, list[float]]] = {"nvshell": {j: [] for j in jobs}, "qemu": {j: [] for j in jobs}}
+    cpu: list[float] = []
+    lat_text = ""
+    with tempfile.TemporaryDirectory() as tmpdir:
+        tmp = Path(tmpdir)
+        script = tmp / "bench.sh"
+        script.write_text(guest_script(args.runtime, jobs))
+        hog_procs = hogs(args.hog)
+        try:
+            for round_no in range(args.rounds):
+                with NvshellProcess(tmp / f"run{round_no}", *nvshell_args(args.doorbells, args.backend)) as nv:
+                    assert nv.proc is not None
+                    got = parse(run_guest(script, [nv.run_dir / "ctrl0.sock"], []))
+                    used = cpu_ms(nv.proc.pid)
+                ios = sum(g["ios"] for g in got.values())
+                cpu.append(used / ios * 1000 if ios else float("nan"))
+                for job in jobs:
+                    results["nvshell"][job].append(got[job]["value"])
+                qgot = parse(run_guest(script, [], ["--local-nvme", "1G"]))
+                for job in jobs:
+                    results["qemu"][job].append(qgot[job]["value"])
+                print(f"round {round_no + 1}: " + ", ".join(
+                    f"{job} {results['nvshell'][job][-1]:.0f}/{results['qemu'][job][-1]:.0f}" for job in jobs)
+                    + f"; nvshell CPU {cpu[-1]:.1f} ms/1000 I/Os", file=sys.stderr)
+            if args.latency:
+                lat_text = latency(tmp, args.runtime, args.doorbells, args.backend)
+        finally:
+            for p in hog_procs:
+                p.kill()
+                p.wait()
+    summary = {}
+    for job in jobs:
+        nv_v, q_v = statistics.median(results["nvshell"][job]), statistics.median(results["qemu"][job])
+        summary[job] = {"unit": JOBS[job][1], "nvshell": nv_v, "qemu": q_v, "ratio": nv_v / q_v if q_v else None}
+    cpu_median = statistics.median(cpu)
     if args.json:
-        print(json.dumps({"rounds": args.rounds, "runtime": args.runtime, "doorbells": args.doorbells,
-                          "backend": args.backend, "raw": results, "summary": summary}, indent=2))
+        print(json.dumps({"rounds": args.rounds, "runtime": args.runtime, "hog": args.hog,
+                          "doorbells": args.doorbells, "backend": args.backend, "raw": results,
+                          "cpu_ms_per_1000_ios": cpu, "summary": summary, "latency": lat_text}, indent=2))
     else:
-        print(f"{'job':<16}{'nvshell IOPS':>14}{'QEMU IOPS':>12}{'ratio':>8}")
-        for job in JOBS:
+        print(f"doorbells={args.doorbells} backend={args.backend} hog={args.hog} rounds={args.rounds} "
+              f"runtime={args.runtime}s")
+        print(f"{'job':<11}{'unit':>7}{'nvshell':>10}{'QEMU':>10}{'ratio':>7}")
+        for job in jobs:
             s = summary[job]
-            print(f"{job:<16}{s['nvshell_iops']:>14.0f}{s['qemu_iops']:>12.0f}{s['ratio']:>8.2f}")
+            print(f"{job:<11}{s['unit']:>7}{s['nvshell']:>10.0f}{s['qemu']:>10.0f}{s['ratio']:>7.2f}")
+        print(f"nvshell CPU per 1000 I/Os (whole boot): {cpu_median:.1f} ms")
+        if lat_text:
+            print("device-side latency (traced QD1 boot, info latency):")
+            print(lat_text.strip())
     return 0
 
 

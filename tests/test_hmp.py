@@ -156,7 +156,7 @@ def test_golden_qtree_with_controller(ctx: MonitorContext) -> None:
     assert out(ctx, SUBSYS, NS1, NS2, CTRL, "info qtree -b") == GOLDEN_QTREE_CTRL
     full = out(ctx, "info qtree")
     assert '      dev: x-nvme-ctrl, id "ctrl0"' in full
-    assert '        doorbells = "mmap"' in full
+    assert '        doorbells = "trap"' in full
     assert '          attached: x-nvme-ns-nvm, id "ns1", nsid 1' in full
     ns = out(ctx, "info namespaces").splitlines()
     assert ns[1].split()[-1] == "ctrl0" and ns[2].split()[-1] == "-"
@@ -206,7 +206,7 @@ def test_type_help(ctx: MonitorContext) -> None:
     assert out(ctx, "device_add help") == 'Storage devices:\nname "x-nvme-ctrl"\n'
     props = out(ctx, "device_add x-nvme-ctrl,help").splitlines()
     assert props[0] == "x-nvme-ctrl options:"
-    assert any(p.startswith("  doorbells=<str>") and "(default: \"mmap\")" in p for p in props)
+    assert any(p.startswith("  doorbells=<str>") and "(default: \"trap\")" in p for p in props)
     assert "  x-nvme-subsystem\n" in out(ctx, "object_add help")
     assert out(ctx, "object_add x-nvme-ns-nvm,help").startswith("x-nvme-ns-nvm options:\n")
 

@@ -64,7 +64,7 @@ def config(file_path: Path) -> dict[str, Any]:
             {"driver": "x-nvme-ctrl", "id": "ctrl0", "subsys": "subsys0"},
             {"driver": "x-nvme-ctrl", "id": "ctrl1", "subsys": "sub2", "serial": "SER-1", "model": "Model One",
              "firmware": "2.5", "cntlid": 7, "max-ioqpairs": 8, "max-intr-vectors": 9, "mqes": 255,
-             "max-aer-retention": 10, "aerl": 1, "mdts": 5, "doorbells": "trap", "ocp": True},
+             "max-aer-retention": 10, "aerl": 1, "mdts": 5, "doorbells": "mmap", "ocp": True},
         ],
     }
 

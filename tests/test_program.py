@@ -336,7 +336,7 @@ bus: main-system-bus
         max-aer-retention = 100
         aerl = 3
         mdts = 7
-        doorbells = "mmap"
+        doorbells = "trap"
         ocp = false
         connected = false
         bus: ctrl0
@@ -407,7 +407,7 @@ bus: main-system-bus
         max-aer-retention = 100
         aerl = 3
         mdts = 7
-        doorbells = "mmap"
+        doorbells = "trap"
         ocp = false
         connected = false
         bus: ctrl1

@@ -38,9 +38,10 @@ class ControllerConfig:
     aerl: int = 3
     #: Identify MDTS (power of two of the minimum page size; 0 = no limit).
     mdts: int = 7
-    #: "mmap": doorbell page shared through a memfd and polled; "trap": every
-    #: doorbell write is a vfio-user REGION_WRITE message.
-    doorbells: str = "mmap"
+    #: "trap" (default): doorbell writes are vfio-user messages, made rare by shadow
+    #: doorbells; the IOThread sleeps until one comes. "mmap": the doorbell page is
+    #: shared through a memfd and polled (README, "Doorbells", says why trap is the default).
+    doorbells: str = "trap"
     vendor_id: int = PCI_VENDOR_ID
     device_id: int = PCI_DEVICE_ID
     #: Identify VID / SSVID (PCI vendor and subsystem vendor IDs).
