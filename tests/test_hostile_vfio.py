@@ -136,7 +136,7 @@ def test_version_with_deep_nesting_is_refused_quietly(tmp_path, caplog):
     from nvshell.device.vfio_user.server import VfioUserServer
     io = IOThread("nest")
     io.start()
-    ctrl = Controller(ControllerConfig(), None, io)
+    ctrl = Controller(ControllerConfig(doorbells="mmap"), None, io)
     path = str(tmp_path / "n.sock")
     server = VfioUserServer(path, ctrl.pci, io, name="nest")
     server.start()
@@ -286,7 +286,7 @@ def test_vfio_user_socket_is_owner_only_whatever_the_umask(tmp_path):
     from nvshell.device.vfio_user.server import VfioUserServer
     io = IOThread("perm")
     io.start()
-    ctrl = Controller(ControllerConfig(), None, io)
+    ctrl = Controller(ControllerConfig(doorbells="mmap"), None, io)
     path = str(tmp_path / "p.sock")
     old = os.umask(0)
     try:
