@@ -96,8 +96,7 @@ class IostatSampler:
             if not d.is_a(TYPE_CTRL) or d.model is None or d.iothread is None:
                 continue  # being created or removed
             try:
-                # bounded like every wait on an IOThread: a stuck one costs its sample, not the sampler
-                queues, br, bw, nr, nw = await d.iothread.call(_read_controller, d.model)
+                queues, br, bw, nr, nw = await asyncio.wrap_future(d.iothread.submit(_read_controller, d.model))
             except Exception:  # noqa: BLE001 - removed between the listing and the read
                 continue
             sample.ctrls[d.id] = CtrlSample(
