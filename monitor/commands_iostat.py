@@ -89,6 +89,12 @@ class IostatSampler:
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._run(), name="iostat-sampler")
 
+    def stop(self) -> None:
+        """End the sampling task (nvshell is stopping: the IOThreads it reads are going away)."""
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+
     async def sample(self) -> Sample:
         sample = Sample(time.monotonic())
         latency = _latency_buckets(self.ctx)

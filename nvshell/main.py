@@ -18,6 +18,7 @@ import os
 import signal
 import stat
 import sys
+import typing
 from pathlib import Path
 
 from nvshell.device.errors import NvshellError
@@ -142,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         specs = cmdline.parse(objects=args.object, devices=args.device, readconfig=args.readconfig)
         qmp_addresses = [parse_qmp_address(a) for a in args.qmp]
         run_dir = prepare_run_dir(args.run_dir or default_run_dir())
-        return asyncio.run(serve(args, run_dir, specs, qmp_addresses))
+        return _run_to_end(serve(args, run_dir, specs, qmp_addresses))
     except NvshellError as exc:
         print(f"nvshell: error: {exc}", file=sys.stderr)
         return 1
@@ -156,6 +157,7 @@ async def serve(args: argparse.Namespace, run_dir: Path, specs: "cmdline.Specs",
     machine = Machine(run_dir)
     machine.set_control_plane(loop.call_soon_threadsafe)   # guest-made tree changes run on this loop
     servers: list[QMPServer] = []
+    ctx: MonitorContext | None = None
     try:
         if specs.empty:
             cmdline.default_topology(machine)
@@ -170,7 +172,7 @@ async def serve(args: argparse.Namespace, run_dir: Path, specs: "cmdline.Specs",
             apply_fault_options(machine, args.fault)
         # Handlers before the QMP socket appears: whoever sees the socket may signal us at once.
         for sig in (signal.SIGTERM, signal.SIGHUP):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, _stop_or_exit, stop, sig)
         # SIGINT: cancel the shell's running command, else stop cleanly like SIGTERM (status 0).
         route_sigint(loop, stop.set)
         for address in [parse_qmp_address(f"unix:{run_dir / 'qmp.sock'},server=on,wait=off"), *qmp_addresses]:
@@ -185,9 +187,53 @@ async def serve(args: argparse.Namespace, run_dir: Path, specs: "cmdline.Specs",
         return await _run_frontend(args, ctx, stop)
     finally:
         unroute_sigint(loop)
+        if ctx is not None:
+            from nvshell.monitor.commands_iostat import sampler_of
+            sampler_of(ctx).stop()
         for server in servers:
             await server.close()
         machine.shutdown()
+
+
+def _stop_or_exit(stop: asyncio.Event, sig: int) -> None:
+    """The first SIGTERM/SIGHUP stops nvshell cleanly; a second one, while it is still stopping,
+    ends the process at once (as the user asked twice)."""
+    if not stop.is_set():
+        stop.set()
+    else:
+        os._exit(128 + sig)
+
+
+#: How long the tasks still alive when ``serve`` returns (QMP sessions finishing a reply, the
+#: statistics sampler) may take to honour their cancellation before nvshell exits anyway.
+EXIT_GRACE_S = 3.0
+
+
+def _run_to_end(coro: "asyncio.Future[int] | typing.Coroutine[object, object, int]") -> int:
+    """``asyncio.run`` with a bounded end.
+
+    ``asyncio.run`` cancels the tasks left at exit and then waits for them without limit: one task
+    that never finishes would keep a stopping nvshell alive forever.  Here they get
+    ``EXIT_GRACE_S``; a task still running after that is named on stderr and abandoned.
+    """
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        return loop.run_until_complete(coro)
+    finally:
+        try:
+            pending = [task for task in asyncio.all_tasks(loop) if not task.done()]
+            for task in pending:
+                task.cancel()
+            if pending:
+                _, stuck = loop.run_until_complete(asyncio.wait(pending, timeout=EXIT_GRACE_S))
+                for task in stuck:
+                    print(f"nvshell: warning: task {task.get_name()} did not stop within {EXIT_GRACE_S:g} s; "
+                          "exiting anyway", file=sys.stderr)
+            loop.run_until_complete(loop.shutdown_asyncgens())
+        finally:
+            asyncio.set_event_loop(None)
+            loop.close()
 
 
 async def _run_frontend(args: argparse.Namespace, ctx: MonitorContext, stop: asyncio.Event) -> int:
