@@ -83,14 +83,17 @@ class IostatSampler:
         self.ctx = ctx
         self.samples: deque[Sample] = deque(maxlen=HISTORY)
         self._task: asyncio.Task[None] | None = None
+        self._stopped = False
         self._new = asyncio.Event()
 
     def start(self) -> None:
+        self._stopped = False
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._run(), name="iostat-sampler")
 
     def stop(self) -> None:
         """End the sampling task (nvshell is stopping: the IOThreads it reads are going away)."""
+        self._stopped = True   # also ends a loop whose cancellation asyncio.wait_for swallowed (3.11)
         if self._task is not None:
             self._task.cancel()
             self._task = None
@@ -102,7 +105,8 @@ class IostatSampler:
             if not d.is_a(TYPE_CTRL) or d.model is None or d.iothread is None:
                 continue  # being created or removed
             try:
-                queues, br, bw, nr, nw = await asyncio.wrap_future(d.iothread.submit(_read_controller, d.model))
+                # bounded like every wait on an IOThread: a stuck one costs its sample, not the sampler
+                queues, br, bw, nr, nw = await d.iothread.call(_read_controller, d.model)
             except Exception:  # noqa: BLE001 - removed between the listing and the read
                 continue
             sample.ctrls[d.id] = CtrlSample(
@@ -114,7 +118,7 @@ class IostatSampler:
         return sample
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopped:
             self.samples.append(await self.sample())
             self._new.set()
             self._new = asyncio.Event()
