@@ -181,7 +181,9 @@ def test_mdts_and_psdt_checks(guest):
         cmd = make_cmd(flags=psdt << 6, dptr1=a)
         expect = Status.INVALID_FIELD
         assert status_of(map_data, guest.memory, cmd, 512, allow_sgl=False) == expect
-    assert status_of(map_data, guest.memory, make_cmd(flags=2 << 6, dptr1=a), 512) == Status.INVALID_FIELD
+    # PSDT 10b maps the data SGL like 01b (only MPTR differs): a zero-length data block is too short.
+    assert status_of(map_data, guest.memory, make_cmd(flags=2 << 6, dptr1=a), 512) == Status.DATA_SGL_LENGTH_INVALID
+    assert map_data(guest.memory, make_cmd(flags=2 << 6, dptr1=a, dptr2=512), 512).segments == [(a, 512)]
     assert status_of(map_data, guest.memory, make_cmd(flags=3 << 6, dptr1=a), 512) == Status.INVALID_FIELD
 
 

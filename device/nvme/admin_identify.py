@@ -63,6 +63,9 @@ VWC_PRESENT = 1 << 0
 VWC_FLUSH_BROADCAST = 0b11 << 1
 SGLS_SUPPORTED = 1 << 0            # 01b: SGLs supported, no alignment requirement
 SGLS_BIT_BUCKET = 1 << 16
+#: Bit 19 (MSDS): MPTR may hold the address of one qword-aligned SGL descriptor (PSDT 10b),
+#: ``dataxfer.map_metadata``. Bit 20 (SGL Address field as offset) stays clear: not offered.
+SGLS_MPTR_SGL = 1 << 19
 CNTRLTYPE_IO = 1
 #: CTRATT bit 15: Extended LBA Formats Supported (CNS 05's ELBAF list, hence the 64b guard).
 CTRATT_ELBAS = 1 << 15
@@ -298,7 +301,7 @@ def identify_controller(ctrl: "ControllerContext") -> bytes:
         oncs=oncs(),
         vwc=VWC_PRESENT | VWC_FLUSH_BROADCAST,
         ocfs=0b1111 if NvmOpcode.COPY in NVM else 0,   # descriptor formats 0/2 (16b guard), 1/3 (64b guard)
-        sgls=SGLS_SUPPORTED | SGLS_BIT_BUCKET,
+        sgls=SGLS_SUPPORTED | SGLS_BIT_BUCKET | SGLS_MPTR_SGL,
         mnan=max_nsid(ctrl),
         subnqn=subsys.subnqn.encode()[:255],
         psd0=psd0,

@@ -14,6 +14,10 @@ status the spec names; the only other exception a caller can see is
 ``MemoryFault`` (a region unmapped or read-only at ``views()`` time), which the
 controller turns into Data Transfer Error.
 
+The separate metadata buffer (``map_metadata``) is MPTR itself for PRPs and
+PSDT 01b, and for PSDT 10b an SGL of its own whose first descriptor lies at
+MPTR, walked by the same code as the data SGL.
+
 Bit bucket SGL descriptors (data the host wants discarded) appear in
 ``segments`` with address ``None``; they are only valid when the device writes
 to the host (``views(write=True)``, ``to_guest``), and using them in the other
@@ -56,6 +60,8 @@ PSDT_SGL_MPTR_CONTIGUOUS = 1
 PSDT_SGL_MPTR_SGL = 2
 
 _U64_LIMIT = 1 << 64
+#: A descriptor read from memory as the two qwords DPTR would hold (address; length + SGL identifier).
+_SGL_FIRST = struct.Struct("<QQ")
 _SCRATCH_SIZE = 1 << 20
 #: Sink for bit-bucket data. Shared by all threads on purpose: what lands here
 #: is discarded, so concurrent scribbling does not matter.
@@ -173,10 +179,40 @@ def map_data(memory: "GuestMemory", cmd: "Command", length: int, *, page_size: i
                 pass
         pieces = _map_prp(memory, cmd.dptr1, cmd.dptr2, length, page_size)
         bucket = False
-    elif psdt == PSDT_SGL_MPTR_CONTIGUOUS and allow_sgl:
+    elif psdt in (PSDT_SGL_MPTR_CONTIGUOUS, PSDT_SGL_MPTR_SGL) and allow_sgl:
         pieces, bucket = _map_sgl(memory, cmd.dptr1, cmd.dptr2, length)
     else:
         raise NvmeError(Status.INVALID_FIELD, msg=f"unsupported PSDT {psdt}")
+    return DataMap(memory, _validate(memory, pieces), length, bucket)
+
+
+def map_metadata(memory: "GuestMemory", cmd: "Command", length: int) -> DataMap:
+    """The separate metadata buffer of ``cmd`` (MSET=0), per PSDT.
+
+    PRPs and PSDT 01b: MPTR is the address of one physically contiguous buffer.
+    PSDT 10b: MPTR is the (qword-aligned) address of one SGL descriptor -- a
+    data block, bit bucket, or a segment / last segment descriptor starting a
+    chain -- walked with the same rules as the data SGL; an SGL that describes
+    less (or more) than the metadata gets Metadata SGL Length Invalid.
+    """
+    if ((cmd.flags >> 6) & 0x3) != PSDT_SGL_MPTR_SGL:
+        return map_contiguous(memory, cmd.mptr, length)
+    if length <= 0:
+        return DataMap(memory, [], 0)
+    mptr = cmd.mptr
+    if mptr & 0x7:
+        raise NvmeError(Status.INVALID_FIELD, msg=f"metadata SGL pointer {mptr:#x} not qword aligned")
+    try:
+        with memory.view(mptr, SGL_DESCRIPTOR.size) as raw:
+            addr, rest = _SGL_FIRST.unpack(raw)
+    except MemoryFault:
+        raise NvmeError(Status.DATA_TRANSFER_ERROR, msg=f"metadata SGL descriptor at {mptr:#x} not mapped") from None
+    try:
+        pieces, bucket = _map_sgl(memory, addr, rest, length)
+    except NvmeError as err:
+        if err.status != Status.DATA_SGL_LENGTH_INVALID:
+            raise
+        raise NvmeError(Status.METADATA_SGL_LENGTH_INVALID, msg=f"metadata {err}") from None
     return DataMap(memory, _validate(memory, pieces), length, bucket)
 
 

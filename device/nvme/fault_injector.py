@@ -58,7 +58,7 @@ from nvshell.device.faults import AEN_KINDS, AEN_WARNING_BITS, FaultRule, FaultS
 from nvshell.device.nvme.spec import LBA_OPCODES, opcode_label
 from nvshell.device.nvme import dif, nvm_meta
 from nvshell.device.nvme.commands import DEFERRED, Command
-from nvshell.device.nvme.dataxfer import map_contiguous
+from nvshell.device.nvme.dataxfer import map_metadata
 from nvshell.device.nvme.spec import AsyncEventType, LogPage, NoticeInfo
 from nvshell.device.nvme import nvm_uncorrectable
 from nvshell.device.nvme.status import SCT, NvmeError, Status
@@ -362,7 +362,7 @@ class FaultInjector:
             dmap = self.ctrl.transfer(cmd, nlb * step)
         else:
             step, base = ms, where
-            dmap = map_contiguous(self.ctrl.memory, cmd.mptr, nlb * ms)
+            dmap = map_metadata(self.ctrl.memory, cmd, nlb * ms)
         for lba in range(first, end):
             _xor_byte(self.ctrl.memory, dmap, (lba - slba) * step + base, dif.CORRUPT_MASK)
 

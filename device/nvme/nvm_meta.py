@@ -23,7 +23,7 @@ from __future__ import annotations
 from typing import Any, Iterable, Iterator
 
 from nvshell.device.backends import BackendError
-from nvshell.device.nvme.dataxfer import map_contiguous
+from nvshell.device.nvme.dataxfer import map_metadata
 from nvshell.device.nvme.dif import PRCHK_MASK, PRINFO_PRACT, PiError, Protection, command_reftag
 from nvshell.device.nvme.status import NvmeError, Status
 
@@ -126,8 +126,8 @@ def _media(exc: BackendError, write: bool) -> NvmeError:
 
 
 def _metadata_map(ctrl: Any, cmd: Any, length: int) -> Any:
-    """The separate metadata buffer (MPTR): physically contiguous for PRPs and for PSDT 01b."""
-    return map_contiguous(ctrl.memory, cmd.mptr, length)
+    """The separate metadata buffer: MPTR as a contiguous buffer, or as a metadata SGL (PSDT 10b)."""
+    return map_metadata(ctrl.memory, cmd, length)
 
 
 def _check_command(prot: Protection | None, pi: PiFields | None, slba: int) -> None:
