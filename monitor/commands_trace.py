@@ -1,16 +1,15 @@
-"""trace-event-get-state / trace-event-set-state over a tiny trace-control interface.
+"""trace-event-get-state / trace-event-set-state over a small trace-control interface.
 
-Why an interface: tracing is built elsewhere (later).  The monitor only needs to list
-events matching a glob with their state and to switch them; whatever implements
-``TraceControl`` is wired as ``ctx.trace``.  Without one, the commands behave like
-QEMU with no matching events.
+Why an interface: the monitor only needs to list events matching a glob with their state
+and to switch them, so it depends on ``TraceControl`` rather than on device/trace.py; the
+program wires the process's ``device.trace.TRACE`` as ``ctx.trace`` (tests wire a fresh
+``TraceRegistry`` holding copies of declared trace points). Without one, the commands
+behave like QEMU with no matching events.
 """
 
 from __future__ import annotations
 
-import fnmatch
-import threading
-from typing import Any, Iterable, Protocol
+from typing import Any, Protocol
 
 from nvshell.device.errors import NvshellError
 from nvshell.monitor.errors import GenericError
@@ -29,35 +28,6 @@ class TraceControl(Protocol):
 
     def set_state(self, pattern: str, enable: bool) -> Any:
         """Enable/disable every event matching the glob (the result is ignored)."""
-
-
-class SimpleTraceControl:
-    """A dict of event name -> enabled, for tests and until real tracing lands."""
-
-    def __init__(self, names: Iterable[str] = (), enabled: Iterable[str] = ()) -> None:
-        self._lock = threading.Lock()
-        self._state = {name: False for name in names}
-        for name in enabled:
-            self._state[name] = True
-
-    def add(self, name: str, enabled: bool = False) -> None:
-        with self._lock:
-            self._state[name] = enabled
-
-    def get_state(self, pattern: str) -> dict[str, bool]:
-        with self._lock:
-            return {n: on for n, on in sorted(self._state.items()) if fnmatch.fnmatchcase(n, pattern)}
-
-    def set_state(self, pattern: str, enable: bool) -> int:
-        with self._lock:
-            names = [n for n in self._state if fnmatch.fnmatchcase(n, pattern)]
-            for n in names:
-                self._state[n] = enable
-            return len(names)
-
-    def enabled(self, name: str) -> bool:
-        with self._lock:
-            return self._state.get(name, False)
 
 
 def _is_pattern(name: str) -> bool:

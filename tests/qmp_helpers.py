@@ -15,9 +15,22 @@ import threading
 import time
 from typing import Any, Callable, Optional
 
-from nvshell.monitor.commands_trace import SimpleTraceControl
+from nvshell.device import trace as T
+from nvshell.device.trace import TracePoint, TraceRegistry
 from nvshell.monitor.context import MonitorContext
 from nvshell.monitor.qmp.server import QMPServer
+
+
+def trace_registry(*points: TracePoint, enabled: tuple[TracePoint, ...] = ()) -> TraceRegistry:
+    """A fresh real ``TraceRegistry`` holding copies of the given declared trace points
+    (device/trace.py), so a test can switch states without touching the process-wide
+    ``TRACE``, and a renamed trace point changes the names the tests expect (they fail)."""
+    registry = TraceRegistry()
+    for tp in points:
+        registry.point(tp.name, doc=tp.doc, **tp.fields)
+    for tp in enabled:
+        registry.set_state(tp.name, True)
+    return registry
 
 
 class FakeMachine:
@@ -99,7 +112,7 @@ class MonitorThread:
         self.machine = machine
         self.loop = asyncio.new_event_loop()
         self.shutdown_requests = 0
-        self.trace = SimpleTraceControl(["nvme_read", "nvme_write", "vfu_msg_in"], enabled=["vfu_msg_in"])
+        self.trace = trace_registry(T.NVME_CMD_SUBMIT, T.NVME_CMD_COMPLETE, T.VFU_MSG_IN, enabled=(T.VFU_MSG_IN,))
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
         self.unix_path = os.path.join(self.tmp_path, "qmp.sock")

@@ -8,10 +8,11 @@ from typing import Any, Iterator
 
 import pytest
 
+from nvshell.device import trace as T
 from nvshell.device.machine import Machine
-from nvshell.monitor.commands_trace import SimpleTraceControl
 from nvshell.monitor.context import MonitorContext
 from nvshell.monitor.hmp import HMPError, HMPResult, execute_line, run_hmp, split_word
+from tests.qmp_helpers import trace_registry
 
 
 SUBSYS = "object_add x-nvme-subsystem,id=subsys0,subnqn=nqn.2024-01.io.nvshell:s0," \
@@ -26,7 +27,7 @@ CTRL = "device_add x-nvme-ctrl,id=ctrl0,subsys=subsys0"
 @pytest.fixture
 def ctx(tmp_path: Any) -> Iterator[MonitorContext]:
     machine = Machine(str(tmp_path))
-    c = MonitorContext(machine=machine, trace=SimpleTraceControl(["nvme_admin_cmd", "nvme_io_cmd"]))
+    c = MonitorContext(machine=machine, trace=trace_registry(T.NVME_CMD_SUBMIT, T.NVME_CMD_COMPLETE))
     yield c
     machine.shutdown()
 
@@ -96,7 +97,7 @@ def test_info_lines_have_two_words(ctx: MonitorContext) -> None:
     ("device_del nope", "Error: Device 'nope' not found"),
     ("qom-list /nope", None),
     ("qom-get /objects nope", None),
-    ("trace-event nvme_io_cmd maybe", "Error: Parameter 'option' expects 'on' or 'off'"),
+    ("trace-event nvme_cmd_submit maybe", "Error: Parameter 'option' expects 'on' or 'off'"),
     ('qom-get "/objects', "Error: unterminated string literal"),
     ("info queues nope", "Error: Device 'nope' not found"),
 ])
@@ -212,8 +213,9 @@ def test_type_help(ctx: MonitorContext) -> None:
 
 
 def test_trace_events(ctx: MonitorContext) -> None:
-    assert out(ctx, "info trace-events") == "nvme_admin_cmd : state 0\nnvme_io_cmd : state 0\n"
-    assert out(ctx, "trace-event nvme_io* on", "info trace-events nvme_io*") == "nvme_io_cmd : state 1\n"
+    assert out(ctx, "info trace-events") == "nvme_cmd_complete : state 0\nnvme_cmd_submit : state 0\n"
+    assert out(ctx, "trace-event nvme_cmd_s* on", "info trace-events nvme_cmd_s*") == \
+        "nvme_cmd_submit : state 1\n"
 
 
 def test_quit_and_run_hmp(ctx: MonitorContext) -> None:

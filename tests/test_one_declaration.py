@@ -17,16 +17,17 @@ import pytest
 
 from nvshell import cmdline
 from nvshell.completion import HMPCompleter
+from nvshell.device import trace as T
 from nvshell.device.errors import NvshellError
 from nvshell.device.faults import FAULT_ARGS, FaultRule
 from nvshell.device.keyval import BOOL_WORDS, parse_bool
 from nvshell.device.machine import Machine
 from nvshell.device.qom.properties import BoolType
 from nvshell.monitor.commands_faults import apply_fault_options
-from nvshell.monitor.commands_trace import SimpleTraceControl
 from nvshell.monitor.context import MonitorContext
 from nvshell.monitor.hmp import execute_line
 from nvshell.monitor.qmp.address import parse_qmp_address
+from tests.qmp_helpers import trace_registry
 
 NS = "x-nvme-ns-nvm,id=ns1,subsys=subsys0,size=1M,attached-to=ctrl0,attached-to=ctrl1,file=/dev/null,,x"
 
@@ -34,7 +35,7 @@ NS = "x-nvme-ns-nvm,id=ns1,subsys=subsys0,size=1M,attached-to=ctrl0,attached-to=
 @pytest.fixture
 def ctx(tmp_path: Any) -> Iterator[MonitorContext]:
     machine = Machine(str(tmp_path))
-    yield MonitorContext(machine=machine, trace=SimpleTraceControl(["nvme_admin_cmd", "nvme_io_cmd"]))
+    yield MonitorContext(machine=machine, trace=trace_registry(T.NVME_CMD_SUBMIT, T.NVME_CMD_COMPLETE))
     machine.shutdown()
 
 

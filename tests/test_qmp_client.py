@@ -218,9 +218,10 @@ def test_trace_events(mon):
     async def main() -> None:
         c = await connect(mon.unix_path)
         states = await c.execute("trace-event-get-state", {"name": "nvme_*"})
-        assert [(s["name"], s["state"]) for s in states] == [("nvme_read", "disabled"), ("nvme_write", "disabled")]
-        await c.execute("trace-event-set-state", {"name": "nvme_r*", "enable": True})
-        states = await c.execute("trace-event-get-state", {"name": "nvme_read"})
+        assert [(s["name"], s["state"]) for s in states] == [("nvme_cmd_complete", "disabled"),
+                                                                    ("nvme_cmd_submit", "disabled")]
+        await c.execute("trace-event-set-state", {"name": "nvme_cmd_s*", "enable": True})
+        states = await c.execute("trace-event-get-state", {"name": "nvme_cmd_submit"})
         assert states[0]["state"] == "enabled"
         assert await c.execute("trace-event-get-state", {"name": "zz*"}) == []
         await expect_error(c, "trace-event-get-state", {"name": "zz"}, "GenericError", 'unknown event "zz"')

@@ -8,11 +8,12 @@ from typing import Any
 
 import pytest
 
+from nvshell.device import trace as T
 from nvshell.monitor.context import MonitorContext
-from nvshell.monitor.commands_trace import SimpleTraceControl
 from nvshell.monitor.hmp import HMPResult
 from nvshell.completion import HMPCompleter, tokenize
 from nvshell.shell import format_toolbar, run_script, script_loop, shell_loop
+from tests.qmp_helpers import trace_registry
 
 # -- a canned QMP world for the completer ----------------------------------------------
 
@@ -41,7 +42,7 @@ async def fake_query(name: str, args: dict[str, Any]) -> Any:
     if name in ("qom-list-properties", "device-list-properties"):
         return PROPS[args["typename"]]
     if name == "trace-event-get-state":
-        return [{"name": "nvme_admin_cmd", "state": "disabled"}, {"name": "nvme_io_cmd", "state": "enabled"}]
+        return [{"name": T.NVME_CMD_COMPLETE.name, "state": "disabled"}, {"name": T.NVME_CMD_SUBMIT.name, "state": "enabled"}]
     raise KeyError(name)
 
 
@@ -81,9 +82,9 @@ def test_tokenize() -> None:
     ("qom-list /objects/n", ["/objects/ns1"]),
     ("qom-get /objects/ns1 lb", ["lba-size"]),
     ("qom-set /objects/ns1 ready ", ["on", "off"]),
-    ("trace-event nvme_a", ["nvme_admin_cmd"]),
-    ("trace-event nvme_io_cmd o", ["on", "off"]),
-    ("info trace-events nvme_i", ["nvme_io_cmd"]),
+    ("trace-event nvme_cmd_c", ["nvme_cmd_complete"]),
+    ("trace-event nvme_cmd_submit o", ["on", "off"]),
+    ("info trace-events nvme_cmd_s", ["nvme_cmd_submit"]),
     ("nosuch x", []),
     ("quit ", []),
 ])
@@ -108,7 +109,7 @@ def test_completion_meta_shows_help() -> None:
 
 
 def ctx() -> MonitorContext:
-    return MonitorContext(trace=SimpleTraceControl(["nvme_admin_cmd", "nvme_io_cmd"]))
+    return MonitorContext(trace=trace_registry(T.NVME_CMD_SUBMIT, T.NVME_CMD_COMPLETE))
 
 
 def script(text: str, **kw: Any) -> tuple[int, str, str]:
@@ -122,9 +123,9 @@ def script(text: str, **kw: Any) -> tuple[int, str, str]:
 
 
 def test_script_ok() -> None:
-    rc, out, err = script("# a comment\n\ninfo status\n  trace-event nvme_io_cmd on\ninfo trace-events nvme_io*\n")
+    rc, out, err = script("# a comment\n\ninfo status\n  trace-event nvme_cmd_submit on\ninfo trace-events nvme_cmd_s*\n")
     assert (rc, err) == (0, "")
-    assert out == "VM status: running\nnvme_io_cmd : state 1\n"
+    assert out == "VM status: running\nnvme_cmd_submit : state 1\n"
 
 
 def test_script_stops_at_first_error() -> None:

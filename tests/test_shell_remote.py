@@ -8,12 +8,13 @@ from typing import Any
 
 import pytest
 
+from nvshell.device import trace as T
 from nvshell.device.machine import Machine
-from nvshell.monitor.commands_trace import SimpleTraceControl
 from nvshell.monitor.context import MonitorContext
 from nvshell.monitor.qmp.server import QMPServer
 from nvshell.completion import HMPCompleter
 from nvshell.remote import RemoteBackend, connect, parse_address, run_remote
+from tests.qmp_helpers import trace_registry
 
 
 def test_parse_address() -> None:
@@ -28,7 +29,7 @@ def test_parse_address() -> None:
 
 async def serving(tmp_path: Any, body: Any) -> Any:
     machine = Machine(str(tmp_path))
-    ctx = MonitorContext(machine=machine, trace=SimpleTraceControl(["nvme_io_cmd"]))
+    ctx = MonitorContext(machine=machine, trace=trace_registry(T.NVME_CMD_SUBMIT))
     server = QMPServer(ctx)
     path = str(tmp_path / "qmp.sock")
     await server.listen_unix(path)

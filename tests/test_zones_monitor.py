@@ -10,9 +10,9 @@ import pytest
 
 from nvshell.device.machine import Machine
 from nvshell.device.nvme.zoned import ZoneState
-from nvshell.monitor.commands_trace import SimpleTraceControl
 from nvshell.monitor.context import MonitorContext
 from tests.test_hmp import err, out
+from tests.qmp_helpers import trace_registry
 
 SETUP = ("object_add x-nvme-subsystem,id=subsys0",
          "object_add x-nvme-ns-nvm,id=ns1,subsys=subsys0,size=1M",
@@ -23,7 +23,7 @@ SETUP = ("object_add x-nvme-subsystem,id=subsys0",
 @pytest.fixture
 def ctx(tmp_path: Any) -> Iterator[MonitorContext]:
     machine = Machine(str(tmp_path))
-    c = MonitorContext(machine=machine, trace=SimpleTraceControl([]))
+    c = MonitorContext(machine=machine, trace=trace_registry())
     yield c
     machine.shutdown()
 
