@@ -267,6 +267,7 @@ def test_quit_replies_then_shutdown_event(fake_mon):
         await c.disconnect()
         await watcher.disconnect()
     run(main())
+    fake_mon.run(lambda: None)   # the shutdown request is queued on the loop behind the event
     assert fake_mon.shutdown_requests == 1
 
 
