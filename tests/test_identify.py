@@ -1,45 +1,64 @@
 """Identify (06h): every CNS, its errors, and the Identify Controller byte offsets
-checked against the NVMe base specification (not against our own Layout)."""
+checked against the NVMe base specification (not against our own Layout).
+
+The commands run on real controllers in a real subsystem (tests/admin_rig.py)."""
 
 from __future__ import annotations
 
 import struct
+from typing import Iterator
 
 import pytest
 
+from nvshell.device.backends import MemoryBackend
 from nvshell.device.nvme.admin_identify import ID_CTRL, oncs
 from nvshell.device.nvme.commands import CommandTable
+from nvshell.device.nvme.namespace import NvmNamespace
 from nvshell.device.nvme.spec import CSI, NvmOpcode
 from nvshell.device.nvme.status import NvmeError, Status
 from nvshell.device.nvme.subsystem import Subsystem
-from tests.test_subsystem import FakeController, FakeNamespace, run_admin
+from nvshell.device.nvme.zoned import ZonedNamespace
+from tests.admin_rig import AdminRig
 
 IDENTIFY = 0x06
+NS_BYTES = 1024 * 512
+
+
+def nvm_ns() -> NvmNamespace:
+    return NvmNamespace(MemoryBackend(NS_BYTES), lba_size=512)
 
 
 @pytest.fixture
-def setup() -> tuple[Subsystem, FakeController, FakeController, FakeNamespace, FakeNamespace]:
+def setup() -> Iterator[tuple[Subsystem, AdminRig, AdminRig, NvmNamespace, ZonedNamespace]]:
     s = Subsystem("nqn.2024-01.io.nvshell:test")
-    a, b = FakeController(s), FakeController(s, cntlid=5)
-    n1, n2 = FakeNamespace(), FakeNamespace(csi=CSI.ZONED)
+    a, b = AdminRig(s), AdminRig(s, cntlid=5)
+    n1 = nvm_ns()
+    n2 = ZonedNamespace(MemoryBackend(NS_BYTES), lba_size=512, zone_size=64 << 10)
     s.add_namespace(n1)      # nsid 1: attached to a
     s.add_namespace(n2, 3)   # nsid 3: attached to a and b
-    s.attach(1, a, notify=False)
+    s.attach(1, a.ctrl, notify=False)
     s.attach_all(3, notify=False)
-    s.add_namespace(FakeNamespace(), 2)  # nsid 2: allocated, not attached
-    return s, a, b, n1, n2
+    s.add_namespace(nvm_ns(), 2)  # nsid 2: allocated, not attached
+    yield s, a, b, n1, n2
+    a.close()
+    b.close()
 
 
-def identify(ctrl: FakeController, cns: int, nsid: int = 0, cntid: int = 0, csi: int = 0) -> bytes:
-    _, out = run_admin(ctrl, IDENTIFY, nsid, cdw10=cns | (cntid << 16), cdw11=csi << 24)
+def identify(rig: AdminRig, cns: int, nsid: int = 0, cntid: int = 0, csi: int = 0) -> bytes:
+    _, out = rig.admin(IDENTIFY, nsid, cdw10=cns | (cntid << 16), cdw11=csi << 24)
     assert len(out) == 4096
     return out
 
 
-def identify_error(ctrl: FakeController, cns: int, nsid: int = 0, **kw: int) -> int:
+def identify_error(rig: AdminRig, cns: int, nsid: int = 0, **kw: int) -> int:
     with pytest.raises(NvmeError) as e:
-        identify(ctrl, cns, nsid, **kw)
+        identify(rig, cns, nsid, **kw)
     return e.value.status
+
+
+def page(data: bytes) -> bytes:
+    """A namespace's own structure as Identify returns it: one 4 KiB page."""
+    return data.ljust(4096, b"\0")
 
 
 def u16(b: bytes, off: int) -> int:
@@ -107,7 +126,7 @@ def test_oncs_follows_nvm_table() -> None:
 
 def test_identify_namespace(setup) -> None:
     s, a, b, n1, n2 = setup
-    assert identify(a, 0x00, 1) == n1.identify_ns()
+    assert identify(a, 0x00, 1) == page(n1.identify_ns())
     assert identify(b, 0x00, 1) == bytes(4096)   # allocated elsewhere, not attached to b
     assert identify(a, 0x00, 2) == bytes(4096)   # allocated, attached nowhere
     assert identify(a, 0x00, 200) == bytes(4096)  # unallocated but valid
@@ -134,7 +153,7 @@ def test_active_namespace_list(setup) -> None:
 
 def test_descriptors(setup) -> None:
     s, a, b, n1, _ = setup
-    assert identify(a, 0x03, 1).rstrip(b"\0") == n1.id_descriptors().rstrip(b"\0")
+    assert identify(a, 0x03, 1) == page(n1.id_descriptors())
     assert identify_error(b, 0x03, 1) == Status.INVALID_FIELD
     assert identify_error(a, 0x03, 0) == Status.INVALID_NSID
     assert identify_error(a, 0x03, 0xFFFFFFFF) == Status.INVALID_NSID
@@ -142,9 +161,10 @@ def test_descriptors(setup) -> None:
 
 def test_cs_namespace(setup) -> None:
     s, a, b, n1, n2 = setup
-    assert identify(a, 0x05, 1, csi=CSI.NVM)[:16] == b"\xcc" * 16
+    assert identify(a, 0x05, 1, csi=CSI.NVM) == page(n1.identify_ns_csi())
     assert identify_error(a, 0x05, 1, csi=CSI.ZONED) == Status.INVALID_FIELD
-    assert identify(a, 0x05, 3, csi=CSI.ZONED)[:16] == b"\xcc" * 16
+    assert identify(a, 0x05, 3, csi=CSI.ZONED) == page(n2.identify_ns_csi())
+    assert n2.identify_ns_csi() != n1.identify_ns_csi()
     assert identify(b, 0x05, 1, csi=CSI.NVM) == bytes(4096)
     assert identify_error(a, 0x05, 0) == Status.INVALID_NSID
 
@@ -168,7 +188,8 @@ def test_cs_active_list(setup) -> None:
 def test_independent_namespace(setup) -> None:
     s, a, b, n1, _ = setup
     d = identify(a, 0x08, 1)
-    assert d[1] == 1 and d[14] == 1 and u16(d, 10) == 7   # NMIC shared, NSTAT ready, NVMSETID
+    assert d[1] == 1 and d[14] == 1                       # NMIC shared, NSTAT ready
+    assert u16(d, 10) == u16(n1.identify_ns(), 100)       # NVMSETID, from the namespace's own CNS 00
     n1.ready = False
     assert identify(a, 0x08, 1)[14] == 0
     assert identify(b, 0x08, 1) == bytes(4096)
@@ -179,11 +200,11 @@ def test_allocated_lists(setup) -> None:
     s, a, b, n1, _ = setup
     assert struct.unpack_from("<4I", identify(b, 0x10, 0)) == (1, 2, 3, 0)
     assert struct.unpack_from("<2I", identify(b, 0x10, 2)) == (3, 0)
-    assert identify(b, 0x11, 1) == n1.identify_ns()    # allocated, not attached to b
+    assert identify(b, 0x11, 1) == page(n1.identify_ns())    # allocated, not attached to b
     assert identify(b, 0x11, 9) == bytes(4096)
     assert identify_error(b, 0x11, 0) == Status.INVALID_NSID
     assert struct.unpack_from("<3I", identify(b, 0x1A, 0, csi=CSI.NVM)) == (1, 2, 0)
-    assert identify(b, 0x1B, 1, csi=CSI.NVM)[:16] == b"\xcc" * 16
+    assert identify(b, 0x1B, 1, csi=CSI.NVM) == page(n1.identify_ns_csi())
     assert identify_error(b, 0x1B, 1, csi=CSI.ZONED) == Status.INVALID_FIELD
 
 
@@ -212,12 +233,10 @@ def test_unknown_cns(setup, cns: int) -> None:
 
 
 def test_with_real_namespace() -> None:
-    """CNS 00/03/05/08 on the real NvmNamespace."""
-    from nvshell.device.nvme import namespace
-    from nvshell.device.backends import MemoryBackend
+    """CNS 00/03/05/08 on a 4 KiB-block namespace."""
     s = Subsystem()
-    a = FakeController(s)
-    ns = namespace.NvmNamespace(MemoryBackend(1 << 20), lba_size=4096)
+    a = AdminRig(s)
+    ns = NvmNamespace(MemoryBackend(1 << 20), lba_size=4096)
     nsid = s.add_namespace(ns)
     s.attach_all(nsid, notify=False)
     d = identify(a, 0x00, nsid)
@@ -228,4 +247,5 @@ def test_with_real_namespace() -> None:
     ind = identify(a, 0x08, nsid)
     assert ind[1] == 1 and ind[14] == 1
     assert struct.unpack_from("<2I", identify(a, 0x02)) == (nsid, 0)
+    a.close()
     ns.close()

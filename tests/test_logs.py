@@ -1,48 +1,61 @@
-"""Get Log Page (02h): page contents, NUMD/offset handling, RAE, Changed NS List."""
+"""Get Log Page (02h): page contents, NUMD/offset handling, RAE, Changed NS List.
+
+The commands run on a real controller in a real subsystem (tests/admin_rig.py)."""
 
 from __future__ import annotations
 
 import struct
+from typing import Iterator
 
 import pytest
 
+from nvshell.device.backends import MemoryBackend
+
 from nvshell.device.nvme.admin_log import effects_log
 from nvshell.device.nvme.commands import ADMIN, EFFECT_CSUPP, EFFECT_LBCC, NVM, CommandTable
+from nvshell.device.nvme.namespace import NvmNamespace
 from nvshell.device.nvme.spec import CSI, LogPage, NvmOpcode
 from nvshell.device.nvme.status import NvmeError, Status
 from nvshell.device.nvme.subsystem import Subsystem
-from tests.test_subsystem import FakeController, FakeNamespace, run_admin
+from tests.admin_rig import AdminRig
 
 GET_LOG = 0x02
 
 
 @pytest.fixture
-def ctrl() -> FakeController:
-    s = Subsystem()
-    return FakeController(s)
+def ctrl() -> Iterator[AdminRig]:
+    rig = AdminRig(Subsystem())
+    yield rig
+    rig.close()
 
 
-def get_log(ctrl: FakeController, lid: int, length: int, offset: int = 0, nsid: int = 0xFFFFFFFF,
+def ns_1m() -> NvmNamespace:
+    return NvmNamespace(MemoryBackend(1 << 20))
+
+
+def get_log(ctrl: AdminRig, lid: int, length: int, offset: int = 0, nsid: int = 0xFFFFFFFF,
             rae: bool = False, csi: int = 0) -> bytes:
     numd = length // 4 - 1
-    _, out = run_admin(ctrl, GET_LOG, nsid, cdw10=lid | (int(rae) << 15) | ((numd & 0xFFFF) << 16),
-                       cdw11=numd >> 16, cdw12=offset & 0xFFFFFFFF, cdw13=offset >> 32,
-                       cdw14=csi << 24)
+    _, out = ctrl.admin(GET_LOG, nsid, length=length,
+                        cdw10=lid | (int(rae) << 15) | ((numd & 0xFFFF) << 16),
+                        cdw11=numd >> 16, cdw12=offset & 0xFFFFFFFF, cdw13=offset >> 32,
+                        cdw14=csi << 24)
     assert len(out) == length
     return out
 
 
-def log_error(ctrl: FakeController, lid: int, length: int = 512, **kw) -> int:
+def log_error(ctrl: AdminRig, lid: int, length: int = 512, **kw) -> int:
     with pytest.raises(NvmeError) as e:
         get_log(ctrl, lid, length, **kw)
     return e.value.status
 
 
-def test_smart(ctrl: FakeController) -> None:
-    ctrl.stats.bytes_read = 512_001      # 1000 units + 1 byte: rounds up to 2
-    ctrl.stats.bytes_written = 512_000
-    ctrl.stats.host_read_commands = 7
-    ctrl.stats.host_write_commands = 9
+def test_smart(ctrl: AdminRig) -> None:
+    stats = ctrl.ctrl.stats
+    stats.bytes_read = 512_001      # 1000 units + 1 byte: rounds up to 2
+    stats.bytes_written = 512_000
+    stats.host_read_commands = 7
+    stats.host_write_commands = 9
     d = get_log(ctrl, LogPage.SMART, 512)
     assert d[0] == 0
     assert struct.unpack_from("<H", d, 1)[0] == 0x143
@@ -57,9 +70,9 @@ def test_smart(ctrl: FakeController) -> None:
     assert log_error(ctrl, LogPage.SMART, nsid=1) == Status.INVALID_FIELD
 
 
-def test_error_log_newest_first(ctrl: FakeController) -> None:
-    ctrl.error_log.record(1, 10, Status.LBA_OUT_OF_RANGE, True, nsid=1, lba=99)
-    ctrl.error_log.record(0, 11, Status.INVALID_FIELD)
+def test_error_log_newest_first(ctrl: AdminRig) -> None:
+    ctrl.ctrl.error_log.record(1, 10, Status.LBA_OUT_OF_RANGE, True, nsid=1, lba=99)
+    ctrl.ctrl.error_log.record(0, 11, Status.INVALID_FIELD)
     d = get_log(ctrl, LogPage.ERROR, 4096)
     count, sqid, cid, sf, loc, lba, nsid = struct.unpack_from("<QHHHHQI", d, 0)
     assert (count, sqid, cid) == (2, 0, 11) and sf >> 1 == Status.INVALID_FIELD
@@ -70,36 +83,39 @@ def test_error_log_newest_first(ctrl: FakeController) -> None:
     assert ctrl.logs_read == [LogPage.ERROR]
 
 
-def test_fw_slot(ctrl: FakeController) -> None:
+def test_fw_slot(ctrl: AdminRig) -> None:
     d = get_log(ctrl, LogPage.FW_SLOT, 512)
     assert d[0] == 1 and d[8:16] == b"1.0     " and d[16:] == bytes(512 - 16)
 
 
-def test_changed_ns_list_clear_on_read_and_rae(ctrl: FakeController) -> None:
-    ctrl.changed_namespaces.update({3, 1})
+def test_changed_ns_list_clear_on_read_and_rae(ctrl: AdminRig) -> None:
+    ctrl.ctrl.note_changed_namespace(3)
+    ctrl.ctrl.note_changed_namespace(1)
     d = get_log(ctrl, LogPage.CHANGED_NS_LIST, 4096, rae=True)
     assert struct.unpack_from("<3I", d) == (1, 3, 0)
-    assert ctrl.changed_namespaces == {1, 3} and ctrl.logs_read == []   # RAE: retained
+    assert ctrl.ctrl.changed_namespaces == [1, 3] and ctrl.logs_read == []   # RAE: retained
     assert get_log(ctrl, LogPage.CHANGED_NS_LIST, 4096) == d
-    assert ctrl.changed_namespaces == set() and ctrl.logs_read == [LogPage.CHANGED_NS_LIST]
+    assert ctrl.ctrl.changed_namespaces == [] and ctrl.logs_read == [LogPage.CHANGED_NS_LIST]
     assert get_log(ctrl, LogPage.CHANGED_NS_LIST, 4096) == bytes(4096)
 
 
-def test_changed_ns_list_overflow(ctrl: FakeController) -> None:
-    ctrl.changed_namespaces.update(range(1, 1100))
+def test_changed_ns_list_overflow(ctrl: AdminRig) -> None:
+    for nsid in range(1, 1100):
+        ctrl.ctrl.note_changed_namespace(nsid)
     d = get_log(ctrl, LogPage.CHANGED_NS_LIST, 4096)
     assert struct.unpack_from("<2I", d) == (0xFFFFFFFF, 0)
 
 
 def test_changed_ns_list_after_subsystem_attach() -> None:
     s = Subsystem()
-    a = FakeController(s)
-    s.add_namespace(FakeNamespace(), 4)
-    s.attach(4, a)
+    a = AdminRig(s)
+    s.add_namespace(ns_1m(), 4)
+    s.attach(4, a.ctrl)
     assert struct.unpack_from("<2I", get_log(a, LogPage.CHANGED_NS_LIST, 4096)) == (4, 0)
+    a.close()
 
 
-def test_offset_and_length(ctrl: FakeController) -> None:
+def test_offset_and_length(ctrl: AdminRig) -> None:
     full = get_log(ctrl, LogPage.FW_SLOT, 512)
     assert get_log(ctrl, LogPage.FW_SLOT, 8, offset=8) == full[8:16]
     # Longer than the page: the rest reads as zeros.
@@ -113,17 +129,17 @@ def test_offset_and_length(ctrl: FakeController) -> None:
     assert len(big) == 0x40004
 
 
-def test_rae_does_not_unmask(ctrl: FakeController) -> None:
+def test_rae_does_not_unmask(ctrl: AdminRig) -> None:
     get_log(ctrl, LogPage.SMART, 512, rae=True)
     assert ctrl.logs_read == []
 
 
 @pytest.mark.parametrize("lid", [0x0C, 0x70, 0xFF])
-def test_unknown_log(ctrl: FakeController, lid: int) -> None:
+def test_unknown_log(ctrl: AdminRig, lid: int) -> None:
     assert log_error(ctrl, lid) == Status.INVALID_LOG_PAGE
 
 
-def test_effects_log(ctrl: FakeController) -> None:
+def test_effects_log(ctrl: AdminRig) -> None:
     d = get_log(ctrl, LogPage.CMD_EFFECTS, 4096, csi=CSI.NVM)
     acs = struct.unpack_from("<256I", d, 0)
     for info in ADMIN:
@@ -137,7 +153,7 @@ def test_effects_log(ctrl: FakeController) -> None:
     assert struct.unpack_from("<I", d, 1024)[0] == 0
 
 
-def test_effects_log_io_table_by_csi(ctrl: FakeController) -> None:
+def test_effects_log_io_table_by_csi(ctrl: AdminRig) -> None:
     """IOCS: NVM's table for CSI NVM, the Zoned table for CSI 02h (whether or not a zoned
     namespace is attached), else the commands of an active namespace of that set."""
     from nvshell.device.nvme.zns_commands import ZONED
@@ -150,31 +166,29 @@ def test_effects_log_io_table_by_csi(ctrl: FakeController) -> None:
     assert get_log(ctrl, LogPage.CMD_EFFECTS, 4096, csi=1)[1024:] == bytes(3072)
     kv = CommandTable("kv")
     kv.command(0x79, "kv-thing", effects=EFFECT_LBCC)(lambda c, m: None)
-    ns = FakeNamespace(csi=1)
-    ns.commands = kv
+
+    class KvNamespace(NvmNamespace):
+        """A namespace of a command set nvshell does not implement (CSI 01h)."""
+        csi = 1
+        commands = kv
+    ns = KvNamespace(MemoryBackend(1 << 20))
     ctrl.subsystem.add_namespace(ns)
-    ctrl.subsystem.attach(ns.nsid, ctrl, notify=False)
+    ctrl.subsystem.attach(ns.nsid, ctrl.ctrl, notify=False)
     d = get_log(ctrl, LogPage.CMD_EFFECTS, 4096, csi=1)
     assert struct.unpack_from("<256I", d, 1024) == struct.unpack_from("<256I", effects_log(kv), 1024)
 
 
 def test_real_controller_stats_and_error_log() -> None:
     """SMART and Error Information from the controller's own SmartStats/ErrorLog."""
-    from nvshell.device.nvme import controller
-    from nvshell.device.nvme.config import ControllerConfig
-    s = Subsystem()
-    ctrl = controller.Controller(ControllerConfig(serial="X", doorbells="trap"), s, None)
-    fake = FakeController()           # borrow its transfer/recording
-    ctrl.transfer = fake.transfer     # type: ignore[method-assign]
+    rig = AdminRig(Subsystem(), serial="X")
+    ctrl = rig.ctrl
     ctrl.stats.add_read(1_024_000)
     ctrl.stats.host_read_commands = 3
     ctrl.error_log.record(1, 7, Status.LBA_OUT_OF_RANGE, True, nsid=1, lba=5)
     ctrl.error_log.record(0, 8, Status.INVALID_FIELD, False, param_loc=0)
 
     def read(lid: int, length: int) -> bytes:
-        numd = length // 4 - 1
-        run_admin(ctrl, GET_LOG, 0xFFFFFFFF, cdw10=lid | (numd << 16))
-        return fake.out
+        return get_log(rig, lid, length)
     d = read(LogPage.SMART, 512)
     assert int.from_bytes(d[32:48], "little") == 2 and int.from_bytes(d[64:80], "little") == 3
     assert struct.unpack_from("<H", d, 1)[0] == ctrl.stats.temperature
@@ -189,4 +203,4 @@ def test_real_controller_stats_and_error_log() -> None:
     assert ctrl.changed_namespaces == []
     from nvshell.device.nvme.admin_identify import identify_controller
     assert identify_controller(ctrl)[262] == ctrl.error_log.capacity - 1
-    ctrl.shutdown()
+    rig.close()

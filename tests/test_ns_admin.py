@@ -1,41 +1,70 @@
-"""Namespace Management (0Dh) and Namespace Attachment (15h)."""
+"""Namespace Management (0Dh) and Namespace Attachment (15h).
+
+The commands run on real controllers in a real subsystem (tests/admin_rig.py); the
+namespaces they create are the real ones (``admin_ns._default_factory``)."""
 
 from __future__ import annotations
 
 import struct
-from typing import Any
+from typing import Any, Iterator
 
 import pytest
 
 from nvshell.device.nvme import admin_ns
-from nvshell.device.nvme.spec import CSI
+from nvshell.device.nvme.spec import CSI, AsyncEventType, LogPage, NoticeInfo
 from nvshell.device.nvme.status import NvmeError, Status
 from nvshell.device.nvme.subsystem import Subsystem
-from tests.test_subsystem import NOTICE, FakeController, FakeNamespace, run_admin
+from tests.admin_rig import AdminRig
 
 NS_MGMT = 0x0D
 NS_ATTACH = 0x15
+NOTICE = (AsyncEventType.NOTICE, NoticeInfo.NS_ATTRIBUTE_CHANGED, LogPage.CHANGED_NS_LIST)
 
 
 @pytest.fixture(autouse=True)
-def fake_factory(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+def made(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """The namespaces Namespace Management created (the real factory's), in order."""
     made: list[Any] = []
 
-    def factory(size: int, lba_size: int, shared: bool, **fmt: int) -> FakeNamespace:
-        ns = FakeNamespace(nlbas=size // lba_size, lba_size=lba_size, shared=shared)
+    def factory(size: int, lba_size: int, shared: bool, **fmt: int) -> Any:
+        ns = admin_ns._default_factory(size, lba_size, shared, **fmt)
         made.append(ns)
         return ns
     monkeypatch.setattr(admin_ns, "namespace_factory", factory)
     return made
 
 
+class Rig(AdminRig):
+    """An ``AdminRig`` whose host enabled notices, with the views these tests read."""
+
+    def __init__(self, subsystem: Subsystem):
+        super().__init__(subsystem)
+        self.enable_notices()
+
+    @property
+    def namespaces(self) -> dict[int, Any]:
+        return self.ctrl.namespaces
+
+    @property
+    def events(self) -> list[tuple[int, int, int]]:
+        """Asynchronous events waiting for an AER (no AER is outstanding here)."""
+        return self.ctrl.pending_events()
+
+    def clear_events(self) -> None:
+        """As a host with AERs outstanding that read the Changed Namespace List."""
+        self.ctrl.events.events.clear()
+        self.ctrl.take_changed_namespaces()
+
+
 @pytest.fixture
-def subsys() -> tuple[Subsystem, FakeController, FakeController, list[tuple]]:
+def subsys() -> Iterator[tuple[Subsystem, Rig, Rig, list[tuple]]]:
     s = Subsystem(capacity=1 << 30)
-    a, b = FakeController(s), FakeController(s)
+    a, b = Rig(s), Rig(s)
     events: list[tuple] = []
     s.listeners.append(lambda kind, nsid, ns, ctrl: events.append((kind, nsid, ctrl)))
-    return s, a, b, events
+    yield s, a, b, events
+    a.close()
+    b.close()
 
 
 def create_data(nsze: int, ncap: int | None = None, flbas: int = 0, nmic: int = 1, dps: int = 0) -> bytes:
@@ -47,40 +76,40 @@ def create_data(nsze: int, ncap: int | None = None, flbas: int = 0, nmic: int = 
     return bytes(data)
 
 
-def create(ctrl: FakeController, data: bytes, csi: int = CSI.NVM) -> int:
-    cmd, _ = run_admin(ctrl, NS_MGMT, 0, data=data, cdw10=0, cdw11=csi << 24)
+def create(ctrl: AdminRig, data: bytes, csi: int = CSI.NVM) -> int:
+    cmd, _ = ctrl.admin(NS_MGMT, 0, data=data, cdw10=0, cdw11=csi << 24)
     return cmd.result
 
 
-def create_error(ctrl: FakeController, data: bytes, csi: int = CSI.NVM) -> int:
+def create_error(ctrl: AdminRig, data: bytes, csi: int = CSI.NVM) -> int:
     with pytest.raises(NvmeError) as e:
         create(ctrl, data, csi)
     return e.value.status
 
 
-def delete(ctrl: FakeController, nsid: int) -> None:
-    run_admin(ctrl, NS_MGMT, nsid, cdw10=1)
+def delete(ctrl: AdminRig, nsid: int) -> None:
+    ctrl.admin(NS_MGMT, nsid, cdw10=1, length=0)
 
 
-def attach(ctrl: FakeController, nsid: int, cntlids: list[int], sel: int = 0) -> None:
+def attach(ctrl: AdminRig, nsid: int, cntlids: list[int], sel: int = 0) -> None:
     data = struct.pack(f"<H{len(cntlids)}H", len(cntlids), *cntlids)
-    run_admin(ctrl, NS_ATTACH, nsid, data=data, cdw10=sel)
+    ctrl.admin(NS_ATTACH, nsid, data=data, cdw10=sel)
 
 
-def attach_error(ctrl: FakeController, nsid: int, cntlids: list[int], sel: int = 0) -> int:
+def attach_error(ctrl: AdminRig, nsid: int, cntlids: list[int], sel: int = 0) -> int:
     with pytest.raises(NvmeError) as e:
         attach(ctrl, nsid, cntlids, sel)
     return e.value.status
 
 
-def test_create(subsys, fake_factory) -> None:
+def test_create(subsys, made) -> None:
     s, a, b, events = subsys
     nsid = create(a, create_data(2048))
     assert nsid == 1
     ns = s.namespaces[1]
-    assert ns is fake_factory[0] and ns.lba_size == 512 and ns.nlbas == 2048 and ns.shared
+    assert ns is made[0] and ns.lba_size == 512 and ns.nlbas == 2048 and ns.shared
     assert a.namespaces == {} and s.attached_controllers(1) == []   # created, not attached
-    assert events == [("namespace-created", 1, a)]
+    assert events == [("namespace-created", 1, a.ctrl)]
     assert create(a, create_data(16, flbas=4, nmic=0)) == 2
     assert s.namespaces[2].lba_size == 4096 and not s.namespaces[2].shared
 
@@ -98,7 +127,7 @@ def test_create_errors(subsys) -> None:
     assert create_error(a, create_data((1 << 30) // 512 + 1)) == Status.NS_INSUFFICIENT_CAPACITY
     assert create_error(a, create_data(8), csi=1) == Status.INVALID_IO_COMMAND_SET   # key value: not here
     with pytest.raises(NvmeError) as e:
-        run_admin(a, NS_MGMT, 0, cdw10=2)
+        a.admin(NS_MGMT, 0, cdw10=2)
     assert e.value.status == Status.INVALID_FIELD
     assert s.namespaces == {} and events == []
 
@@ -108,24 +137,25 @@ def test_create_fills_capacity_and_nsids(subsys) -> None:
     create(a, create_data((1 << 30) // 512))
     assert create_error(a, create_data(1)) == Status.NS_INSUFFICIENT_CAPACITY
     s2 = Subsystem(max_nsid=1)
-    c = FakeController(s2)
+    c = Rig(s2)
     create(c, create_data(1))
     assert create_error(c, create_data(1)) == Status.NSID_UNAVAILABLE
+    c.close()
 
 
-def test_delete(subsys, fake_factory) -> None:
+def test_delete(subsys, made) -> None:
     s, a, b, events = subsys
     n1 = create(a, create_data(8))
     n2 = create(a, create_data(8))
     attach(a, n1, [1, 2])
-    a.events.clear()
-    b.events.clear()
+    a.clear_events()
+    b.clear_events()
     events.clear()
     delete(a, n1)
     assert n1 not in s.namespaces and a.namespaces == {} and b.namespaces == {}
     assert a.events == [NOTICE] and b.events == [NOTICE]
-    assert fake_factory[0].closed == 1
-    assert events == [("namespace-deleted", n1, a)]
+    assert not made[0].ready and made[1].ready   # the deleted one closed
+    assert events == [("namespace-deleted", n1, a.ctrl)]
     for nsid, status in ((n1, Status.INVALID_FIELD), (0, Status.INVALID_NSID), (257, Status.INVALID_NSID)):
         with pytest.raises(NvmeError) as e:
             delete(a, nsid)
@@ -145,14 +175,16 @@ def test_attach_detach(subsys) -> None:
     assert nsid in a.namespaces and nsid in b.namespaces
     # QEMU behaviour: every controller in the list, the processing one included, gets the AEN.
     assert a.events == [NOTICE] and b.events == [NOTICE]
-    assert a.changed_namespaces == {nsid} == b.changed_namespaces
-    assert events == [("attached", nsid, a), ("attached", nsid, b)]
+    assert a.ctrl.changed_namespaces == [nsid] == b.ctrl.changed_namespaces
+    assert events == [("attached", nsid, a.ctrl), ("attached", nsid, b.ctrl)]
     assert attach_error(a, nsid, [2]) == Status.NS_ALREADY_ATTACHED
+    a.clear_events()
+    b.clear_events()
     attach(b, nsid, [1], sel=1)
-    assert nsid not in a.namespaces and nsid in b.namespaces and len(a.events) == 2
-    assert len(b.events) == 1
+    assert nsid not in a.namespaces and nsid in b.namespaces and a.events == [NOTICE]
+    assert b.events == [] and a.ctrl.changed_namespaces == [nsid] and b.ctrl.changed_namespaces == []
     assert attach_error(a, nsid, [1], sel=1) == Status.NS_NOT_ATTACHED
-    assert events[-1] == ("detached", nsid, a)
+    assert events[-1] == ("detached", nsid, a.ctrl)
 
 
 def test_attach_errors(subsys) -> None:
