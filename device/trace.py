@@ -373,6 +373,11 @@ def percentile(sorted_values: list[float], pct: float) -> float:
     return sorted_values[min(int(rank), len(sorted_values)) - 1]
 
 
+#: Buckets of every log2 latency histogram (``info latency``, the per-SQ counters): the last one
+#: also holds everything slower (2**38 us and up).
+LATENCY_BUCKETS = 40
+
+
 def bucket_of(lat_us: float) -> int:
     """log2 bucket: 0 holds [0, 1) us, bucket i >= 1 holds [2**(i-1), 2**i) us."""
     return 0 if lat_us < 1 else int(lat_us).bit_length()
@@ -405,7 +410,7 @@ class OpLatency:
     errors: int = 0
     max_us: float = 0.0
     total_us: float = 0.0
-    buckets: list[int] = field(default_factory=lambda: [0] * 40)
+    buckets: list[int] = field(default_factory=lambda: [0] * LATENCY_BUCKETS)
     #: Reservoir sample (exact while count <= RESERVOIR), kept sorted for percentiles.
     samples: list[float] = field(default_factory=list)
 
@@ -583,5 +588,5 @@ del _p
 __all__ = [
     "TRACE", "TraceRegistry", "TracePoint", "TraceError", "Hex", "Sink", "Record",
     "FilteredSink", "RateLimitedSink", "LineSink", "DROPPED", "format_record", "format_ts",
-    "LatencyStats", "OpLatency", "render_histogram", "percentile", "bucket_of", "bucket_label",
+    "LatencyStats", "OpLatency", "render_histogram", "percentile", "bucket_of", "bucket_label", "LATENCY_BUCKETS",
 ]

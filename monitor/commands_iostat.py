@@ -4,16 +4,16 @@ Why a sampler: rates and "the last minute" need history, and both a local shell 
 one (``--connect``) must see the same numbers, so the history lives in the monitor, not in a
 client.  Started by the first query, an asyncio task on the monitor loop takes one sample a
 second (``SAMPLE_PERIOD``) and keeps ``HISTORY`` of them.  A sample reads, on each controller's
-IOThread (the only thread allowed to read queue state), ``Controller.queue_info()`` (per SQ:
-``fetched`` commands, head/tail/size and held commands) and the SMART byte and command counters;
-latency comes from the monitor's ``nvme_cmd_complete`` statistics (``info latency``), as the
-difference of two log2 histograms, when that trace point is on.
+IOThread (the only thread allowed to read queue state), ``Controller.iostat_info()``: per SQ
+``fetched`` commands, head/tail/size, held commands, its byte tallies and its log2 latency
+histogram (always on once a sample asked for it, no trace point needed), and the SMART byte
+and command counters.
 
-Numbers per controller: IOPS (read/write), MB/s (read/write), p50/p99 latency (histogram
-buckets: an upper bound), IOPS per second of the last minute.  Per queue: IOPS, occupancy
-(entries waiting in the SQ plus commands held by the controller, of the queue's size) and its
-own last minute.  Bytes are counted per controller only (the SMART counters), so a queue has no
-MB/s of its own.
+Numbers per controller: IOPS (read/write), MB/s (read/write, SMART), p50/p99 latency (histogram
+buckets: an upper bound; the controller's histogram is the sum of its I/O queues'), IOPS per
+second of the last minute.  Per queue: IOPS, MB/s (its share of the SMART bytes), occupancy
+(entries waiting in the SQ plus commands held by the controller, of the queue's size), p50/p99
+and its own last minute.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from nvshell.device.trace import bucket_label
+from nvshell.device.trace import LATENCY_BUCKETS, bucket_label
 from nvshell.monitor.errors import DeviceNotFound, GenericError
 from nvshell.monitor.registry import Arg, qmp_command
 
@@ -45,7 +45,8 @@ class CtrlSample:
     bytes_written: int
     reads: int
     writes: int
-    buckets: list[int] | None  # summed nvme_cmd_complete histogram, None when not traced
+    qbytes: dict[int, tuple[int, int]]  # qid -> (bytes read, bytes written)
+    qlatency: dict[int, list[int]]  # qid -> log2 latency histogram (us)
 
 
 @dataclass
@@ -55,25 +56,8 @@ class Sample:
 
 
 def _read_controller(model: Any) -> tuple[list[dict[str, Any]], int, int, int, int]:
-    """On the controller's IOThread: its queues and SMART counters, read together."""
-    s = model.stats
-    return model.queue_info(), s.bytes_read, s.bytes_written, s.host_read_commands, s.host_write_commands
-
-
-def _latency_buckets(ctx: Any) -> dict[str, list[int]] | None:
-    from nvshell.monitor.commands_tracing import has_tracing, tracing_of
-
-    if not has_tracing(ctx):
-        return None
-    tracing = tracing_of(ctx)
-    if not tracing.registry.get("nvme_cmd_complete").state:
-        return None
-    out: dict[str, list[int]] = {}
-    for (ctrl, opcode), op in tracing.latency.snapshot().items():
-        acc = out.setdefault(ctrl, [0] * len(op.buckets))
-        for i, n in enumerate(op.buckets):
-            acc[i] += n
-    return out
+    """On the controller's IOThread: its queues (with their tallies) and SMART counters, read together."""
+    return model.iostat_info()
 
 
 class IostatSampler:
@@ -100,7 +84,6 @@ class IostatSampler:
 
     async def sample(self) -> Sample:
         sample = Sample(time.monotonic())
-        latency = _latency_buckets(self.ctx)
         for d in self.ctx.machine.devices():
             if not d.is_a(TYPE_CTRL) or d.model is None or d.iothread is None:
                 continue  # being created or removed
@@ -109,12 +92,14 @@ class IostatSampler:
                 queues, br, bw, nr, nw = await d.iothread.call(_read_controller, d.model)
             except Exception:  # noqa: BLE001 - removed between the listing and the read
                 continue
+            sqs = [q for q in queues if q["kind"] == "sq"]
             sample.ctrls[d.id] = CtrlSample(
-                fetched={q["qid"]: q["fetched"] for q in queues if q["kind"] == "sq"},
+                fetched={q["qid"]: q["fetched"] for q in sqs},
                 occupancy={q["qid"]: ((q["tail"] - q["head"]) % q["size"] + q["outstanding"], q["size"])
-                           for q in queues if q["kind"] == "sq"},
+                           for q in sqs},
                 bytes_read=br, bytes_written=bw, reads=nr, writes=nw,
-                buckets=None if latency is None else latency.get(d.id, []))
+                qbytes={q["qid"]: (q["bytes_read"], q["bytes_written"]) for q in sqs},
+                qlatency={q["qid"]: q["latency"] for q in sqs})
         return sample
 
     async def _run(self) -> None:
@@ -184,6 +169,20 @@ def _history(samples: list[Sample], ctrl: str, qid: int | None) -> list[float]:
     return out
 
 
+def _delta(new: list[int], old: list[int] | None) -> list[int]:
+    """Histogram of the window: ``new`` minus ``old`` (an SQ created since has no ``old``)."""
+    if old is None:
+        return list(new)
+    return [max(0, n - o) for n, o in zip(new, old)]
+
+
+def _percentiles(row: dict[str, Any], hist: list[int]) -> None:
+    for pct in (50, 99):
+        b = _percentile_bucket(hist, pct)
+        row[f"p{pct}-us"] = None if b is None else _bucket_upper_us(b)
+        row[f"p{pct}-bucket"] = None if b is None else bucket_label(b)
+
+
 def iostat(sampler: IostatSampler, old: Sample, new: Sample, device: str | None) -> dict[str, Any]:
     dt = new.t - old.t
     samples = list(sampler.samples)
@@ -191,7 +190,8 @@ def iostat(sampler: IostatSampler, old: Sample, new: Sample, device: str | None)
     for name, cn in new.ctrls.items():
         if device is not None and name != device:
             continue
-        co = old.ctrls.get(name) or CtrlSample({}, {}, cn.bytes_read, cn.bytes_written, cn.reads, cn.writes, None)
+        co = old.ctrls.get(name) or CtrlSample({}, {}, cn.bytes_read, cn.bytes_written, cn.reads, cn.writes,
+                                               {}, {})
         row: dict[str, Any] = {
             "device": name, "interval": round(dt, 3),
             "read-iops": _rate(cn.reads, co.reads, dt), "write-iops": _rate(cn.writes, co.writes, dt),
@@ -201,20 +201,25 @@ def iostat(sampler: IostatSampler, old: Sample, new: Sample, device: str | None)
             "history": _history(samples, name, None),
         }
         row["mbps"] = row["read-mbps"] + row["write-mbps"]
-        if cn.buckets is not None:
-            base = co.buckets or [0] * len(cn.buckets)
-            delta = [max(0, n - (base[i] if i < len(base) else 0)) for i, n in enumerate(cn.buckets)]
-            for pct in (50, 99):
-                b = _percentile_bucket(delta, pct)
-                row[f"p{pct}-us"] = None if b is None else _bucket_upper_us(b)
-                row[f"p{pct}-bucket"] = None if b is None else bucket_label(b)
-        row["queues"] = [{"qid": qid, "iops": _rate(n, co.fetched.get(qid, 0), dt),
-                          "occupancy": cn.occupancy[qid][0], "size": cn.occupancy[qid][1],
-                          "history": _history(samples, name, qid)}
-                         for qid, n in sorted(cn.fetched.items())]
+        queues = []
+        total = [0] * LATENCY_BUCKETS
+        for qid, n in sorted(cn.fetched.items()):
+            (br, bw), (obr, obw) = cn.qbytes[qid], co.qbytes.get(qid, (0, 0))
+            hist = _delta(cn.qlatency[qid], co.qlatency.get(qid))
+            q: dict[str, Any] = {
+                "qid": qid, "iops": _rate(n, co.fetched.get(qid, 0), dt),
+                "read-mbps": _rate(br, obr, dt) / 1e6, "write-mbps": _rate(bw, obw, dt) / 1e6,
+                "occupancy": cn.occupancy[qid][0], "size": cn.occupancy[qid][1],
+                "history": _history(samples, name, qid)}
+            q["mbps"] = q["read-mbps"] + q["write-mbps"]
+            _percentiles(q, hist)
+            if qid > 0:
+                total = [t + h for t, h in zip(total, hist)]
+            queues.append(q)
+        _percentiles(row, total)
+        row["queues"] = queues
         devices.append(row)
-    return {"interval": round(dt, 3), "latency": any(c.buckets is not None for c in new.ctrls.values()),
-            "devices": devices}
+    return {"interval": round(dt, 3), "devices": devices}
 
 
 @qmp_command("x-nvme-query-iostat", args=[
@@ -222,8 +227,9 @@ def iostat(sampler: IostatSampler, old: Sample, new: Sample, device: str | None)
     Arg("interval", "number", optional=True, doc="seconds the rates are taken over (default 1, at most 60)"),
 ], returns="any")
 async def x_nvme_query_iostat(ctx: Any, args: dict) -> dict[str, Any]:
-    """Rates per controller and queue over the last ``interval`` seconds, and IOPS per second of
-    the last minute (``history``, oldest first); p50/p99 only while nvme_cmd_complete is traced."""
+    """Rates per controller and queue over the last ``interval`` seconds (IOPS, MB/s, occupancy,
+    p50/p99 latency: null without completions in the window), and IOPS per second of the last
+    minute (``history``, oldest first)."""
     interval = float(args.get("interval", 1.0))
     if not 0 < interval <= HISTORY - 1:
         raise GenericError(f"Parameter 'interval' expects a number of seconds in (0, {HISTORY - 1}]")

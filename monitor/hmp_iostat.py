@@ -63,12 +63,11 @@ def render_iostat(data: dict[str, Any]) -> str:
                      f"{_lat(dev.get('p99-us')):>6}  |{sparkline(dev['history'])}|")
         for q in dev["queues"]:
             occ = f"{q['occupancy']}/{q['size']}"
-            lines.append(f"{'':<8} {'q' + str(q['qid']):<5} {_num(q['iops']):>7} {'':>6} {'':>6} {'':>7} "
-                         f"{occ:>7} {'':>6} {'':>6}  |{sparkline(q['history'])}|")
+            lines.append(f"{'':<8} {'q' + str(q['qid']):<5} {_num(q['iops']):>7} {'':>6} {'':>6} "
+                         f"{q['mbps']:>7.2f} {occ:>7} {_lat(q.get('p50-us')):>6} {_lat(q.get('p99-us')):>6}  "
+                         f"|{sparkline(q['history'])}|")
     if not data["devices"]:
         lines.append("(no controllers)")
-    if not data["latency"]:
-        lines.append("p50/p99: trace-event nvme_cmd_complete on")
     return "\n".join(lines)
 
 

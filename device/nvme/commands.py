@@ -59,8 +59,11 @@ class Command:
     #: The namespace the command addresses, looked up by the dispatcher when the
     #: table entry says the command needs one.
     ns: "Namespace | None" = None
-    #: Monotonic ns timestamp of the fetch (latency tracing).
+    #: Monotonic ns timestamp of the fetch (latency tracing, the per-SQ histogram).
     fetched_ns: int = 0
+    #: Data bytes the command moved, as counted in the SMART byte tallies (``SmartStats.add_*``);
+    #: the engine adds them to the SQ's own tallies at completion.
+    nbytes: int = 0
     #: Free for handlers and fault rules (e.g. the aborted flag).
     extra: dict[str, Any] = field(default_factory=dict)
 

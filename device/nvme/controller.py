@@ -432,6 +432,19 @@ class Controller:
                             "outstanding": len(cq.pending), "posted": cq.posted})
         return out
 
+    def iostat_info(self) -> tuple[list[dict[str, Any]], int, int, int, int]:
+        """For ``info iostat`` (on the IOThread): ``queue_info()`` with each SQ's byte tallies and
+        latency histogram, and the SMART byte and command counters, read together. The first
+        call turns command timing on (the histograms stay empty until something looks)."""
+        self.engine.timing = True
+        queues = self.queue_info()
+        for q in queues:
+            if q["kind"] == "sq":
+                sq = self.engine.sqs[q["qid"]]
+                q.update(bytes_read=sq.bytes_read, bytes_written=sq.bytes_written, latency=list(sq.latency))
+        s = self.stats
+        return queues, s.bytes_read, s.bytes_written, s.host_read_commands, s.host_write_commands
+
     def shutdown(self) -> None:
         """Before the device goes away: stop polling, drop queues, leave the subsystem."""
         self._controller_reset()

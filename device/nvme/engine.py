@@ -15,7 +15,8 @@ Hot path: each queue's ring is one memoryview taken once (``SubmissionQueue.ring
 dropped by ``release_rings`` before a DMA unmap), so a fetch is one
 ``unpack_from`` and a completion one ``pack_into`` plus the phase halfword.
 Tracing, faults and statistics beyond the SMART counters cost one attribute
-check each when off.
+check each when off. Per SQ, completion adds the command's bytes (one integer add) and, once
+``info iostat`` asked (``timing``), its latency to a log2 histogram (a clock read, a shift).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ _SQE_UNPACK = SQE.struct.unpack_from
 _DMA_ERROR = int(Status.DATA_TRANSFER_ERROR)
 _INTERNAL_ERROR = int(Status.INTERNAL_ERROR)
 _NO_STATUS = (0, False, False)
+_LAST_BUCKET = T.LATENCY_BUCKETS - 1
 
 
 class CommandEngine:
@@ -57,6 +59,9 @@ class CommandEngine:
         self.irq_cqs: list[CompletionQueue] = []
         #: Some CQ is full with completions or submissions waiting for room.
         self.has_waiting_cqes = False
+        #: Timestamp every fetched command for the SQs' latency histograms (set by the first
+        #: ``info iostat`` read, ``Controller.iostat_info``; until then fetch costs nothing more).
+        self.timing = False
 
     # ------------------------------------------------------------ queues
     def sq(self, qid: int) -> SubmissionQueue | None:
@@ -220,7 +225,7 @@ class CommandEngine:
         sq.fetched += 1
         cmd = Command.from_sqe(sq.qid, raw)
         hooks = ctrl.hooks
-        if hooks.on_complete is not None or T.NVME_CMD_COMPLETE.enabled:
+        if self.timing or hooks.on_complete is not None or T.NVME_CMD_COMPLETE.enabled:
             cmd.fetched_ns = time.monotonic_ns()
         if T.NVME_CMD_SUBMIT.enabled:
             self._trace_submit(cmd)
@@ -322,8 +327,13 @@ class CommandEngine:
         elif sq.qid:
             if cmd.opcode in HOST_READ_OPCODES:
                 ctrl.stats.host_read_commands += 1
+                sq.bytes_read += cmd.nbytes
             elif cmd.opcode in HOST_WRITE_OPCODES:
                 ctrl.stats.host_write_commands += 1
+                sq.bytes_written += cmd.nbytes
+        if cmd.fetched_ns and self.timing:
+            us = (time.monotonic_ns() - cmd.fetched_ns) // 1000
+            sq.latency[min(us.bit_length(), _LAST_BUCKET)] += 1   # trace.bucket_of, in integers
         hooks = ctrl.hooks
         if hooks.on_complete is not None:
             try:

@@ -10,6 +10,10 @@ from __future__ import annotations
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from nvshell.device.nvme.commands import Command
 
 
 class SmartStats:
@@ -35,11 +39,16 @@ class SmartStats:
         #: time.monotonic() at power on: Power On Hours = (now - this) / 3600.
         self.power_on_base = time.monotonic()
 
-    def add_read(self, nbytes: int) -> None:
+    def add_read(self, nbytes: int, cmd: "Command | None" = None) -> None:
+        """Count ``nbytes`` read; ``cmd`` carries them to its SQ's tallies (``Command.nbytes``)."""
         self.bytes_read += nbytes
+        if cmd is not None:
+            cmd.nbytes = nbytes
 
-    def add_write(self, nbytes: int) -> None:
+    def add_write(self, nbytes: int, cmd: "Command | None" = None) -> None:
         self.bytes_written += nbytes
+        if cmd is not None:
+            cmd.nbytes = nbytes
 
     @staticmethod
     def data_units(nbytes: int) -> int:

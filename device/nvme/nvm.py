@@ -163,7 +163,7 @@ def map_blocks(ctrl: "ControllerContext", cmd: Command) -> tuple[Any, int, int, 
 @NVM.command(NvmOpcode.WRITE, nsid="required", effects=EFFECT_LBCC, direction="from-host")
 def write(ctrl: "ControllerContext", cmd: Command) -> object:
     ns, offset, nbytes, data = map_blocks(ctrl, cmd)
-    ctrl.stats.add_write(nbytes)
+    ctrl.stats.add_write(nbytes, cmd)
     count_write(ns, nbytes)
     if unc.TRACKING:
         unc.written(ns, offset >> ns.lbads, nbytes >> ns.lbads)
@@ -185,7 +185,7 @@ def read(ctrl: "ControllerContext", cmd: Command) -> object:
     ns, offset, nbytes, data = map_blocks(ctrl, cmd)
     if unc.ANY:
         unc.check_readable(ns, offset >> ns.lbads, nbytes >> ns.lbads)
-    ctrl.stats.add_read(nbytes)
+    ctrl.stats.add_read(nbytes, cmd)
     count_read(ns, nbytes)
     if ns.ms:
         nvm_meta.read(ctrl, cmd, ns, offset >> ns.lbads, nbytes >> ns.lbads, data)
@@ -204,7 +204,7 @@ def compare(ctrl: "ControllerContext", cmd: Command) -> None:
         unc.check_readable(ns, offset >> ns.lbads, nbytes >> ns.lbads)
     if ns.ms:
         nvm_meta.compare(ctrl, cmd, ns, offset >> ns.lbads, nbytes >> ns.lbads, data)
-        ctrl.stats.add_read(nbytes)
+        ctrl.stats.add_read(nbytes, cmd)
         return
     scratch = bytearray(min(nbytes, VERIFY_CHUNK))
     media = memoryview(scratch)
@@ -220,7 +220,7 @@ def compare(ctrl: "ControllerContext", cmd: Command) -> None:
                 offset += n
     except BackendError as exc:
         raise _read_error(exc) from None
-    ctrl.stats.add_read(nbytes)
+    ctrl.stats.add_read(nbytes, cmd)
 
 
 @NVM.command(NvmOpcode.WRITE_ZEROES, nsid="required", effects=EFFECT_LBCC)

@@ -20,6 +20,7 @@ from collections import deque
 from typing import TYPE_CHECKING
 
 from nvshell.device.nvme.spec import CQE, SQE
+from nvshell.device.trace import LATENCY_BUCKETS
 
 if TYPE_CHECKING:
     from nvshell.device.memory import HostMemory
@@ -104,7 +105,7 @@ class SubmissionQueue:
     """An I/O or admin submission queue (``qid`` 0 is the admin SQ)."""
 
     __slots__ = ("qid", "base", "size", "head", "tail", "cq", "qprio", "deferred", "deleted", "fetched",
-                 "ring")
+                 "ring", "bytes_read", "bytes_written", "latency")
 
     def __init__(self, qid: int, base: int, size: int, cq: CompletionQueue, qprio: int = 0):
         self.qid = qid
@@ -119,6 +120,12 @@ class SubmissionQueue:
         self.deleted = False
         #: Commands ever fetched (statistics).
         self.fetched = 0
+        #: Data bytes of the commands completed here (``Command.nbytes``: the SMART tallies' share
+        #: of this queue), and a log2 histogram of their latency in us (``trace.bucket_of``),
+        #: filled while the engine times commands (``CommandEngine.timing``: ``info iostat``).
+        self.bytes_read = 0
+        self.bytes_written = 0
+        self.latency = [0] * LATENCY_BUCKETS
         #: The whole ring in guest memory, or None until first use.
         self.ring: memoryview | None = None
 
