@@ -20,7 +20,10 @@ OBJECT_PROPERTY_INFO = Struct("ObjectPropertyInfo", (
     Arg("name", "str"), Arg("type", "str"), Arg("description", "str", optional=True),
     Arg("default-value", "any", optional=True)))
 OBJECT_TYPE_INFO = Struct("ObjectTypeInfo", (
-    Arg("name", "str"), Arg("abstract", "bool", optional=True), Arg("parent", "str", optional=True)))
+    Arg("name", "str"), Arg("abstract", "bool", optional=True), Arg("parent", "str", optional=True),
+    # Not in QEMU's ObjectTypeInfo (its HMP reads the type's description in-process); here the
+    # HMP, local or remote, only has QMP, and `-device help` prints it as QEMU does.
+    Arg("description", "str", optional=True, doc="what the type is (nvshell extension)")))
 
 
 def machine_of(ctx: Any) -> Any:

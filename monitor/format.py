@@ -168,10 +168,15 @@ def format_trace_events(events: list[dict[str, Any]]) -> str:
 def format_type_list(kind: str, types: list[dict[str, Any]]) -> str:
     """``object_add help`` / ``-object help`` (kind "object") and ``device_add help`` /
     ``-device help`` (kind "device"), as QEMU prints them; both paths use this."""
-    names = sorted(t["name"] for t in types)
+    types = sorted(types, key=lambda t: t["name"])
     if kind == "object":
-        return "List of user creatable object types:\n" + "".join(f"  {n}\n" for n in names)
-    return "Storage devices:\n" + "".join(f'name "{n}"\n' for n in names)
+        width = max((len(t["name"]) for t in types), default=0)
+        return "List of user creatable object types:\n" + "".join(
+            f"  {t['name']:<{width}}  - {t['description']}\n" if t.get("description") else f"  {t['name']}\n"
+            for t in types)
+    return "Storage devices:\n" + "".join(
+        f'name "{t["name"]}"' + (f', desc "{t["description"]}"' if t.get("description") else "") + "\n"
+        for t in types)
 
 
 def format_type_properties(typename: str, props: list[dict[str, Any]]) -> str:

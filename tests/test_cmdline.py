@@ -93,9 +93,9 @@ def test_readconfig(tmp_path):
 
 def test_help():
     text = cmdline.help_request(["help"], [])
-    assert text.startswith("List of user creatable object types:") and "  x-nvme-ns-zoned\n" in text
+    assert text.startswith("List of user creatable object types:") and "  x-nvme-ns-zoned  " in text
     assert "x-nvme-ctrl" not in text
-    assert 'name "x-nvme-ctrl"' in cmdline.help_request([], ["help"])
+    assert 'name "x-nvme-ctrl", desc "NVMe controller' in cmdline.help_request([], ["help"])
     t = cmdline.help_request(["x-nvme-ns-nvm,help"], [])
     assert t.startswith("x-nvme-ns-nvm options:")
     assert "lba-size=<uint32>" in t and "(default: 512)" in t and "attached-to=<strList>" in t

@@ -204,11 +204,25 @@ def test_object_del(ctx: MonitorContext) -> None:
 
 
 def test_type_help(ctx: MonitorContext) -> None:
-    assert out(ctx, "device_add help") == 'Storage devices:\nname "x-nvme-ctrl"\n'
+    """The type lists carry each type's registered description (QEMU's ``name "x", desc "..."``),
+    and ``-device help`` / ``-object help`` are these very texts (one help path)."""
+    from nvshell import cmdline
+    from nvshell.device.qom.types import TYPES
+    desc = {n: TYPES.get(n).description for n in ("x-nvme-ctrl", "x-nvme-ns-nvm", "x-nvme-ns-zoned",
+                                                   "x-nvme-subsystem")}
+    assert all(desc.values())
+    devices = out(ctx, "device_add help")
+    assert devices == f'Storage devices:\nname "x-nvme-ctrl", desc "{desc["x-nvme-ctrl"]}"\n'
+    objects = out(ctx, "object_add help").splitlines()
+    assert objects[0] == "List of user creatable object types:" and len(objects) == 4
+    for line, name in zip(objects[1:], ("x-nvme-ns-nvm", "x-nvme-ns-zoned", "x-nvme-subsystem")):
+        assert line.split() == [name, "-", *desc[name].split()], line
+    assert cmdline.help_request([], ["help"]) == devices
+    assert cmdline.help_request(["help"], []) == out(ctx, "object_add help")
     props = out(ctx, "device_add x-nvme-ctrl,help").splitlines()
     assert props[0] == "x-nvme-ctrl options:"
     assert any(p.startswith("  doorbells=<str>") and "(default: \"trap\")" in p for p in props)
-    assert "  x-nvme-subsystem\n" in out(ctx, "object_add help")
+    assert "  x-nvme-subsystem  - NVM subsystem\n" in out(ctx, "object_add help")
     assert out(ctx, "object_add x-nvme-ns-nvm,help").startswith("x-nvme-ns-nvm options:\n")
 
 

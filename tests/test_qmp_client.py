@@ -202,6 +202,8 @@ def test_type_introspection(mon):
         types = await c.execute("qom-list-types")
         names = {t["name"] for t in types}
         assert {"x-nvme-ctrl", "x-nvme-ns-nvm", "x-nvme-subsystem"} <= names
+        # descriptions travel with the types: a remote shell's -device help needs them
+        assert {t["name"]: t.get("description") for t in types}["x-nvme-ctrl"] == "NVMe controller served over vfio-user"
         devices = {t["name"] for t in await c.execute("qom-list-types", {"implements": "device", "abstract": True})}
         assert "x-nvme-ctrl" in devices
         props = {p["name"] for p in await c.execute("qom-list-properties", {"typename": "x-nvme-ns-nvm"})}

@@ -108,7 +108,8 @@ class TypeRegistry:
         return props
 
     def list_types(self, implements: str | None = None, abstract: bool = False) -> list[dict[str, Any]]:
-        """``qom-list-types``: ObjectTypeInfo entries ``{name, parent?, abstract?}`` sorted by name.
+        """``qom-list-types``: ObjectTypeInfo entries ``{name, parent?, abstract?, description?}``
+        sorted by name (``description``: nvshell's addition, for ``-device help``/``-object help``).
 
         ``abstract=False`` leaves abstract types out, as QEMU does.
         """
@@ -123,6 +124,8 @@ class TypeRegistry:
                 entry["parent"] = t.parent
             if t.abstract:
                 entry["abstract"] = True
+            if t.description:
+                entry["description"] = t.description
             out.append(entry)
         return out
 
