@@ -615,8 +615,15 @@ def test_abort(host):
     assert e.cid == aer and status(e) == Status.ABORT_REQUESTED
     assert a.cid == abort and status(a) == 0 and a.dw0 & 1 == 0
     assert h.ctrl.outstanding_aers == 0
-    e = h.cmd(AdminOpcode.ABORT, cdw10=1 << 16 | 9)            # no such queue
-    assert e.dw0 & 1 == 1
+    # SQID: beyond the allocated count (max-ioqpairs 64) is Invalid Queue Identifier,
+    # allocated but not created is Invalid Field (QEMU's answer); both DNR, not aborted.
+    for sqid, want in ((9, Status.INVALID_FIELD), (64, Status.INVALID_FIELD),
+                       (65, Status.INVALID_QID), (0xFFFF, Status.INVALID_QID)):
+        e = h.cmd(AdminOpcode.ABORT, cdw10=1 << 16 | sqid)
+        assert (status(e), dnr(e), e.dw0 & 1) == (want, True, 1), sqid
+    h.create_queue_pair(1)
+    e = h.cmd(AdminOpcode.ABORT, cdw10=0x77 << 16 | 1)         # existing I/O SQ, unknown cid
+    assert (status(e), e.dw0 & 1) == (0, 1)
 
 
 def test_reset_drops_queues_and_aers(host):

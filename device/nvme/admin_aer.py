@@ -6,6 +6,13 @@ controller keeps it (DEFERRED) and completes it when an event is posted (see
 held like that; everything else has completed synchronously before the Abort
 is even fetched, so the answer is "not aborted" (DW0 bit 0 = 1), as the spec
 allows.
+
+Abort's SQID gets the queue-identifier reading used for the queue commands
+(admin_queues): an identifier beyond the allocated count (max-ioqpairs, e.g.
+0xFFFF) is Invalid Queue Identifier; an allocated identifier whose SQ does not
+exist is Invalid Field in Command, as QEMU's hw/nvme answers it (nvme_abort's
+nvme_check_sqid). Both with DNR and DW0 bit 0 set (nothing was aborted). SQID 0
+is the admin SQ and always exists.
 """
 
 from __future__ import annotations
@@ -14,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from nvshell.device.nvme.commands import ADMIN, Command
 from nvshell.device.nvme.spec import AdminOpcode
-from nvshell.device.nvme.status import Status
+from nvshell.device.nvme.status import NvmeError, Status
 
 if TYPE_CHECKING:
     from nvshell.device.nvme.controller import Controller
@@ -30,9 +37,11 @@ def abort(ctrl: "Controller", cmd: Command) -> None:
     sqid = cmd.cdw10 & 0xFFFF
     cid = cmd.cdw10 >> 16
     cmd.result = 1                      # not aborted
+    if sqid > ctrl.config.max_ioqpairs:
+        raise NvmeError(Status.INVALID_QID, result=1)
     sq = ctrl.sq(sqid)
     if sq is None:
-        return
+        raise NvmeError(Status.INVALID_FIELD, result=1)
     target = sq.deferred.get(cid)
     if target is None or target is cmd:
         return
