@@ -138,8 +138,7 @@ def main(argv: list[str] | None = None) -> int:
                                           keep_going=args.keep_going))
         help_text = cmdline.help_request(args.object, args.device)
         if help_text is not None:
-            print(help_text)
-            return 0
+            return _print_to_reader(help_text)
         specs = cmdline.parse(objects=args.object, devices=args.device, readconfig=args.readconfig)
         qmp_addresses = [parse_qmp_address(a) for a in args.qmp]
         run_dir = prepare_run_dir(args.run_dir or default_run_dir())
@@ -193,6 +192,16 @@ async def serve(args: argparse.Namespace, run_dir: Path, specs: "cmdline.Specs",
         for server in servers:
             await server.close()
         machine.shutdown()
+
+
+def _print_to_reader(text: str) -> int:
+    """Print ``text``; a reader that stops early (``nvshell -device help | head``) is not an error."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        # Python would report the failed flush of stdout at exit: point it at /dev/null first.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 0
 
 
 def _stop_or_exit(stop: asyncio.Event, sig: int) -> None:

@@ -40,3 +40,19 @@ def test_a_task_ignoring_cancellation_does_not_hold_the_exit(monkeypatch, capsys
     err = capsys.readouterr().err
     assert "task stubborn did not stop within 0.3 s" in err
     assert "polite" not in err
+
+
+def test_help_into_a_closed_pipe_is_not_an_error():
+    """``nvshell -device x-nvme-ctrl,help | head -1``: the reader goes away before the help ends."""
+    import subprocess
+    import sys
+
+    from nvshell.testing import REPO
+
+    proc = subprocess.Popen([sys.executable, "-m", "nvshell", "-device", "x-nvme-ctrl,help"], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # nobody reads: the first write gets EPIPE
+    err = proc.stderr.read().decode()
+    assert proc.wait(30) == 0, err
+    assert "BrokenPipeError" not in err and "Traceback" not in err
