@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import NvshellProcess, require_guest
+from tests.harness import NvshellProcess, read_trace, require_guest
 from tests.test_guest_faults import run_interactive
 
 pytestmark = pytest.mark.guest
@@ -25,6 +25,8 @@ def test_protection_information_end_to_end(tmp_path: Path) -> None:
             "-object", "x-nvme-ns-nvm,id=ns1,subsys=subsys0,size=64M,ms=8,pi=1,attached-to=all",
             "-object", "x-nvme-ns-nvm,id=ns2,subsys=subsys0,size=64M,lba-size=4096,ms=16,pi=1,pif=2,attached-to=all",
             "-object", "x-nvme-ns-nvm,id=ns3,subsys=subsys0,size=64M,attached-to=all"]
+    trace = tmp_path / "mdsgl.msgpack"
+    args += ["-trace", "nvme_metadata_sgl", "-trace", f"file={trace}"]
     with NvshellProcess(tmp_path / "run", *args) as nv:
         rc, out, qmp = run_interactive(nv, "pi.sh", timeout=300)
         props = {p: qmp.execute("qom-get", {"path": "/objects/ns3", "property": p}) for p in ("ms", "pi", "lba-size")}
@@ -42,6 +44,11 @@ def test_protection_information_end_to_end(tmp_path: Path) -> None:
     assert re.search(r"badref-write: NVMe status: End-to-end Reference Tag Check Error.*\(0x4284\)\nrc=1", out), out
     assert re.search(r"badref-read: NVMe status: End-to-end Reference Tag Check Error.*\(0x4284\)\nrc=1", out), out
     assert "stored-555: write: Success\nrc=0" in out, out
+    # the driver sent the metadata of the passthrough commands with --metadata as a metadata SGL
+    # (PSDT 10b): checked-read and badref-write map it (badref-read fails its check first)
+    assert nv.proc is not None and nv.proc.returncode == 0, nv.log()
+    mdsgl = [(r["nsid"], r["length"]) for r in read_trace(trace, "nvme_metadata_sgl")]
+    assert mdsgl.count((1, 8)) >= 2, mdsgl
     # guest Format NVM: the driver sees the new format after the rescan, and so does the host side
     assert "format rc=0" in out, out
     assert re.search(r"after format n3: T10-DIF-TYPE1-CRC flbas : 0x1 dps : 0x1", out), out

@@ -142,3 +142,20 @@ def test_pi_checks_with_sgl_metadata(g):
     assert sgl_io(g, NvmOpcode.READ, 1, 60, 2, chain, flags=A | R, apptag=3) == 0
     assert g.ram.read(g.mdx + 0x100, 8) + g.ram.read(g.mdx + 0x300, 8) == \
         tuple16(data[:512], 3, 60) + tuple16(data[512:], 3, 61)
+
+
+def test_trace_point_names_each_metadata_sgl(g):
+    from nvshell.device import trace as T
+
+    records: list[dict] = []
+    sink = records.append
+    T.TRACE.add_sink(sink)
+    T.TRACE.set_state("nvme_metadata_sgl", True)
+    try:
+        assert sgl_io(g, NvmOpcode.READ, 7, 10, 2, [desc(g.mdx, 16, DATA)]) == 0
+        assert sgl_io(g, NvmOpcode.READ, 7, 10, 2, [desc(g.mdx, 8, DATA)]) == Status.METADATA_SGL_LENGTH_INVALID
+    finally:
+        T.TRACE.set_state("nvme_metadata_sgl", False)
+        T.TRACE.remove_sink(sink)
+    got = [(r["qid"], r["nsid"], r["length"], r["pieces"]) for r in records if r["name"] == "nvme_metadata_sgl"]
+    assert got == [(1, 7, 16, 1)]
