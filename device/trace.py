@@ -551,7 +551,7 @@ NVME_CMD_SUBMIT = _p("nvme_cmd_submit", ctrl=str, qid=int, cid=int, opcode=str, 
 NVME_CMD_COMPLETE = _p("nvme_cmd_complete", ctrl=str, qid=int, cid=int, opcode=str, status=str,
                        lat_us=float, result=Hex,
                        doc="CQE posted: status name, latency fetch-to-CQE in microseconds, DW0")
-NVME_METADATA_SGL = _p("nvme_metadata_sgl", qid=int, cid=int, nsid=int, length=int, pieces=int,
+NVME_METADATA_SGL = _p("nvme_metadata_sgl", ctrl=str, qid=int, cid=int, nsid=int, length=int, pieces=int,
                        doc="a command's separate metadata mapped through a metadata SGL (PSDT 10b): "
                            "bytes and guest ranges (bit buckets included)")
 NVME_IRQ = _p("nvme_irq", ctrl=str, vector=int, doc="MSI-X interrupt raised")

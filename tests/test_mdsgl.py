@@ -157,5 +157,6 @@ def test_trace_point_names_each_metadata_sgl(g):
     finally:
         T.TRACE.set_state("nvme_metadata_sgl", False)
         T.TRACE.remove_sink(sink)
-    got = [(r["qid"], r["nsid"], r["length"], r["pieces"]) for r in records if r["name"] == "nvme_metadata_sgl"]
-    assert got == [(1, 7, 16, 1)]
+    got = [(r["ctrl"], r["qid"], r["nsid"], r["length"], r["pieces"]) for r in records
+           if r["name"] == "nvme_metadata_sgl"]
+    assert got == [(g.ctrl.name, 1, 7, 16, 1)]

@@ -30,7 +30,6 @@ import struct
 from functools import lru_cache
 from typing import TYPE_CHECKING, Iterator
 
-from nvshell.device import trace as T
 from nvshell.device.layout import Layout
 from nvshell.device.nvme.spec import PAGE_SIZE
 from nvshell.device.nvme.status import NvmeError, Status
@@ -214,9 +213,7 @@ def map_metadata(memory: "GuestMemory", cmd: "Command", length: int) -> DataMap:
         if err.status != Status.DATA_SGL_LENGTH_INVALID:
             raise
         raise NvmeError(Status.METADATA_SGL_LENGTH_INVALID, msg=f"metadata {err}") from None
-    segments = _validate(memory, pieces)
-    T.NVME_METADATA_SGL.emit(qid=cmd.sqid, cid=cmd.cid, nsid=cmd.nsid, length=length, pieces=len(segments))
-    return DataMap(memory, segments, length, bucket)
+    return DataMap(memory, _validate(memory, pieces), length, bucket)
 
 
 def map_contiguous(memory: "GuestMemory", addr: int, length: int) -> DataMap:

@@ -23,7 +23,8 @@ from __future__ import annotations
 from typing import Any, Iterable, Iterator
 
 from nvshell.device.backends import BackendError
-from nvshell.device.nvme.dataxfer import map_metadata
+from nvshell.device import trace as T
+from nvshell.device.nvme.dataxfer import PSDT_SGL_MPTR_SGL, map_metadata
 from nvshell.device.nvme.dif import PRCHK_MASK, PRINFO_PRACT, PiError, Protection, command_reftag
 from nvshell.device.nvme.status import NvmeError, Status
 
@@ -127,7 +128,11 @@ def _media(exc: BackendError, write: bool) -> NvmeError:
 
 def _metadata_map(ctrl: Any, cmd: Any, length: int) -> Any:
     """The separate metadata buffer: MPTR as a contiguous buffer, or as a metadata SGL (PSDT 10b)."""
-    return map_metadata(ctrl.memory, cmd, length)
+    dmap = map_metadata(ctrl.memory, cmd, length)
+    if cmd.psdt == PSDT_SGL_MPTR_SGL and length > 0:
+        T.NVME_METADATA_SGL.emit(ctrl=ctrl.name, qid=cmd.sqid, cid=cmd.cid, nsid=cmd.nsid, length=length,
+                                 pieces=len(dmap.segments))
+    return dmap
 
 
 def _check_command(prot: Protection | None, pi: PiFields | None, slba: int) -> None:
