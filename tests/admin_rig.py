@@ -23,7 +23,7 @@ import nvshell.device.nvme  # noqa: F401  (registers every command)
 from nvshell.device.nvme.commands import Command
 from nvshell.device.nvme.config import ControllerConfig
 from nvshell.device.nvme.controller import Controller
-from nvshell.device.nvme.spec import SQE
+from nvshell.device.nvme.spec import SQE, AsyncEventType, LogPage, NoticeInfo
 from nvshell.device.nvme.status import NvmeError
 from nvshell.device.nvme.subsystem import Subsystem
 from nvshell.device.vfio_user.dma import GuestMemory
@@ -34,6 +34,8 @@ PAGE = 4096
 #: The data buffer: PRP1 at its start, the PRP list on the page below it.
 PRP_LIST = RAM_BASE
 BUF = RAM_BASE + PAGE
+#: The event a namespace attach/detach/delete posts to each controller it touches.
+NOTICE = (AsyncEventType.NOTICE, NoticeInfo.NS_ATTRIBUTE_CHANGED, LogPage.CHANGED_NS_LIST)
 #: Written past the expected data before each command: a handler writing more than
 #: the command asked for would overwrite it.
 GUARD = b"\xa5" * 64
@@ -49,7 +51,8 @@ class _NoInterrupts:
 class AdminRig:
     """One real controller (``.ctrl``) in ``subsystem`` with guest RAM bound."""
 
-    def __init__(self, subsystem: Subsystem | None = None, cntlid: int = 0, **config: Any):
+    def __init__(self, subsystem: Subsystem | None = None, cntlid: int = 0, *, notices: bool = False,
+                 **config: Any):
         config.setdefault("serial", "SER123")
         config.setdefault("oui", 0x525400)
         self.subsystem = subsystem
@@ -70,6 +73,8 @@ class AdminRig:
                 self.logs_read.append(log_id)
             real_log_page_read(log_id, rae, cleared)
         self.ctrl.log_page_read = log_page_read  # type: ignore[method-assign]
+        if notices:
+            self.enable_notices()
 
     @property
     def cntlid(self) -> int:
@@ -80,6 +85,21 @@ class AdminRig:
         self.mem.unmap_all()
         self.ram.close()
         os.close(self.fd)
+
+    @property
+    def namespaces(self) -> dict[int, Any]:
+        return self.ctrl.namespaces
+
+    @property
+    def events(self) -> list[tuple[int, int, int]]:
+        """Asynchronous events waiting for an AER (none is outstanding on a rig)."""
+        return self.ctrl.pending_events()
+
+    def clear_events(self) -> None:
+        """As a host that got its AENs and read the Changed Namespace List."""
+        self.ctrl.events.events.clear()
+        self.logs_read.clear()
+        self.ctrl.take_changed_namespaces()
 
     def enable_notices(self, aec: int = 0xF00) -> None:
         """Set Features Asynchronous Event Configuration, as a host does after its first

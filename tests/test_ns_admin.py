@@ -11,14 +11,13 @@ from typing import Any, Iterator
 import pytest
 
 from nvshell.device.nvme import admin_ns
-from nvshell.device.nvme.spec import CSI, AsyncEventType, LogPage, NoticeInfo
+from nvshell.device.nvme.spec import CSI
 from nvshell.device.nvme.status import NvmeError, Status
 from nvshell.device.nvme.subsystem import Subsystem
-from tests.admin_rig import AdminRig
+from tests.admin_rig import NOTICE, AdminRig
 
 NS_MGMT = 0x0D
 NS_ATTACH = 0x15
-NOTICE = (AsyncEventType.NOTICE, NoticeInfo.NS_ATTRIBUTE_CHANGED, LogPage.CHANGED_NS_LIST)
 
 
 @pytest.fixture(autouse=True)
@@ -34,32 +33,10 @@ def made(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
     return made
 
 
-class Rig(AdminRig):
-    """An ``AdminRig`` whose host enabled notices, with the views these tests read."""
-
-    def __init__(self, subsystem: Subsystem):
-        super().__init__(subsystem)
-        self.enable_notices()
-
-    @property
-    def namespaces(self) -> dict[int, Any]:
-        return self.ctrl.namespaces
-
-    @property
-    def events(self) -> list[tuple[int, int, int]]:
-        """Asynchronous events waiting for an AER (no AER is outstanding here)."""
-        return self.ctrl.pending_events()
-
-    def clear_events(self) -> None:
-        """As a host with AERs outstanding that read the Changed Namespace List."""
-        self.ctrl.events.events.clear()
-        self.ctrl.take_changed_namespaces()
-
-
 @pytest.fixture
-def subsys() -> Iterator[tuple[Subsystem, Rig, Rig, list[tuple]]]:
+def subsys() -> Iterator[tuple[Subsystem, AdminRig, AdminRig, list[tuple]]]:
     s = Subsystem(capacity=1 << 30)
-    a, b = Rig(s), Rig(s)
+    a, b = AdminRig(s, notices=True), AdminRig(s, notices=True)
     events: list[tuple] = []
     s.listeners.append(lambda kind, nsid, ns, ctrl: events.append((kind, nsid, ctrl)))
     yield s, a, b, events
@@ -137,7 +114,7 @@ def test_create_fills_capacity_and_nsids(subsys) -> None:
     create(a, create_data((1 << 30) // 512))
     assert create_error(a, create_data(1)) == Status.NS_INSUFFICIENT_CAPACITY
     s2 = Subsystem(max_nsid=1)
-    c = Rig(s2)
+    c = AdminRig(s2)
     create(c, create_data(1))
     assert create_error(c, create_data(1)) == Status.NSID_UNAVAILABLE
     c.close()

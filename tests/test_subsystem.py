@@ -1,162 +1,46 @@
 """Subsystem: NSID/CNTLID allocation, attach/detach/delete semantics, AENs, threads.
 
-Also hosts the small fake controller and namespace the admin-command tests
-share (tests/test_identify.py, test_logs.py, test_ns_admin.py): they model only
-the controller API those handlers use (docs/internals.md), so the handlers can
-be tested without a VM or a vfio-user client. The fake controller's state
-objects (config, SMART counters, error log, features) are the real ones.
+On real controllers and namespaces: ``AdminRig`` (tests/admin_rig.py) where a test reads
+the notices a controller queued (its host enabled them with Set Features), a bare
+``Controller`` where only membership counts, and controllers on their own IOThreads for
+the threading rule (observed through the real ``nvme_ns_attach``/``nvme_ns_detach`` and
+``nvme_aen_queued`` trace points).
 """
 
 from __future__ import annotations
 
-import struct
 import threading
 from typing import Any
 from uuid import UUID
 
 import pytest
 
+from nvshell.device import trace as T
+from nvshell.device.backends import MemoryBackend
 from nvshell.device.iothread import IOThread
-from nvshell.device.nvme.commands import ADMIN, NVM, Command
 from nvshell.device.nvme.config import ControllerConfig
-from nvshell.device.nvme.controller import ErrorLog, Features, SmartStats
-from nvshell.device.nvme.spec import AsyncEventType, CSI, LogPage, NoticeInfo
-from nvshell.device.nvme.status import NvmeError, Status
+from nvshell.device.nvme.controller import Controller
+from nvshell.device.nvme.namespace import NvmNamespace
+from nvshell.device.nvme.status import Status
 from nvshell.device.nvme.subsystem import Subsystem, SubsystemError
+from tests.admin_rig import NOTICE, AdminRig
 
-NOTICE = (AsyncEventType.NOTICE, NoticeInfo.NS_ATTRIBUTE_CHANGED, LogPage.CHANGED_NS_LIST)
-
-
-# ------------------------------------------------------------------ fakes
-class FakeNamespace:
-    commands = NVM
-
-    def __init__(self, nlbas: int = 1024, lba_size: int = 512, csi: int = CSI.NVM, shared: bool = True):
-        self.nsid = 0
-        self.nlbas = nlbas
-        self.lba_size = lba_size
-        self.csi = csi
-        self.shared = shared
-        self.ready = True
-        self.closed = 0
-
-    @property
-    def size(self) -> int:
-        return self.nlbas * self.lba_size
-
-    def identify_ns(self) -> bytes:
-        data = bytearray(4096)
-        struct.pack_into("<QQQ", data, 0, self.nlbas, self.nlbas, 0)
-        data[30] = 1 if self.shared else 0
-        data[100:102] = b"\x07\x00"  # nvmsetid, checked by CNS 08
-        return bytes(data)
-
-    def identify_ns_csi(self) -> bytes:
-        return b"\xcc" * 16
-
-    def id_descriptors(self) -> bytes:
-        return bytes([3, 16, 0, 0]) + bytes(range(16))
-
-    def close(self) -> None:
-        self.closed += 1
+NS_BYTES = 1024 * 512
 
 
-class FakeTransfer:
-    def __init__(self, ctrl: "FakeController", length: int):
-        self.ctrl = ctrl
-        self.length = length
-
-    def to_guest(self, data: bytes, offset: int = 0) -> None:
-        assert len(data) <= self.length
-        self.ctrl.out = bytes(data)
-
-    def from_guest(self) -> bytes:
-        return self.ctrl.host_data[:self.length].ljust(self.length, b"\0")
+def ctrl(s: Subsystem | None = None, cntlid: int = 0) -> Controller:
+    """A real controller in ``s`` (its constructor joins the subsystem)."""
+    return Controller(ControllerConfig(cntlid=cntlid), s, None)
 
 
-class FakeController:
-    def __init__(self, subsystem: Subsystem | None = None, iothread: IOThread | None = None,
-                 cntlid: int = 0):
-        self.config = ControllerConfig(serial="SER123", oui=0x525400)
-        self.subsystem = subsystem
-        self.iothread = iothread
-        self.cntlid = 0
-        self.namespaces: dict[int, Any] = {}
-        self.changed_namespaces: set[int] = set()
-        self.events: list[tuple[int, int, int]] = []
-        self.logs_read: list[int] = []
-        self.stats = SmartStats()
-        self.error_log = ErrorLog()
-        self.features = Features()
-        self.out = b""
-        self.host_data = b""
-        self.threads: list[threading.Thread] = []
-        if subsystem is not None:
-            subsystem.add_controller(self, cntlid)
-
-    def _check_thread(self) -> None:
-        self.threads.append(threading.current_thread())
-        if self.iothread is not None and self.iothread.running:
-            assert self.iothread.in_thread(), "controller state changed off its IOThread"
-
-    def attach_namespace(self, ns: Any) -> None:
-        self._check_thread()
-        self.namespaces[ns.nsid] = ns
-
-    def detach_namespace(self, nsid: int) -> None:
-        self._check_thread()
-        del self.namespaces[nsid]
-
-    def note_changed_namespace(self, nsid: int) -> None:
-        self._check_thread()
-        self.changed_namespaces.add(nsid)
-
-    def post_async_event(self, event_type: int, info: int, log_page: int) -> None:
-        self._check_thread()
-        self.events.append((event_type, info, log_page))
-
-    def take_changed_namespaces(self, clear: bool = True) -> list[int]:
-        changed = sorted(self.changed_namespaces)
-        if clear:
-            self.changed_namespaces.clear()
-        return changed
-
-    def log_page_read(self, log_id: int, rae: bool = False, cleared: bool = False) -> None:
-        if not rae:
-            self.logs_read.append(log_id)
-
-    def transfer(self, cmd: Command, length: int, *, allow_sgl: bool = True) -> FakeTransfer:
-        assert not allow_sgl, "admin data must use PRPs"
-        return FakeTransfer(self, length)
+def rig(s: Subsystem) -> AdminRig:
+    return AdminRig(s, notices=True)
 
 
-def make_cmd(opcode: int, nsid: int = 0, **cdw: int) -> Command:
-    fields = {f"cdw{i}": 0 for i in range(10, 16)}
-    fields.update(cdw)
-    return Command(sqid=0, cid=1, opcode=opcode, flags=0, nsid=nsid, mptr=0, dptr1=0x1000,
-                   dptr2=0, **fields)
+def ns(nlbas: int = 1024, lba_size: int = 512) -> NvmNamespace:
+    return NvmNamespace(MemoryBackend(nlbas * lba_size), lba_size=lba_size)
 
 
-def run_admin(ctrl: FakeController, opcode: int, nsid: int = 0, data: bytes = b"",
-              **cdw: int) -> tuple[Command, bytes]:
-    """Run an admin handler as the dispatcher would; NvmeError propagates."""
-    import nvshell.device.nvme.admin_identify  # noqa: F401  (register handlers)
-    import nvshell.device.nvme.admin_log  # noqa: F401
-    import nvshell.device.nvme.admin_ns  # noqa: F401
-    info = ADMIN.get(opcode)
-    assert info is not None
-    cmd = make_cmd(opcode, nsid, **cdw)
-    ctrl.out = b""
-    ctrl.host_data = data
-    info.handler(ctrl, cmd)
-    return cmd, ctrl.out
-
-
-def status_of(exc: pytest.ExceptionInfo[NvmeError]) -> int:
-    return exc.value.status
-
-
-# ------------------------------------------------------------------ tests
 def test_default_subnqn_from_uuid() -> None:
     u = UUID("12345678-1234-5678-1234-567812345678")
     s = Subsystem(uuid=u)
@@ -167,87 +51,95 @@ def test_default_subnqn_from_uuid() -> None:
 
 def test_cntlid_allocation() -> None:
     s = Subsystem()
-    a, b = FakeController(s), FakeController(s)
+    a, b = ctrl(s), ctrl(s)
     assert (a.cntlid, b.cntlid) == (1, 2)
-    c = FakeController(s, cntlid=7)
+    c = ctrl(s, cntlid=7)
     assert c.cntlid == 7 and s.controllers[7] is c
     with pytest.raises(SubsystemError, match="already in use"):
-        FakeController(s, cntlid=7)
+        ctrl(s, cntlid=7)
     with pytest.raises(SubsystemError):
-        s.add_controller(FakeController(), 0xFFF0)
+        s.add_controller(ctrl(), 0xFFF0)
     with pytest.raises(SubsystemError):
         s.add_controller(a)
     s.remove_controller(a)
-    assert FakeController(s).cntlid == 1  # lowest free again
+    assert ctrl(s).cntlid == 1  # lowest free again
 
 
 def test_nsid_allocation() -> None:
     s = Subsystem(max_nsid=4)
-    n1, n2 = FakeNamespace(), FakeNamespace()
+    n1, n2 = ns(), ns()
     assert s.add_namespace(n1) == 1 and n1.nsid == 1
     assert s.add_namespace(n2, 3) == 3 and n2.nsid == 3
-    assert s.add_namespace(FakeNamespace()) == 2
+    assert s.add_namespace(ns()) == 2
     with pytest.raises(SubsystemError) as e:
-        s.add_namespace(FakeNamespace(), 3)
+        s.add_namespace(ns(), 3)
     assert e.value.status == Status.NSID_UNAVAILABLE
     with pytest.raises(SubsystemError) as e:
-        s.add_namespace(FakeNamespace(), 5)
+        s.add_namespace(ns(), 5)
     assert e.value.status == Status.INVALID_NSID
-    assert s.add_namespace(FakeNamespace()) == 4
+    assert s.add_namespace(ns()) == 4
     with pytest.raises(SubsystemError, match="no free nsid"):
-        s.add_namespace(FakeNamespace())
+        s.add_namespace(ns())
     assert s.free_nsid() == 0
 
 
 def test_attach_detach_sends_aen_and_changed_list() -> None:
     s = Subsystem()
-    a, b = FakeController(s), FakeController(s)
-    ns = FakeNamespace()
-    nsid = s.add_namespace(ns)
+    ra, rb = rig(s), rig(s)
+    a, b = ra.ctrl, rb.ctrl
+    n = ns()
+    nsid = s.add_namespace(n)
     assert a.namespaces == {} and s.attached_controllers(nsid) == []
     s.attach(nsid, a)
-    assert a.namespaces == {nsid: ns} and b.namespaces == {}
-    assert a.events == [NOTICE] and a.changed_namespaces == {nsid}
-    assert b.events == []
+    assert a.namespaces == {nsid: n} and b.namespaces == {}
+    assert ra.events == [NOTICE] and a.changed_namespaces == [nsid]
+    assert rb.events == []
     with pytest.raises(SubsystemError) as e:
         s.attach(nsid, a)
     assert e.value.status == Status.NS_ALREADY_ATTACHED
     s.attach(nsid, b)
     assert s.attached_controllers(nsid) == [1, 2] and s.is_attached(nsid, b)
+    ra.clear_events()
     s.detach(nsid, a)
-    assert a.namespaces == {} and len(a.events) == 2
+    assert a.namespaces == {} and ra.events == [NOTICE] and a.changed_namespaces == [nsid]
     with pytest.raises(SubsystemError) as e:
         s.detach(nsid, a)
     assert e.value.status == Status.NS_NOT_ATTACHED
     with pytest.raises(SubsystemError):
         s.attach(99, a)
     with pytest.raises(SubsystemError):
-        s.attach(nsid, FakeController())  # not in this subsystem
+        s.attach(nsid, ctrl())  # not in this subsystem
+    ra.clear_events()
     s.attach(nsid, a, notify=False)
-    assert len(a.events) == 2
+    assert ra.events == [] and a.changed_namespaces == []
+    ra.close()
+    rb.close()
 
 
 def test_attach_all_covers_later_controllers() -> None:
     s = Subsystem()
-    a = FakeController(s)
-    ns = FakeNamespace()
-    nsid = s.add_namespace(ns)
+    ra = rig(s)
+    n = ns()
+    nsid = s.add_namespace(n)
     s.attach_all(nsid)
-    assert nsid in s.attach_policy_all and a.namespaces == {nsid: ns}
-    b = FakeController(s)
-    assert b.namespaces == {nsid: ns}
-    assert b.events == []  # a new controller's host has not scanned yet: no AEN
+    assert nsid in s.attach_policy_all and ra.namespaces == {nsid: n}
+    assert ra.events == [NOTICE]
+    rb = rig(s)
+    assert rb.namespaces == {nsid: n}
+    assert rb.events == [] and rb.ctrl.changed_namespaces == []  # its host has not scanned yet: no AEN
     assert s.attached_controllers(nsid) == [1, 2]
+    ra.close()
+    rb.close()
 
 
 def test_remove_controller_keeps_namespaces() -> None:
     s = Subsystem()
-    a, b = FakeController(s), FakeController(s)
-    ns = FakeNamespace()
-    nsid = s.add_namespace(ns)
+    a, b = ctrl(s), ctrl(s)
+    n = ns()
+    nsid = s.add_namespace(n)
     s.attach_all(nsid)
     s.remove_controller(a)
-    assert a.namespaces == {} and s.namespaces == {nsid: ns} and ns.closed == 0
+    assert a.namespaces == {} and s.namespaces == {nsid: n} and n.ready   # not closed
     assert s.attached_controllers(nsid) == [b.cntlid]
     with pytest.raises(SubsystemError):
         s.remove_controller(a)
@@ -255,32 +147,62 @@ def test_remove_controller_keeps_namespaces() -> None:
 
 def test_remove_namespace_detaches_everywhere() -> None:
     s = Subsystem()
-    a, b, c = FakeController(s), FakeController(s), FakeController(s)
-    ns = FakeNamespace()
-    nsid = s.add_namespace(ns)
+    rigs = [rig(s), rig(s), rig(s)]
+    a, b, c = (r.ctrl for r in rigs)
+    n = ns()
+    nsid = s.add_namespace(n)
     s.attach(nsid, a, notify=False)
     s.attach(nsid, b, notify=False)
     s.attach_all(nsid, notify=False)
-    assert s.remove_namespace(nsid) is ns
-    for ctrl in (a, b, c):
-        assert ctrl.namespaces == {} and ctrl.events == [NOTICE] and ctrl.changed_namespaces == {nsid}
+    assert s.remove_namespace(nsid) is n
+    for r in rigs:
+        assert r.namespaces == {} and r.events == [NOTICE] and r.ctrl.changed_namespaces == [nsid]
     assert nsid not in s.namespaces and nsid not in s.attach_policy_all
-    assert ns.closed == 0
+    assert n.ready   # not closed
     with pytest.raises(SubsystemError):
         s.remove_namespace(nsid)
-    d = FakeController(s)
+    d = ctrl(s)
     assert d.namespaces == {}
-    ns2 = FakeNamespace()
+    ns2 = ns()
     s.add_namespace(ns2)
     s.remove_namespace(ns2.nsid, close=True)
-    assert ns2.closed == 1
+    assert not ns2.ready   # closed
+    for r in rigs:
+        r.close()
 
 
 def test_capacity_accounting() -> None:
     s = Subsystem(capacity=10 << 20)
-    s.add_namespace(FakeNamespace(nlbas=2048, lba_size=512))
+    s.add_namespace(ns(nlbas=2048, lba_size=512))
     assert s.allocated_bytes() == 1 << 20
     assert s.unallocated_bytes() == 9 << 20
+
+
+class ThreadLog:
+    """A sink for the real trace points: which thread each controller's change ran on."""
+
+    POINTS = (T.NVME_NS_ATTACH, T.NVME_NS_DETACH, T.NVME_AEN_QUEUED)
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str, threading.Thread]] = []
+
+    def __call__(self, record: dict[str, Any]) -> None:
+        self.seen.append((record["name"], record["ctrl"], threading.current_thread()))
+
+    def threads(self, ctrl_name: str) -> set[threading.Thread]:
+        return {th for _, name, th in self.seen if name == ctrl_name}
+
+    def __enter__(self) -> "ThreadLog":
+        self.before = {tp.name: tp.state for tp in self.POINTS}
+        for tp in self.POINTS:
+            T.TRACE.set_state(tp.name, True)
+        T.TRACE.add_sink(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        T.TRACE.remove_sink(self)
+        for name, state in self.before.items():
+            T.TRACE.set_state(name, state)
 
 
 def test_changes_happen_on_controller_iothread() -> None:
@@ -290,31 +212,40 @@ def test_changes_happen_on_controller_iothread() -> None:
     t1.start()
     t2.start()
     try:
-        a, b = FakeController(s, t1), FakeController(s, t2)
-        ns = FakeNamespace()
-        nsid = s.add_namespace(ns)
-        s.attach_all(nsid)
-        assert a.namespaces == {nsid: ns} and b.namespaces == {nsid: ns}  # done when it returns
-        assert all(th is t1._thread for th in a.threads)
-        assert all(th is t2._thread for th in b.threads)
+        a = Controller(ControllerConfig(serial="a"), s, t1)
+        b = Controller(ControllerConfig(serial="b"), s, t2)
+        for c, t in ((a, t1), (b, t2)):     # the hosts enabled notices (Set Features AEC)
+            t.run(setattr, c.features, "async_event_config", 0xF00)
+        n = ns()
+        nsid = s.add_namespace(n)
+        with ThreadLog() as log:
+            s.attach_all(nsid)
+            assert a.namespaces == {nsid: n} and b.namespaces == {nsid: n}  # done when it returns
+            assert log.threads("a") == {t1._thread} and log.threads("b") == {t2._thread}
+            kinds = {kind for kind, name, _ in log.seen if name == "a"}
+            assert kinds == {T.NVME_NS_ATTACH.name, T.NVME_AEN_QUEUED.name}
 
-        # From controller a's IOThread (its admin command): a directly, b submitted
-        # without blocking t1 on t2.
-        def from_a() -> None:
-            s.detach(nsid, a)
-            s.detach(nsid, b)
-            assert nsid not in a.namespaces  # synchronous for its own controller
-        t1.run(from_a)
-        t2.run(lambda: None)  # b's work queued before this has run
-        assert a.namespaces == {} and b.namespaces == {}
-        assert all(th is t2._thread for th in b.threads)
+            # From controller a's IOThread (its admin command): a directly, b submitted
+            # without blocking t1 on t2.
+            def from_a() -> None:
+                s.detach(nsid, a)
+                s.detach(nsid, b)
+                assert nsid not in a.namespaces  # synchronous for its own controller
+            t1.run(from_a)
+            t2.run(lambda: None)  # b's work queued before this has run
+            assert a.namespaces == {} and b.namespaces == {}
+            assert log.threads("b") == {t2._thread} and log.threads("a") == {t1._thread}
+            assert (T.NVME_NS_DETACH.name, "b", t2._thread) in log.seen
 
-        # remove_namespace(close=True) closes only after the other IOThread detached.
-        s.attach_all(nsid)
-        t1.run(lambda: s.remove_namespace(nsid, close=True))
-        t2.run(lambda: None)
-        assert ns.closed == 1 and b.namespaces == {}
+            # remove_namespace(close=True) closes only after the other IOThread detached.
+            s.attach_all(nsid)
+            t1.run(lambda: s.remove_namespace(nsid, close=True))
+            t2.run(lambda: None)
+            assert not n.ready and b.namespaces == {}
+            assert log.threads("b") == {t2._thread}
     finally:
+        t1.run(a.shutdown)
+        t2.run(b.shutdown)
         t1.stop()
         t2.stop()
 
