@@ -1,65 +1,19 @@
-"""x-nvme-* types on a Machine, with a fake controller and server (fast, no sockets)."""
+"""x-nvme-* types on a Machine: the real controllers (each on its IOThread) and vfio-user
+servers (listening on sockets in the test's directory; no client connects)."""
 
 from __future__ import annotations
 
-import sys
-import types
+import os
 
 import pytest
 
-import nvshell.device.vfio_user.server as server_mod
 from nvshell.device.errors import NvshellError, ObjectError, ObjectNotFound, PropertyError
 from nvshell.device.machine import Machine
 from nvshell.device.nvme.spec import LBA_FORMATS
 
 
-class FakeController:
-    def __init__(self, config, subsystem, iothread):
-        self.config = config
-        self.subsystem = subsystem
-        self.iothread = iothread
-        self.cntlid = 0
-        self.pci = object()
-        self.namespaces = {}
-        self.events = []
-        self.down = False
-        if subsystem is not None:          # as the real controller: it registers itself
-            subsystem.add_controller(self, config.cntlid)
-
-    def attach_namespace(self, ns):
-        self.namespaces[ns.nsid] = ns
-
-    def detach_namespace(self, nsid):
-        self.namespaces.pop(nsid, None)
-
-    def note_changed_namespace(self, nsid):
-        self.events.append(("changed", nsid))
-
-    def post_async_event(self, *a):
-        self.events.append(("aen",) + a)
-
-    def shutdown(self):
-        self.down = True
-        if self.subsystem is not None and self in self.subsystem.controllers.values():
-            self.subsystem.remove_controller(self)
-
-
-class FakeServer:
-    def __init__(self, path, device, iothread, *, name="", on_event=None):
-        self.path, self.on_event, self.connected, self.closed = path, on_event, False, False
-
-    def start(self):
-        pass
-
-    def close(self):
-        self.closed = True
-
-
 @pytest.fixture
-def m(tmp_path, monkeypatch):
-    import nvshell.device.nvme.controller as controller_mod
-    monkeypatch.setattr(controller_mod, "Controller", FakeController)
-    monkeypatch.setattr(server_mod, "VfioUserServer", FakeServer, raising=False)
+def m(tmp_path):
     machine = Machine(str(tmp_path))
     yield machine
     machine.shutdown()
@@ -67,6 +21,11 @@ def m(tmp_path, monkeypatch):
 
 def ctrl_model(m, id):
     return m.find_device(id).model
+
+
+def changed(ctrl, clear=False):
+    """The controller's Changed Namespace List (read on its IOThread, as a host's Get Log Page)."""
+    return ctrl.iothread.run(ctrl.take_changed_namespaces, clear)
 
 
 def test_subsystem_props(m):
@@ -164,7 +123,7 @@ def test_controller_attach_detach(m):
         m.qom_get("/machine/peripheral/ctrl0", p["name"])
     # qom-set attached-to
     m.qom_set("/objects/ns1", "attached-to", ["ctrl0", "ctrl1"])
-    assert 1 in c1.namespaces and ("changed", 1) in c1.events
+    assert 1 in c1.namespaces and 1 in changed(c1)
     assert m.qom_get("/objects/ns1", "attached") == ["ctrl0", "ctrl1"]
     m.detach("ns1", "ctrl0")
     assert 1 not in c0.namespaces and m.qom_get("/objects/ns1", "attached-to") == ["ctrl1"]
@@ -190,14 +149,16 @@ def test_controller_attach_detach(m):
     events = []
     m.subscribe(lambda n, d: events.append((n, d)))
     m.device_del("ctrl0")
-    assert c0.down and m.find_object("ns1") is not None and 1 in c1.namespaces
+    subsys0 = m.find_object("subsys0").model
+    assert c0 not in subsys0.controllers.values() and not c0.iothread.running   # shut down
+    assert m.find_object("ns1") is not None and 1 in c1.namespaces
     assert events == [("DEVICE_DELETED", {"device": "ctrl0", "path": "/machine/peripheral/ctrl0"})]
     with pytest.raises(ObjectNotFound, match="Device 'ctrl0' not found"):
         m.device_del("ctrl0")
     # deleting a namespace detaches it with an AEN
-    c1.events.clear()
+    changed(c1, clear=True)
     m.object_del("ns1")
-    assert 1 not in c1.namespaces and ("changed", 1) in c1.events
+    assert 1 not in c1.namespaces and changed(c1) == [1]
 
 
 def test_private_subsystem(m):
@@ -250,7 +211,7 @@ def test_shutdown_closes_everything(m):
     m.object_add("x-nvme-ns-nvm", "n", {"subsys": "s", "size": "1M", "attached-to": "all"})
     srv = m.find_device("c0").server
     m.shutdown()
-    assert srv.closed and m.objects() == [] and m.devices() == []
+    assert not os.path.exists(srv.path) and m.objects() == [] and m.devices() == []   # server closed
     with pytest.raises(ObjectError, match="shutting down"):
         m.object_add("x-nvme-subsystem", "s2", {})
 
@@ -299,6 +260,7 @@ def test_config_dump_reads_back_as_the_same_device(m, tmp_path):
                 assert (got.rsplit("/", 1)[-1] if k == "subsys" else got) == v, (path, k)
     path = tmp_path / "dump.json"
     path.write_text(json.dumps(dump))
+    m.shutdown()   # the dump names the same sockets: the first machine lets go of them
     m2 = Machine(str(tmp_path / "again"))
     try:
         cmdline.apply(m2, cmdline.parse(readconfig=str(path)))
