@@ -282,6 +282,11 @@ class QMPSession:
         """Close politely: queued output is still sent."""
         if self.state is SessionState.CLOSED:
             return
+        # Events held back while a command ran are still the client's (QEMU's clients see SHUTDOWN
+        # after ``quit`` even when another of their commands was in flight): send them first.
+        held, self._held_events = self._held_events, []
+        for event in held:
+            self._write(event)
         self.state = SessionState.CLOSED
         QMPSession.live -= 1
         # Free what the client made us hold now, not when a GC pass breaks the
