@@ -165,27 +165,25 @@ def zone_append(ctrl: Any, cmd: Command) -> Any:
 @ZONED.command(NvmOpcode.WRITE_ZEROES, "write-zeroes", nsid="required", effects=EFFECT_LBCC)
 def zoned_write_zeroes(ctrl: Any, cmd: Command) -> Any:
     """Write Zeroes is a write for the zone rules: at the write pointer, which moves."""
-    ns = cmd.ns
-    slba, nlb = rw_fields(cmd)
-    check_range(ns, slba, nlb)
-    zones = ns.zones
-    with zones.lock:
-        zone = zones.begin_write(slba, nlb)
-        outcome = nvm.write_zeroes(ctrl, cmd)
-        zones.end_write(zone, nlb)
-    return outcome
+    return _write_at_pointer(ctrl, cmd, nvm.write_zeroes)
 
 
 @ZONED.command(NvmOpcode.WRITE_UNCORRECTABLE, "write-uncorrectable", nsid="required", effects=EFFECT_LBCC)
 def zoned_write_uncorrectable(ctrl: Any, cmd: Command) -> Any:
     """Write Uncorrectable writes the blocks (as invalid): at the write pointer, which moves."""
+    return _write_at_pointer(ctrl, cmd, _NVM_WRITE_UNCORRECTABLE)
+
+
+def _write_at_pointer(ctrl: Any, cmd: Command, handler: Any) -> Any:
+    """Run the NVM ``handler`` for a command that writes at its zone's write pointer, under the zone
+    rules: the zone admits the write first and its pointer moves after it."""
     ns = cmd.ns
     slba, nlb = rw_fields(cmd)
     check_range(ns, slba, nlb)
     zones = ns.zones
     with zones.lock:
         zone = zones.begin_write(slba, nlb)
-        outcome = _NVM_WRITE_UNCORRECTABLE(ctrl, cmd)
+        outcome = handler(ctrl, cmd)
         zones.end_write(zone, nlb)
     return outcome
 
