@@ -135,6 +135,15 @@ def _metadata_map(ctrl: Any, cmd: Any, length: int) -> Any:
     return dmap
 
 
+def _command_pi(ns: Any, cmd: Any, slba: int) -> tuple[Protection | None, PiFields | None, bool]:
+    """The namespace's protection, the command's PI fields (checked against the command's own
+    rules) and whether PRACT strips the metadata: what Read, Write and Compare start from."""
+    prot = ns.protection
+    pi = PiFields(prot, cmd) if prot is not None else None
+    _check_command(prot, pi, slba)
+    return prot, pi, pi is not None and prot is not None and prot.strips(pi.prinfo)
+
+
 def _check_command(prot: Protection | None, pi: PiFields | None, slba: int) -> None:
     if prot is None or pi is None:
         return
@@ -158,11 +167,8 @@ def check_blocks(prot: Protection, pi: PiFields, cmd: Any, slba: int, data_block
 def read(ctrl: Any, cmd: Any, ns: Any, slba: int, nlb: int, data: Any) -> None:
     """Read with metadata: data to the data pointer (interleaved for extended LBAs), metadata to MPTR."""
     ms, lba = ns.ms, ns.lba_size
-    prot = ns.protection
-    pi = PiFields(prot, cmd) if prot is not None else None
-    _check_command(prot, pi, slba)
+    prot, pi, stripped = _command_pi(ns, cmd, slba)
     md = memoryview(bytearray(nlb * ms))
-    stripped = pi is not None and prot is not None and prot.strips(pi.prinfo)
     offset = slba << ns.lbads
     try:
         ns.metadata.read(slba, md)
@@ -207,10 +213,7 @@ def _read_side_blocks(ns: Any, slba: int, nlb: int, data: Any) -> Iterator[list[
 def write(ctrl: Any, cmd: Any, ns: Any, slba: int, nlb: int, data: Any) -> None:
     """Write with metadata: check or generate PI for every block, then store data and metadata."""
     ms, lba = ns.ms, ns.lba_size
-    prot = ns.protection
-    pi = PiFields(prot, cmd) if prot is not None else None
-    _check_command(prot, pi, slba)
-    stripped = pi is not None and prot is not None and prot.strips(pi.prinfo)
+    prot, pi, stripped = _command_pi(ns, cmd, slba)
     md = memoryview(bytearray(nlb * ms))
     extended = ns.fmt.extended and not stripped
     if extended:
@@ -253,10 +256,7 @@ def write(ctrl: Any, cmd: Any, ns: Any, slba: int, nlb: int, data: Any) -> None:
 def compare(ctrl: Any, cmd: Any, ns: Any, slba: int, nlb: int, data: Any) -> None:
     """Compare host data (and metadata unless stripped) with the media; stored PI checked per PRCHK."""
     ms, lba = ns.ms, ns.lba_size
-    prot = ns.protection
-    pi = PiFields(prot, cmd) if prot is not None else None
-    _check_command(prot, pi, slba)
-    stripped = pi is not None and prot is not None and prot.strips(pi.prinfo)
+    prot, pi, stripped = _command_pi(ns, cmd, slba)
     md = memoryview(bytearray(nlb * ms))
     scratch = memoryview(bytearray(lba))
     host_md = None
