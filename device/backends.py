@@ -141,7 +141,9 @@ class MemoryBackend(Backend):
             raise BackendError(f"chunk size must be a power of two, not {chunk_size}")
         self.chunk_size = chunk_size
         self._shift = chunk_size.bit_length() - 1
-        self._chunks: dict[int, bytearray] = {}
+        self._mask = chunk_size - 1
+        #: Chunk index -> its bytes, as a memoryview (slicing it copies nothing).
+        self._chunks: dict[int, memoryview] = {}
         self._lock = threading.Lock()
 
     def _chunk_for_write(self, index: int) -> bytearray:
@@ -150,7 +152,7 @@ class MemoryBackend(Backend):
             with self._lock:
                 chunk = self._chunks.get(index)
                 if chunk is None:
-                    chunk = self._chunks[index] = bytearray(self.chunk_size)
+                    chunk = self._chunks[index] = memoryview(bytearray(self.chunk_size))
         return chunk
 
     def _pieces(self, offset: int, length: int):
@@ -165,8 +167,21 @@ class MemoryBackend(Backend):
             pos += n
 
     def readinto(self, offset: int, buf: Buffer) -> None:
-        view = buf if isinstance(buf, memoryview) else memoryview(buf)
+        view = buf if type(buf) is memoryview else memoryview(buf)
         length = view.nbytes
+        inner = offset & self._mask
+        if inner + length <= self.chunk_size and 0 <= offset and offset + length <= self.size \
+                and not self.closed:
+            # Within one chunk (every 4 KiB I/O): no generator, one dict lookup.
+            chunk = self._chunks.get(offset >> self._shift)
+            if chunk is None:
+                if length <= _ZERO_BLOCK_SIZE:
+                    view[:] = _ZEROS[:length]
+                else:
+                    _zero_fill(view, 0, length)
+            else:
+                view[:] = chunk[inner:inner + length]
+            return
         self._check(offset, length)
         chunks = self._chunks
         for index, inner, n, pos in self._pieces(offset, length):
@@ -174,11 +189,19 @@ class MemoryBackend(Backend):
             if chunk is None:
                 _zero_fill(view, pos, pos + n)
             else:
-                view[pos:pos + n] = memoryview(chunk)[inner:inner + n]
+                view[pos:pos + n] = chunk[inner:inner + n]
 
     def write(self, offset: int, data: Buffer) -> None:
-        view = data if isinstance(data, memoryview) else memoryview(data)
+        view = data if type(data) is memoryview else memoryview(data)
         length = view.nbytes
+        inner = offset & self._mask
+        if inner + length <= self.chunk_size and 0 <= offset and offset + length <= self.size \
+                and not self.closed:
+            chunk = self._chunks.get(offset >> self._shift)
+            if chunk is None:
+                chunk = self._chunk_for_write(offset >> self._shift)
+            chunk[inner:inner + length] = view
+            return
         self._check(offset, length)
         for index, inner, n, pos in self._pieces(offset, length):
             chunk = self._chunk_for_write(index)

@@ -70,7 +70,11 @@ def scattered_pages(g: Guest, n: int, seed: int = 0) -> list[int]:
 
 
 def prp_map(g: Guest, prp1: int, prp2: int, length: int, **kw):
-    return map_data(g.memory, make_cmd(dptr1=prp1, dptr2=prp2), length, **kw)
+    """``map_data``, checked completely (``resolve``: a one-range map defers its check to the
+    view that moves the data; test_one_range_map_is_checked_by_its_view covers that)."""
+    dm = map_data(g.memory, make_cmd(dptr1=prp1, dptr2=prp2), length, **kw)
+    dm.resolve()
+    return dm
 
 
 # ------------------------------------------------------------------ PRP
@@ -163,6 +167,23 @@ def test_prp_unmapped_is_data_transfer_error(guest):
     lst = guest.alloc()
     guest.write(lst, struct.pack("<2Q", guest.alloc(), UNMAPPED))
     assert status_of(prp_map, guest, a, lst, 3 * PAGE) == Status.DATA_TRANSFER_ERROR
+
+
+def test_one_range_map_is_checked_by_its_view(guest):
+    """A transfer inside PRP1's page costs one guest-memory lookup: the view that moves the
+    data. An unmapped one still fails with Data Transfer Error before any data moves."""
+    a = guest.alloc()
+    dm = map_data(guest.memory, make_cmd(dptr1=a + 512, dptr2=0), 1024)
+    assert dm.lazy and dm.segments == [(a + 512, 1024)]
+    view = dm.single_view(True)
+    assert view is not None and len(view) == 1024
+    view[:] = b"\x5a" * 1024
+    view.release()
+    assert guest.read(a + 512, 1024) == b"\x5a" * 1024
+    for use in (lambda m: m.single_view(True), lambda m: list(m.views(True)), lambda m: m.from_guest(),
+                lambda m: m.to_guest(b"x"), lambda m: m.resolve()):
+        bad = map_data(guest.memory, make_cmd(dptr1=UNMAPPED, dptr2=0), 512)
+        assert status_of(use, bad) == Status.DATA_TRANSFER_ERROR
 
 
 def test_list_reads_only_needed_entries(guest):

@@ -28,24 +28,28 @@ class NamespaceStats:
         self.media_errors = 0
 
 
-_STATS: "weakref.WeakKeyDictionary[Any, NamespaceStats]" = weakref.WeakKeyDictionary()
+#: id(namespace) -> its counters. Keyed by id, not by a weak key: the I/O handlers look it up
+#: for every command, and a plain dict lookup costs a fraction of a WeakKeyDictionary's (which
+#: builds a weakref per lookup). A finalizer drops the entry when the namespace goes.
+_STATS: dict[int, NamespaceStats] = {}
 
 
 def ns_stats(ns: Any) -> NamespaceStats:
-    stats = _STATS.get(ns)
+    stats = _STATS.get(id(ns))
     if stats is None:
-        stats = _STATS[ns] = NamespaceStats()
+        stats = _STATS[id(ns)] = NamespaceStats()
+        weakref.finalize(ns, _STATS.pop, id(ns), None)
     return stats
 
 
 def count_read(ns: Any, nbytes: int) -> None:
-    stats = ns_stats(ns)
+    stats = _STATS.get(id(ns)) or ns_stats(ns)
     stats.bytes_read += nbytes
     stats.read_commands += 1
 
 
 def count_write(ns: Any, nbytes: int) -> None:
-    stats = ns_stats(ns)
+    stats = _STATS.get(id(ns)) or ns_stats(ns)
     stats.bytes_written += nbytes
     stats.write_commands += 1
 

@@ -20,9 +20,8 @@ comes from the table entry, not from each handler.
 from __future__ import annotations
 
 import enum
-import operator
-from dataclasses import dataclass, field, fields
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from dataclasses import MISSING, dataclass, field, fields
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterator
 
 from nvshell.device.nvme.spec import SQE, opcode_name
 
@@ -67,10 +66,9 @@ class Command:
     #: Free for handlers and fault rules (e.g. the aborted flag).
     extra: dict[str, Any] = field(default_factory=dict)
 
-    @classmethod
-    def from_sqe(cls, sqid: int, raw: tuple[int, ...]) -> "Command":
-        """A command from ``SQE.struct.unpack_from`` output (the field order is ``SQE``'s)."""
-        return cls(sqid, *_FROM_SQE(raw))
+    #: ``from_sqe(sqid, raw) -> Command``: a command from ``SQE.struct.unpack_from`` output
+    #: (the field order is ``SQE``'s); generated below (``_decoder``).
+    from_sqe: ClassVar[Callable[[int, tuple[int, ...]], "Command"]]
 
     @property
     def psdt(self) -> int:
@@ -81,9 +79,30 @@ class Command:
         return self.flags & 0x3
 
 
-#: Picks the SQE fields ``Command`` keeps (all but the reserved CDW2), in
-#: ``Command``'s own field order, so the entry's shape is declared once (``spec.SQE``).
-_FROM_SQE = operator.itemgetter(*(SQE.names.index(f.name) for f in fields(Command) if f.name in SQE.names))
+def _decoder() -> Callable[..., Command]:
+    """``Command.from_sqe``: a new instance (no dataclass ``__init__``: the data path decodes
+    every SQE, and this takes a third of the time) whose SQE fields are assigned in one tuple
+    unpacking (in ``spec.SQE``'s order; the reserved CDW2 goes to ``_``) and the others set to
+    their declared defaults -- generated from the two declarations, so neither is repeated."""
+    targets = ", ".join(f"cmd.{name}" if name in _FIELDS else "_" for name in SQE.names)
+    lines = ["def from_sqe(cls, sqid, raw):", "    cmd = _new(cls)", f"    {targets} = raw", "    cmd.sqid = sqid"]
+    env: dict[str, Any] = {"_new": object.__new__}
+    for f in fields(Command):
+        if f.name in SQE.names or f.name == "sqid":
+            continue
+        if f.default_factory is not MISSING:
+            env[f"_make_{f.name}"] = f.default_factory
+            lines.append(f"    cmd.{f.name} = _make_{f.name}()")
+        else:
+            env[f"_default_{f.name}"] = f.default
+            lines.append(f"    cmd.{f.name} = _default_{f.name}")
+    lines.append("    return cmd")
+    exec("\n".join(lines), env)  # noqa: S102 -- source built from the two declarations above
+    return env["from_sqe"]
+
+
+_FIELDS = {f.name for f in fields(Command)}
+Command.from_sqe = classmethod(_decoder())  # type: ignore[method-assign, assignment]
 
 
 @dataclass(frozen=True, slots=True)

@@ -83,14 +83,25 @@ class DataMap:
     handler (an unmap could not close the region while they exist).
     """
 
-    __slots__ = ("memory", "segments", "length", "has_bit_bucket")
+    __slots__ = ("memory", "segments", "length", "has_bit_bucket", "lazy")
 
     def __init__(self, memory: "GuestMemory", segments: list[tuple[int | None, int]], length: int,
-                 has_bit_bucket: bool = False):
+                 has_bit_bucket: bool = False, lazy: bool = False):
         self.memory = memory
         self.segments = segments
         self.length = length
         self.has_bit_bucket = has_bit_bucket
+        #: One guest range not yet checked (``map_data``'s fast path): the view that moves the
+        #: data is the check, so a command costs one guest-memory lookup. A range that fails
+        #: it is validated then (``resolve``): split at region boundaries or Data Transfer
+        #: Error -- before any data moved, as for an eagerly checked map.
+        self.lazy = lazy
+
+    def resolve(self) -> None:
+        """Validate a lazily mapped range now (see ``lazy``); raises ``NvmeError`` if unmapped."""
+        if self.lazy:
+            self.lazy = False
+            self.segments = _validate(self.memory, [list(self.segments[0])])
 
     def views(self, write: bool) -> Iterator[memoryview]:
         """Memoryviews into guest memory covering the transfer, in order.
@@ -99,6 +110,15 @@ class DataMap:
         buckets yield scratch buffers whose contents are dropped.
         ``write=False``: the device reads host data (a Write command).
         """
+        if self.lazy:
+            addr, length = self.segments[0]
+            try:
+                view = self.memory.view(addr, length, write)  # type: ignore[arg-type]
+            except MemoryFault:
+                self.resolve()
+            else:
+                yield view
+                return
         if not write and self.has_bit_bucket:
             raise NvmeError(Status.SGL_DESCRIPTOR_TYPE_INVALID, msg="bit bucket SGL descriptor in host-to-device data")
         view = self.memory.view
@@ -111,6 +131,23 @@ class DataMap:
                     yield _SCRATCH[:n]
                     length -= n
 
+    def single_view(self, write: bool) -> memoryview | None:
+        """The whole transfer as one guest view when it is one range (every 4 KiB I/O), else
+        None (use ``views``): the data path's shortcut past the generator."""
+        segments = self.segments
+        if len(segments) != 1:
+            return None
+        addr, length = segments[0]
+        if addr is None:
+            return None
+        try:
+            return self.memory.view(addr, length, write)
+        except MemoryFault:
+            if not self.lazy:
+                raise
+        self.resolve()
+        return self.single_view(write)
+
     def to_guest(self, data: bytes | bytearray | memoryview, offset: int = 0) -> int:
         """Copy ``data`` into the transfer starting ``offset`` bytes in.
 
@@ -118,6 +155,7 @@ class DataMap:
         for fewer bytes of a log page than exist gets a prefix); returns the
         number of bytes stored.
         """
+        self.resolve()
         src = memoryview(data).cast("B")
         total = min(len(src), max(0, self.length - offset))
         pos = 0
@@ -138,6 +176,7 @@ class DataMap:
 
     def from_guest(self) -> bytes:
         """The whole transfer as bytes (for small host-to-device data: range lists, features)."""
+        self.resolve()
         if self.has_bit_bucket:
             raise NvmeError(Status.SGL_DESCRIPTOR_TYPE_INVALID, msg="bit bucket SGL descriptor in host-to-device data")
         if len(self.segments) == 1:
@@ -168,15 +207,9 @@ def map_data(memory: "GuestMemory", cmd: "Command", length: int, *, page_size: i
     if psdt == PSDT_PRP:
         prp1 = cmd.dptr1
         if not prp1 & 0x3 and length <= page_size - (prp1 & (page_size - 1)):
-            # Fast path (every 4 KiB I/O): the whole transfer is in PRP1's page.
-            # A MemoryFault here falls through to the general path, which splits
-            # at region boundaries or reports Data Transfer Error.
-            try:
-                with memory.view(prp1, length):
-                    pass
-                return DataMap(memory, [(prp1, length)], length)
-            except MemoryFault:
-                pass
+            # Fast path (every 4 KiB I/O): the whole transfer is in PRP1's page, checked
+            # by the view that moves the data (``DataMap.lazy``).
+            return DataMap(memory, [(prp1, length)], length, False, True)
         pieces = _map_prp(memory, cmd.dptr1, cmd.dptr2, length, page_size)
         bucket = False
     elif psdt in (PSDT_SGL_MPTR_CONTIGUOUS, PSDT_SGL_MPTR_SGL) and allow_sgl:

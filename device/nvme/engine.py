@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _SQE_UNPACK = SQE.struct.unpack_from
+_FROM_SQE = Command.from_sqe
 _DMA_ERROR = int(Status.DATA_TRANSFER_ERROR)
 _INTERNAL_ERROR = int(Status.INTERNAL_ERROR)
 _NO_STATUS = (0, False, False)
@@ -223,7 +224,7 @@ class CommandEngine:
             head = 0
         sq.head = head
         sq.fetched += 1
-        cmd = Command.from_sqe(sq.qid, raw)
+        cmd = _FROM_SQE(sq.qid, raw)
         hooks = ctrl.hooks
         if self.timing or hooks.on_complete is not None or T.NVME_CMD_COMPLETE.enabled:
             cmd.fetched_ns = time.monotonic_ns()
@@ -242,6 +243,8 @@ class CommandEngine:
         outcome = self.dispatch(cmd)
         if outcome is None:
             self.defer(sq, cmd)
+        elif outcome is _NO_STATUS:
+            self.post_success(sq, cmd)
         else:
             self.post(sq, cmd, *outcome)
 
@@ -317,6 +320,35 @@ class CommandEngine:
         sq.deferred[cmd.cid] = cmd
         self.ctrl.events.deliver_if_pending()
 
+    def post_success(self, sq: SubmissionQueue, cmd: Command) -> None:
+        """``post`` of a successful command: the common case, with nothing to record."""
+        ctrl = self.ctrl
+        if sq.qid:
+            opcode = cmd.opcode
+            if opcode in HOST_READ_OPCODES:
+                ctrl.stats.host_read_commands += 1
+                sq.bytes_read += cmd.nbytes
+            elif opcode in HOST_WRITE_OPCODES:
+                ctrl.stats.host_write_commands += 1
+                sq.bytes_written += cmd.nbytes
+        if cmd.fetched_ns and self.timing:
+            us = (time.monotonic_ns() - cmd.fetched_ns) // 1000
+            sq.latency[min(us.bit_length(), _LAST_BUCKET)] += 1   # trace.bucket_of, in integers
+        if ctrl.hooks.on_complete is not None or T.NVME_CMD_COMPLETE.enabled:
+            self._finish_hooks(cmd, 0)
+        cq = sq.cq
+        if cq.pending or (cq.full() and not ctrl.doorbells.refresh_cq(cq)):
+            cq.pending.append((cmd.result, cmd.result_dw1, sq.head, sq.qid, cmd.cid, 0))
+            self.has_waiting_cqes = True
+            ctrl.doorbells.want_cq_head(cq)
+            return
+        if not cq.irq_pending:
+            self.irq_cqs.append(cq)
+        try:
+            cq.write_entry(ctrl.memory, cmd.result, cmd.result_dw1, sq.head, sq.qid, cmd.cid, 0)
+        except (MemoryFault, AttributeError, ValueError) as exc:
+            ctrl.fatal(f"CQ {cq.qid} not in guest memory: {exc}")
+
     def post(self, sq: SubmissionQueue, cmd: Command, status: int, dnr: bool, more: bool = False) -> None:
         ctrl = self.ctrl
         if status:
@@ -324,6 +356,9 @@ class CommandEngine:
                 lba = cmd.cdw10 | (cmd.cdw11 << 32) if sq.qid and cmd.opcode in LBA_OPCODES else 0
                 lba = cmd.extra.get("error_lba", lba)  # a PI check names the failing block
                 ctrl.error_log.record(sq.qid, cmd.cid, status, dnr, nsid=cmd.nsid, lba=lba)
+        elif not dnr and not more:
+            self.post_success(sq, cmd)
+            return
         elif sq.qid:
             if cmd.opcode in HOST_READ_OPCODES:
                 ctrl.stats.host_read_commands += 1
@@ -334,16 +369,9 @@ class CommandEngine:
         if cmd.fetched_ns and self.timing:
             us = (time.monotonic_ns() - cmd.fetched_ns) // 1000
             sq.latency[min(us.bit_length(), _LAST_BUCKET)] += 1   # trace.bucket_of, in integers
-        hooks = ctrl.hooks
-        if hooks.on_complete is not None:
-            try:
-                hooks.on_complete(cmd, status)
-            except Exception:
-                log.exception("controller %d: on_complete hook failed", ctrl.cntlid)
-        if T.NVME_CMD_COMPLETE.enabled:
-            self._trace_complete(cmd, status)
+        self._finish_hooks(cmd, status)
         cq = sq.cq
-        sf = status_field(status, dnr, more) << 1 if status or dnr or more else 0
+        sf = status_field(status, dnr, more) << 1
         if cq.pending or (cq.full() and not ctrl.doorbells.refresh_cq(cq)):
             cq.pending.append((cmd.result, cmd.result_dw1, sq.head, sq.qid, cmd.cid, sf))
             self.has_waiting_cqes = True
@@ -355,6 +383,17 @@ class CommandEngine:
             cq.write_entry(ctrl.memory, cmd.result, cmd.result_dw1, sq.head, sq.qid, cmd.cid, sf)
         except (MemoryFault, AttributeError, ValueError) as exc:
             ctrl.fatal(f"CQ {cq.qid} not in guest memory: {exc}")
+
+    def _finish_hooks(self, cmd: Command, status: int) -> None:
+        """The completion hook (faults) and trace point, when on."""
+        hooks = self.ctrl.hooks
+        if hooks.on_complete is not None:
+            try:
+                hooks.on_complete(cmd, status)
+            except Exception:
+                log.exception("controller %d: on_complete hook failed", self.ctrl.cntlid)
+        if T.NVME_CMD_COMPLETE.enabled:
+            self._trace_complete(cmd, status)
 
     def complete(self, cmd: Command, status: int = 0, dnr: bool = False, more: bool = False) -> bool:
         """Complete a command a handler kept (DEFERRED). False if it is gone already

@@ -149,25 +149,46 @@ def flush(ctrl: "ControllerContext", cmd: Command) -> object:
 
 def map_blocks(ctrl: "ControllerContext", cmd: Command) -> tuple[Any, int, int, Any]:
     """The checks every data-moving block command makes, in QEMU's order (MDTS, LBA
-    range, data pointer): ``(namespace, byte offset, byte count, DataMap)``."""
+    range, data pointer): ``(namespace, byte offset, byte count, DataMap)``.
+
+    A one-range map is checked by the view that moves its data (``DataMap.lazy``); the
+    metadata and worker-pool paths move data in pieces or later, so theirs is checked here."""
     ns = cmd.ns
-    slba, nlb = rw_fields(cmd)
+    slba = (cmd.cdw11 << 32) | cmd.cdw10
+    nlb = (cmd.cdw12 & 0xFFFF) + 1
     nbytes = nlb << ns.lbads
-    # Extended LBAs: the data pointer also carries the interleaved metadata (MDTS counts it).
-    xfer = nvm_meta.transfer_length(ns, cmd, nlb) if ns.ms else nbytes
-    check_mdts(ctrl, xfer)
+    if ns.ms:
+        # Extended LBAs: the data pointer also carries the interleaved metadata (MDTS counts it).
+        xfer = nvm_meta.transfer_length(ns, cmd, nlb)
+        check_mdts(ctrl, xfer)
+        check_range(ns, slba, nlb)
+        data = ctrl.transfer(cmd, xfer)
+        data.resolve()
+        return ns, slba << ns.lbads, nbytes, data
+    check_mdts(ctrl, nbytes)
     check_range(ns, slba, nlb)
-    return ns, slba << ns.lbads, nbytes, ctrl.transfer(cmd, xfer)
+    data = ctrl.transfer(cmd, nbytes)
+    if ns.backend.blocking:
+        data.resolve()
+    return ns, slba << ns.lbads, nbytes, data
 
 
 @NVM.command(NvmOpcode.WRITE, nsid="required", effects=EFFECT_LBCC, direction="from-host")
 def write(ctrl: "ControllerContext", cmd: Command) -> object:
     ns, offset, nbytes, data = map_blocks(ctrl, cmd)
+    # One guest range on an in-thread backend (every 4 KiB write): its view, taken before
+    # anything changes, is both the data pointer's check and the buffer.
+    view = None if ns.ms or ns.backend.blocking else data.single_view(False)
     ctrl.stats.add_write(nbytes, cmd)
     count_write(ns, nbytes)
     if unc.TRACKING:
         unc.written(ns, offset >> ns.lbads, nbytes >> ns.lbads)
-    if ns.ms:
+    if view is not None:
+        try:
+            ns.backend.write(offset, view)
+        except BackendError as exc:
+            raise _write_error(exc) from None
+    elif ns.ms:
         nvm_meta.write(ctrl, cmd, ns, offset >> ns.lbads, nbytes >> ns.lbads, data)
     elif ns.backend.blocking:               # a file: off the IOThread (device/nvme/offload.py)
         def work() -> None:
@@ -183,11 +204,17 @@ def write(ctrl: "ControllerContext", cmd: Command) -> object:
 @NVM.command(NvmOpcode.READ, nsid="required", direction="to-host")
 def read(ctrl: "ControllerContext", cmd: Command) -> object:
     ns, offset, nbytes, data = map_blocks(ctrl, cmd)
+    view = None if ns.ms or ns.backend.blocking else data.single_view(True)   # as in write
     if unc.ANY:
         unc.check_readable(ns, offset >> ns.lbads, nbytes >> ns.lbads)
     ctrl.stats.add_read(nbytes, cmd)
     count_read(ns, nbytes)
-    if ns.ms:
+    if view is not None:
+        try:
+            ns.backend.readinto(offset, view)
+        except BackendError as exc:
+            raise _read_error(exc) from None
+    elif ns.ms:
         nvm_meta.read(ctrl, cmd, ns, offset >> ns.lbads, nbytes >> ns.lbads, data)
     elif ns.backend.blocking:
         return ctrl.offload(cmd, lambda: read_blocks(ns, offset, data))

@@ -16,6 +16,7 @@ entry (x86 keeps stores in order; the two memcpy calls are the barrier).
 
 from __future__ import annotations
 
+import struct
 from collections import deque
 from typing import TYPE_CHECKING
 
@@ -31,14 +32,17 @@ CQE_SIZE = CQE.size
 _CQE_STRUCT = CQE.struct
 #: Bytes of a CQE before the status/phase halfword.
 _CQE_BODY = CQE.offsets["status"]
-_STATUS_PACK = __import__("struct").Struct("<H").pack_into
+#: The CQE without its last field (status + phase), and that field: written in that order.
+_BODY_PACK = struct.Struct("<" + _CQE_STRUCT.format.lstrip("<=")[:-1]).pack_into
+_STATUS_PACK = struct.Struct("<" + _CQE_STRUCT.format.lstrip("<=")[-1]).pack_into
+assert struct.calcsize("<" + _CQE_STRUCT.format.lstrip("<=")[:-1]) == _CQE_BODY == CQE.size - 2
 
 
 class CompletionQueue:
     """An I/O or admin completion queue (``qid`` 0 is the admin CQ)."""
 
     __slots__ = ("qid", "base", "size", "head", "tail", "phase", "ien", "vector", "sqs", "pending",
-                 "irq_pending", "unsignalled", "posted", "ring", "_scratch")
+                 "irq_pending", "unsignalled", "posted", "ring")
 
     def __init__(self, qid: int, base: int, size: int, ien: bool, vector: int):
         self.qid = qid
@@ -61,7 +65,6 @@ class CompletionQueue:
         self.posted = 0
         #: The whole ring in guest memory (writable), or None until first use.
         self.ring: memoryview | None = None
-        self._scratch = bytearray(CQE_SIZE)
 
     def map(self, memory: "HostMemory") -> memoryview:
         self.ring = memory.view(self.base, self.size * CQE_SIZE, True)
@@ -83,19 +86,20 @@ class CompletionQueue:
 
     def write_entry(self, memory: "HostMemory", dw0: int, dw1: int, sqhd: int, sqid: int, cid: int,
                     sf: int) -> None:
-        """Write one CQE at ``tail`` with the current phase and advance (caller checked ``full()``)."""
+        """Write one CQE at ``tail`` with the current phase and advance (caller checked ``full()``).
+
+        Straight into the mapped ring: the body first, then the status/phase halfword."""
         ring = self.ring
         if ring is None:
             ring = self.map(memory)
         off = self.tail * CQE_SIZE
-        scratch = self._scratch
-        _CQE_STRUCT.pack_into(scratch, 0, dw0 & 0xFFFFFFFF, dw1 & 0xFFFFFFFF, sqhd, sqid, cid, 0)
-        ring[off:off + _CQE_BODY] = scratch[:_CQE_BODY]
+        _BODY_PACK(ring, off, dw0 & 0xFFFFFFFF, dw1 & 0xFFFFFFFF, sqhd, sqid, cid)
         _STATUS_PACK(ring, off + _CQE_BODY, (sf & 0xFFFE) | self.phase)
-        self.tail += 1
-        if self.tail == self.size:
-            self.tail = 0
+        tail = self.tail + 1
+        if tail == self.size:
+            tail = 0
             self.phase ^= 1
+        self.tail = tail
         self.irq_pending = True
         self.unsignalled += 1
         self.posted += 1
