@@ -10,12 +10,13 @@ import time
 import pytest
 
 from nvshell.monitor.qmp import session as S
-from tests.qmp_helpers import FakeMachine, MonitorThread, RawClient
+from nvshell.device.machine import Machine
+from tests.qmp_helpers import MonitorThread, RawClient
 
 
 @pytest.fixture
 def mon(tmp_path):
-    m = MonitorThread(tmp_path, FakeMachine(), max_message=1024 * 1024)
+    m = MonitorThread(tmp_path, Machine(str(tmp_path)), max_message=1024 * 1024)
     yield m
     m.stop()
 

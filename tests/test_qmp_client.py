@@ -1,7 +1,7 @@
 """The QMP monitor against the real ``qemu.qmp`` library (QMPClient), over UNIX and TCP.
 
-Runs the real Machine with a temporary run_dir; a fake Machine covers events that
-arrive from a foreign thread.
+Runs the real Machine with a temporary run_dir; its events that arrive from foreign
+threads (a controller's IOThread) are the real ones a vfio-user client causes.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import stat
+import threading
 from typing import Any
 
 
@@ -16,7 +17,8 @@ import pytest
 from qemu.qmp import ExecuteError, QMPClient
 
 from nvshell.device.machine import Machine
-from tests.qmp_helpers import FakeMachine, MonitorThread, RawClient
+from nvshell.device.vfio_user.client import VfioUserClient
+from tests.qmp_helpers import MonitorThread, RawClient
 
 
 
@@ -24,13 +26,6 @@ from tests.qmp_helpers import FakeMachine, MonitorThread, RawClient
 @pytest.fixture
 def mon(tmp_path):
     m = MonitorThread(tmp_path, Machine(str(tmp_path)))
-    yield m
-    m.stop()
-
-
-@pytest.fixture
-def fake_mon(tmp_path):
-    m = MonitorThread(tmp_path, FakeMachine())
     yield m
     m.stop()
 
@@ -258,10 +253,10 @@ def test_human_monitor_command(mon):
     run(main())
 
 
-def test_quit_replies_then_shutdown_event(fake_mon):
+def test_quit_replies_then_shutdown_event(mon):
     async def main() -> None:
-        c = await connect(fake_mon.unix_path)
-        watcher = await connect(fake_mon.tcp)
+        c = await connect(mon.unix_path)
+        watcher = await connect(mon.tcp)
         assert await c.execute("quit") == {}
         event = await asyncio.wait_for(watcher.events.get(), 5)
         assert event["event"] == "SHUTDOWN"
@@ -269,18 +264,33 @@ def test_quit_replies_then_shutdown_event(fake_mon):
         await c.disconnect()
         await watcher.disconnect()
     run(main())
-    fake_mon.run(lambda: None)   # the shutdown request is queued on the loop behind the event
-    assert fake_mon.shutdown_requests == 1
+    mon.run(lambda: None)   # the shutdown request is queued on the loop behind the event
+    assert mon.shutdown_requests == 1
 
 
-def test_fake_machine_events_from_other_thread(fake_mon):
+def test_machine_events_from_other_threads(mon):
+    """A vfio-user client coming and going is published from the controller's IOThread;
+    every QMP session gets each event, in order, then DEVICE_DELETED."""
     seen: list = []
-    fake_mon.run(lambda: fake_mon.ctx.events.subscribe(seen.append))
+    mon.run(lambda: mon.ctx.events.subscribe(lambda e: seen.append((e["event"], threading.current_thread()))))
 
     async def main() -> None:
-        clients = [await connect(fake_mon.unix_path) for _ in range(3)]
-        await clients[0].execute("device_add", {"driver": "x-fake", "id": "d1", "size": 5, "flag": True})
-        assert await clients[1].execute("qom-get", {"path": "/machine/peripheral/d1", "property": "size"}) == 5
+        clients = [await connect(mon.unix_path) for _ in range(3)]
+        await clients[0].execute("object-add", {"qom-type": "x-nvme-subsystem", "id": "s1"})
+        await clients[0].execute("device_add", {"driver": "x-nvme-ctrl", "id": "d1", "subsys": "s1"})
+        assert await clients[1].execute("qom-get", {"path": "/machine/peripheral/d1", "property": "serial"}) == "d1"
+        path = await clients[2].execute("qom-get", {"path": "/machine/peripheral/d1", "property": "socket"})
+
+        def vm_comes_and_goes() -> None:
+            with VfioUserClient(timeout=5).connect(path) as vm:
+                vm.negotiate()
+        await asyncio.get_running_loop().run_in_executor(None, vm_comes_and_goes)
+        vm = {"device": "d1", "socket": path, "pid": os.getpid()}
+        for c in clients:
+            for name, data in (("X_NVME_CLIENT_CONNECTED", vm),
+                               ("X_NVME_CLIENT_DISCONNECTED", {**vm, "reason": "client closed the connection"})):
+                event = await asyncio.wait_for(c.events.get(), 5)
+                assert (event["event"], event["data"]) == (name, data)
         assert await clients[0].execute("device_del", {"id": "d1"}) == {}
         for c in clients:
             event = await asyncio.wait_for(c.events.get(), 5)
@@ -288,4 +298,6 @@ def test_fake_machine_events_from_other_thread(fake_mon):
         for c in clients:
             await c.disconnect()
     run(main())
-    assert [e["event"] for e in seen] == ["DEVICE_DELETED"]
+    # Subscribers run on the monitor's loop thread, whichever thread published.
+    assert seen == [(name, mon.thread) for name in
+                    ("X_NVME_CLIENT_CONNECTED", "X_NVME_CLIENT_DISCONNECTED", "DEVICE_DELETED")]
