@@ -1,50 +1,40 @@
-"""PCI function: config space contents, capability chain, BAR sizing, masks, regions."""
+"""PCI function: config space contents, capability chain, BAR sizing, masks, regions.
+
+The function is the real one of a real NVMe controller: what it forwards through BAR0
+is checked in the controller's registers."""
 
 from __future__ import annotations
+
+import os
 
 import pytest
 
 from nvshell.device.pci.config import MSIX_OFFSET, PCIE_OFFSET, PM_OFFSET
 from nvshell.device.nvme.spec import BAR0_SIZE, DOORBELL_PAGE_OFFSET, DOORBELL_PAGE_SIZE
-from nvshell.device.pci.function import PciFunction
+from nvshell.device.nvme.config import ControllerConfig
+from nvshell.device.nvme.controller import Controller
+from nvshell.device.nvme.spec import Reg
+from nvshell.device.vfio_user.irq import MsixEventfds
 from nvshell.device.vfio_user.interface import IrqIndex, RegionAccessError, RegionFlag, RegionIndex
 
 CFG = RegionIndex.CONFIG
 
 
-class FakeBar0:
-    def __init__(self):
-        self.regs: dict[int, int] = {}
-        self.accesses: list[tuple] = []
-        self.resets = 0
-
-    def read(self, offset, size):
-        self.accesses.append(("r", offset, size))
-        return self.regs.get(offset, 0)
-
-    def write(self, offset, size, value):
-        self.accesses.append(("w", offset, size, value))
-        self.regs[offset] = value
-
-    def reset(self):
-        self.resets += 1
-
-    def bind(self, memory, interrupts):
-        pass
-
-    def client_connected(self):
-        pass
-
-    def client_disconnected(self):
-        pass
-
-    def dma_unmapping(self, addr, size):
-        pass
+def controller(**config) -> Controller:
+    """A real controller; its PCI function (``.pci``) forwards BAR0 to it."""
+    return Controller(ControllerConfig(**config))
 
 
 @pytest.fixture
-def fn():
-    return PciFunction(FakeBar0(), bar0_size=BAR0_SIZE, doorbell_area=(DOORBELL_PAGE_OFFSET, DOORBELL_PAGE_SIZE), msix_vectors=65, doorbell_fd=None)
+def ctrl():
+    c = controller(doorbells="trap")
+    yield c
+    c.shutdown()
+
+
+@pytest.fixture
+def fn(ctrl):
+    return ctrl.pci
 
 
 def rd(fn, off, n=4):
@@ -121,35 +111,59 @@ def test_writable_registers(fn):
     assert rd(fn, PM_OFFSET + 4, 2) & 3 == 3
 
 
-def test_flr_resets(fn):
+def test_flr_resets(ctrl, fn):
     wr(fn, 0x04, 0x6, 2)
+    fn.region_write(RegionIndex.BAR0, Reg.AQA, (0x001F001F).to_bytes(4, "little"))
+    assert ctrl.aqa == 0x001F001F
     wr(fn, PCIE_OFFSET + 8, 0x8000, 2)
-    assert fn.bar0.resets == 1
+    assert ctrl.aqa == 0                        # the controller behind BAR0 was reset too
     assert rd(fn, 0x04, 2) == 0
     assert rd(fn, PCIE_OFFSET + 8, 2) & 0x8000 == 0
 
 
 def test_regions_trap_and_mmap():
-    trap = PciFunction(FakeBar0(), bar0_size=BAR0_SIZE, doorbell_area=(DOORBELL_PAGE_OFFSET, DOORBELL_PAGE_SIZE), msix_vectors=4)
-    regs = trap.regions()
-    assert len(regs) == 9
-    assert regs[0].size == 0x4000 and not regs[0].flags & RegionFlag.MMAP and regs[0].mmap_fd is None
-    assert regs[4].size == 0x1000 and regs[5].size == 0x1000
-    assert regs[7].size == 4096
-    assert all(regs[i].size == 0 for i in (1, 2, 3, 6, 8))
-    mm = PciFunction(FakeBar0(), bar0_size=BAR0_SIZE, doorbell_area=(DOORBELL_PAGE_OFFSET, DOORBELL_PAGE_SIZE), msix_vectors=4, doorbell_fd=99).regions()[0]
-    assert mm.flags == RegionFlag.READ | RegionFlag.WRITE | RegionFlag.MMAP | RegionFlag.CAPS
-    assert (mm.mmap_fd, mm.file_offset, mm.mmap_areas) == (99, 0, [(0x1000, 0x1000)])
-    assert trap.irq_count(IrqIndex.MSIX) == 4 and trap.irq_count(IrqIndex.INTX) == 0
+    trap_ctrl, mmap_ctrl = controller(doorbells="trap", max_intr_vectors=4), controller(doorbells="mmap")
+    try:
+        trap = trap_ctrl.pci
+        regs = trap.regions()
+        assert len(regs) == 9
+        assert regs[0].size == BAR0_SIZE and not regs[0].flags & RegionFlag.MMAP and regs[0].mmap_fd is None
+        assert regs[4].size == 0x1000 and regs[5].size == 0x1000
+        assert regs[7].size == 4096
+        assert all(regs[i].size == 0 for i in (1, 2, 3, 6, 8))
+        mm = mmap_ctrl.pci.regions()[0]
+        assert mm.flags == RegionFlag.READ | RegionFlag.WRITE | RegionFlag.MMAP | RegionFlag.CAPS
+        assert mmap_ctrl.doorbells.fd is not None
+        assert (mm.mmap_fd, mm.file_offset, mm.mmap_areas) == (mmap_ctrl.doorbells.fd, 0,
+                                                               [(DOORBELL_PAGE_OFFSET, DOORBELL_PAGE_SIZE)])
+        assert trap.irq_count(IrqIndex.MSIX) == 4
+    finally:
+        trap_ctrl.shutdown()
+        mmap_ctrl.shutdown()
 
 
-def test_bar0_forwarding_splits_accesses(fn):
-    fn.region_write(RegionIndex.BAR0, 0x28, (0x1122334455667000).to_bytes(8, "little"))
-    assert fn.bar0.accesses[-1] == ("w", 0x28, 8, 0x1122334455667000)
-    fn.region_write(RegionIndex.BAR0, 0x13, b"\x01\x02\x03")
-    assert fn.bar0.accesses[-2:] == [("w", 0x13, 1, 1), ("w", 0x14, 2, 0x0302)]
-    fn.bar0.regs[0x1C] = 0xFFFFFFFF01
-    assert fn.region_read(RegionIndex.BAR0, 0x1C, 4) == b"\x01\xff\xff\xff"   # masked to the width
+def test_bar0_forwarding_splits_accesses(ctrl, fn):
+    fn.region_write(RegionIndex.BAR0, Reg.ASQ, (0x1122334455667000).to_bytes(8, "little"))
+    assert ctrl.asq == 0x1122334455667000       # one 8-byte register write
+    fn.region_write(RegionIndex.BAR0, Reg.AQA + 1, b"\x01\x02\x03")  # a 1-byte then a 2-byte write
+    assert ctrl.aqa == 0x03020100
+    # An 8-byte read at a dword boundary: two 4-byte register reads, in order.
+    assert fn.region_read(RegionIndex.BAR0, Reg.AQA, 8) == (0x03020100).to_bytes(4, "little") + b"\x00\x70\x66\x55"
+    assert fn.region_read(RegionIndex.BAR0, Reg.CAP, 8) == ctrl.cap.to_bytes(8, "little")
+    assert fn.region_read(RegionIndex.BAR0, Reg.VS + 2, 2) == (ctrl.vs >> 16).to_bytes(2, "little")
+
+
+def test_bar0_accesses_across_the_register_doorbell_boundary():
+    """An 8-byte access at 0xffc is a register half and a doorbell half: each reaches its
+    own part of the controller (the doorbell is mirrored into the mmap memfd)."""
+    c = controller(doorbells="mmap")
+    try:
+        edge = DOORBELL_PAGE_OFFSET - 4
+        c.pci.region_write(RegionIndex.BAR0, edge, (0x5 << 32 | 0xFFFFFFFF).to_bytes(8, "little"))
+        assert os.pread(c.doorbells.fd, 4, DOORBELL_PAGE_OFFSET) == (5).to_bytes(4, "little")
+        assert c.pci.region_read(RegionIndex.BAR0, edge, 8) == bytes(4) + (5).to_bytes(4, "little")
+    finally:
+        c.shutdown()
 
 
 def test_bad_accesses(fn):
@@ -172,12 +186,19 @@ def test_msix_table_and_pba(fn):
 
 
 def test_trigger_range(fn):
-    fired = []
-
-    class Sink:
-        def trigger(self, v):
-            fired.append(v)
-            return True
-    assert fn.trigger(0) is False               # nothing bound yet
-    fn.bind(None, Sink())
-    assert fn.trigger(3) and not fn.trigger(65) and fired == [3]
+    sink = MsixEventfds()                      # the transport's eventfd-backed sink
+    fds = [os.eventfd(0, os.EFD_NONBLOCK) for _ in range(4)]
+    try:
+        for vector, fd in enumerate(fds):
+            sink.assign(vector, os.dup(fd))
+        assert fn.trigger(0) is False           # nothing bound yet
+        fn.bind(None, sink)
+        assert fn.trigger(3) and not fn.trigger(65) and not fn.trigger(-1)
+        assert os.eventfd_read(fds[3]) == 1
+        for fd in fds[:3]:
+            with pytest.raises(BlockingIOError):
+                os.eventfd_read(fd)
+    finally:
+        sink.close_all()
+        for fd in fds:
+            os.close(fd)
