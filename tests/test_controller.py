@@ -1,13 +1,12 @@
 """NVMe controller: registers, CC/CSTS handshake, queues, doorbells, admin commands.
 
 A ``Host`` plays the guest driver against a real Controller on a real IOThread,
-with guest RAM as a memfd mapped into GuestMemory and a recording interrupt
-sink. No VM, no socket: the transport is covered by test_controller_e2e.py.
+with guest RAM as a memfd mapped into GuestMemory and interrupts through the
+transport's eventfd sink (``MsixEventfds``), one eventfd per vector. No VM, no socket: the transport is covered by test_controller_e2e.py.
 """
 
 from __future__ import annotations
 
-import collections
 import mmap
 import os
 import struct
@@ -23,19 +22,15 @@ from nvshell.device.nvme.controller import Controller
 from nvshell.device.nvme.spec import CQE, SQE, AdminOpcode, Reg
 from nvshell.device.nvme.status import NvmeError, Status
 from nvshell.device.vfio_user.dma import GuestMemory
+from nvshell.device.vfio_user.irq import MsixEventfds
+from nvshell.device.backends import MemoryBackend
+from nvshell.device.faults import FaultRule, FaultSet
+from nvshell.device.nvme.fault_injector import install
+from nvshell.device.nvme.namespace import NvmNamespace
 
 RAM_BASE = 0x100000
 RAM_SIZE = 4 << 20
 CC_ENABLE = 1 | (6 << 16) | (4 << 20) | (6 << 4)   # EN, IOSQES 6, IOCQES 4, CSS all I/O sets
-
-
-class FakeIrq:
-    def __init__(self) -> None:
-        self.fired: collections.Counter[int] = collections.Counter()
-
-    def trigger(self, vector: int) -> bool:
-        self.fired[vector] += 1
-        return True
 
 
 class Host:
@@ -49,8 +44,12 @@ class Host:
         self.ram = mmap.mmap(self.fd, RAM_SIZE)
         self.mem = GuestMemory()
         self.mem.map(RAM_BASE, RAM_SIZE, self.fd, 0, 3)
-        self.irq = FakeIrq()
-        self.ctrl = Controller(ControllerConfig(doorbells=doorbells, **cfg), None, self.io)
+        config = ControllerConfig(doorbells=doorbells, **cfg)
+        self.irq = MsixEventfds()
+        self.irq_fds = [os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC) for _ in range(config.max_intr_vectors)]
+        for vector, fd in enumerate(self.irq_fds):
+            self.irq.assign(vector, os.dup(fd))
+        self.ctrl = Controller(config, None, self.io)
         self.ctrl.pci.bind(self.mem, self.irq)
         self.next_page = RAM_BASE
         self.sqs: dict[int, dict] = {}
@@ -69,6 +68,17 @@ class Host:
         self.mem.unmap_all()
         self.ram.close()
         os.close(self.fd)
+        self.irq.close_all()
+        for fd in self.irq_fds:
+            os.close(fd)
+
+    def interrupts(self, vector: int) -> int:
+        """Times ``vector`` was signalled since the last call (its eventfd counter)."""
+        self.io.run(lambda: None)  # every interrupt of what completed so far is signalled
+        try:
+            return os.eventfd_read(self.irq_fds[vector])
+        except BlockingIOError:
+            return 0
 
     # memory
     def alloc(self, nbytes: int) -> int:
@@ -290,7 +300,7 @@ def test_admin_round_trip_phase_flip(host):
         assert e.sqhd == (i + 1) % 4
         phases.append(e.status & 1)
     assert phases == [1, 1, 1, 0, 0, 0, 1, 1, 1, 0]
-    assert host.irq.fired[0] >= 10
+    assert host.interrupts(0) >= 10
 
 
 def test_cq_full_back_pressure(trap_host):
@@ -403,62 +413,56 @@ def test_io_queue_commands_without_namespace(host):
         assert status(e) == Status.INVALID_NSID and e.sqid == 1
     e = host.cmd(0xEE, qid=1, nsid=1)
     assert status(e) == Status.INVALID_OPCODE
-    assert host.irq.fired[3] >= 7
+    assert host.interrupts(3) >= 7
 
 
-class FakeNs:
-    def __init__(self, nsid: int = 1):
-        from nvshell.device.nvme.commands import CommandTable
-        self.nsid = nsid
-        self.ready = True
-        self.commands = CommandTable("fake")
-        self.formats: list[int] = []
-        self.held = []
-
-        @self.commands.command(0x02, "read", nsid="required")
-        def read(ctrl, cmd):
-            if cmd.cdw12 == 0xDEAD:
-                self.held.append(cmd)
-                return DEFERRED
-            cmd.result = cmd.ns.nsid
-
-    def format(self, lbaf: int, **fields: int) -> None:
-        if lbaf > 1:
-            raise NvmeError(Status.INVALID_FORMAT)
-        self.formats.append(lbaf)
-        self.fields = fields
+def namespace(nsid: int = 1) -> NvmNamespace:
+    """A real 1 MiB in-memory NVM namespace with ``nsid``."""
+    ns = NvmNamespace(MemoryBackend(1 << 20))
+    ns.nsid = nsid
+    return ns
 
 
 def test_io_dispatch_to_namespace_table(host):
-    ns = FakeNs()
+    ns = namespace()
     host.io.run(host.ctrl.attach_namespace, ns)
     host.enable()
     host.create_queue_pair(1)
-    e = host.cmd(0x02, qid=1, nsid=1)
-    assert status(e) == 0 and e.dw0 == 1
+    buf = host.alloc(4096)
+    host.write(buf, b"\x5a" * 512)
+    assert status(host.cmd(0x01, qid=1, nsid=1, dptr1=buf)) == 0       # Write LBA 0 (NVM table)
+    host.write(buf, bytes(512))
+    e = host.cmd(0x02, qid=1, nsid=1, dptr1=buf)                        # Read it back
+    assert status(e) == 0 and host.read(buf, 512) == b"\x5a" * 512
     assert host.ctrl.stats.host_read_commands == 1
     ns.ready = False
-    e = host.cmd(0x02, qid=1, nsid=1)
+    e = host.cmd(0x02, qid=1, nsid=1, dptr1=buf)
     assert status(e) == Status.NS_NOT_READY and not dnr(e)
     ns.ready = True
     host.io.run(host.ctrl.detach_namespace, 1)
-    assert status(host.cmd(0x02, qid=1, nsid=1)) == Status.INVALID_NSID
+    assert status(host.cmd(0x02, qid=1, nsid=1, dptr1=buf)) == Status.INVALID_NSID
 
 
 def test_delete_sq_aborts_held_commands(host):
-    ns = FakeNs()
-    host.io.run(host.ctrl.attach_namespace, ns)
-    host.enable()
-    host.create_queue_pair(1)
-    cid = host.submit(1, 0x02, nsid=1, cdw12=0xDEAD)
-    deadline = time.monotonic() + 2
-    while not ns.held and time.monotonic() < deadline:
-        time.sleep(0.001)
-    assert ns.held
-    assert status(host.cmd(AdminOpcode.DELETE_IO_SQ, cdw10=1)) == 0
-    e = host.reap(1)
-    assert e.cid == cid and status(e) == Status.SQ_DELETION_ABORT
-    assert host.io.run(host.ctrl.complete, ns.held[0], 0) is False   # stale: ignored
+    """A command held by a real fault rule (drop) is aborted with its SQ; completing
+    it afterwards is ignored (stale)."""
+    host.io.run(host.ctrl.attach_namespace, namespace())
+    injector = install(host.ctrl, FaultSet())
+    try:
+        injector.faults.add(FaultRule.from_args({"id": "hold", "opcode": "read", "action": "drop"}))
+        host.enable()
+        host.create_queue_pair(1)
+        cid = host.submit(1, 0x02, nsid=1, dptr1=host.alloc(4096))
+        deadline = time.monotonic() + 2
+        while not (held := host.io.run(lambda: list(host.ctrl.sq(1).deferred.values()))):
+            assert time.monotonic() < deadline, "the read was not held"
+            time.sleep(0.001)
+        assert status(host.cmd(AdminOpcode.DELETE_IO_SQ, cdw10=1)) == 0
+        e = host.reap(1)
+        assert e.cid == cid and status(e) == Status.SQ_DELETION_ABORT
+        assert host.io.run(host.ctrl.complete, held[0], 0) is False   # stale: ignored
+    finally:
+        injector.uninstall()
 
 
 def test_cq_head_doorbell_errors_raise_aen(host):
@@ -661,20 +665,22 @@ def test_pci_reset_and_disconnect(trap_host):
 def test_format_nvm():
     h = Host("trap")
     try:
-        ns1, ns2 = FakeNs(1), FakeNs(2)
+        ns1, ns2 = namespace(1), namespace(2)
         h.io.run(h.ctrl.attach_namespace, ns1)
         h.io.run(h.ctrl.attach_namespace, ns2)
         h.enable()
+        formats = lambda: (ns1.fmt.index, ns2.fmt.index)  # noqa: E731
         assert status(h.cmd(AdminOpcode.FORMAT_NVM, nsid=1, cdw10=1)) == 0
-        assert ns1.formats == [1] and ns2.formats == []
-        assert status(h.cmd(AdminOpcode.FORMAT_NVM, nsid=0xFFFFFFFF, cdw10=0)) == 0
-        assert ns1.formats == [1, 0] and ns2.formats == [0]
-        assert status(h.cmd(AdminOpcode.FORMAT_NVM, nsid=1, cdw10=5)) == Status.INVALID_FORMAT
+        assert formats() == (1, 0) and (ns1.lba_size, ns1.ms) == (512, 8)
+        assert status(h.cmd(AdminOpcode.FORMAT_NVM, nsid=0xFFFFFFFF, cdw10=4)) == 0
+        assert formats() == (4, 4) and ns2.lba_size == 4096
+        assert status(h.cmd(AdminOpcode.FORMAT_NVM, nsid=1, cdw10=0xF)) == Status.INVALID_FORMAT
         assert status(h.cmd(AdminOpcode.FORMAT_NVM, nsid=1, cdw10=2 << 9)) == Status.INVALID_FIELD  # crypto erase
-        assert status(h.cmd(AdminOpcode.FORMAT_NVM, nsid=1, cdw10=4 << 5)) == Status.INVALID_FIELD  # PI type 4
+        assert status(h.cmd(AdminOpcode.FORMAT_NVM, nsid=1, cdw10=4 << 5 | 1)) == Status.INVALID_FIELD  # PI type 4
+        assert formats() == (4, 4)                                      # refused formats change nothing
         # every field reaches the namespace: SES 1, PIL, PI 1, MSET
         assert status(h.cmd(AdminOpcode.FORMAT_NVM, nsid=1, cdw10=1 << 9 | 1 << 8 | 1 << 5 | 1 << 4 | 1)) == 0
-        assert ns1.fields == {"mset": 1, "pi": 1, "pil": 1, "ses": 1}
+        assert (ns1.fmt.index, ns1.fmt.extended, ns1.fmt.pi, ns1.fmt.first) == (1, True, 1, True)
         assert status(h.cmd(AdminOpcode.FORMAT_NVM, nsid=3)) == Status.INVALID_NSID
         assert status(h.cmd(AdminOpcode.FORMAT_NVM, nsid=0)) == Status.INVALID_NSID
     finally:
