@@ -7,7 +7,7 @@ real ``Subsystem``, binds memfd guest RAM through the real PCI function, and run
 command the way an admin SQ entry runs: an ``SQE`` packed into bytes, decoded by
 ``Command.from_sqe``, executed by ``CommandEngine.dispatch`` (opcode lookup, namespace
 lookup, admission, the handler, its data transfer over PRPs). The transport is covered
-by tests/admin_host.py and tests/test_controller_e2e.py.
+by the tests that drive ``nvshell.testing.NvmeTestHost`` (tests/test_admin_*.py, test_controller_e2e.py).
 
 With no IOThread the controller runs on the test's thread (``Subsystem`` calls it
 directly), so a test reads controller state right after a command.

@@ -30,6 +30,7 @@ from typing import Any, Callable
 
 from nvshell.device.vfio_user import protocol as P
 from nvshell.device.vfio_user.client import VfioUserClient, VfioUserProtocolError
+from nvshell.testing import NvmeHostError, NvmeTestHost, ServedController
 
 #: Longest a probe may take before the input counts as a hang (generous: a loaded 2-core CI box).
 PROBE_TIMEOUT = 5.0
@@ -112,18 +113,6 @@ def _settle(cond: Callable[[], bool], timeout: float = 5.0) -> bool:
 
 
 # ================================================================== vfio-user messages
-class _VfioTarget:
-    """A real controller on a real vfio-user socket (the e2e Guest's setup)."""
-
-    def __init__(self, tmp: Path):
-        from tests.test_controller_e2e import Guest
-        self.guest = Guest(tmp, "mmap")
-        self.path = str(tmp / "nvme.sock")
-
-    def close(self) -> None:
-        self.guest.close()
-
-
 def _vfio_payload(rng: random.Random, command: int) -> bytes:
     """A payload for ``command``: mostly well-formed with hostile field values."""
     u32 = lambda: rng.choice([0, 1, 2, 3, 4, 0xFF, 0x1000, 0xFFFFFFFF, rng.getrandbits(32)])  # noqa: E731
@@ -208,15 +197,14 @@ def fuzz_vfio(seconds: float, seed: int, tmp: Path | None = None, *, max_inputs:
     fds0, threads0, rss0 = _fds(), threading.active_count(), _rss_kib()
     t0 = time.monotonic()
     with ErrorLog() as errors:
-        target = _VfioTarget(base)
-        target.guest.c.close()  # the fuzzer connects its own clients
+        target = ServedController(base / "nvme.sock", name="e2e", doorbells="mmap")  # the fuzzer is its client
         session: _VfioSession | None = None
         try:
             commands = [int(c) for c in P.Command] + [0, 19, 255, 0xFFFF]
             while time.monotonic() - t0 < seconds and (max_inputs is None or fig.inputs < max_inputs):
                 if session is None:
                     try:
-                        session = _VfioSession(target.path)
+                        session = _VfioSession(target.socket)
                     except Exception as exc:
                         fig.crashes += 1
                         fig.notes.append(f"cannot connect: {exc}")
@@ -348,9 +336,7 @@ def fuzz_nvme(seconds: float, seed: int, tmp: Path | None = None, *, max_inputs:
     """Random and targeted NVMe commands (admin and I/O) from a DMA-capable client."""
     from nvshell.device.backends import MemoryBackend
     from nvshell.device.nvme.namespace import NvmNamespace
-    from nvshell.device.nvme.spec import CQE, SQE, AdminOpcode
     from nvshell.device.nvme.subsystem import Subsystem
-    from tests.test_controller_e2e import RAM, RAM_SIZE, Guest
 
     fig = Figures("NVMe commands", seed)
     rng = random.Random(seed)
@@ -360,25 +346,19 @@ def fuzz_nvme(seconds: float, seed: int, tmp: Path | None = None, *, max_inputs:
     fds0, threads0, rss0 = _fds(), threading.active_count(), _rss_kib()
     t0 = time.monotonic()
     with ErrorLog() as errors:
-        g = Guest(base, "mmap")
+        g = NvmeTestHost.serve(base, name="e2e", doorbells="mmap", subsystem=Subsystem(capacity=64 << 20))
         try:
-            subsys = Subsystem(capacity=64 << 20)
-            g.io.run(subsys.add_controller, g.ctrl)  # Identify and NS management need a subsystem
-            g.ctrl.subsystem = subsys
             ns = NvmNamespace(MemoryBackend(8 << 20))
-            nsid = subsys.add_namespace(ns, configured=True)
-            subsys.attach(nsid, g.ctrl)
+            nsid = g.subsys.add_namespace(ns, configured=True)
+            g.subsys.attach(nsid, g.ctrl)
             g.enable()
-            cq, sq = g.alloc(4096), g.alloc(4096)
-            assert g.cmd(AdminOpcode.CREATE_IO_CQ, cdw10=15 << 16 | 1, cdw11=1, dptr1=cq).status >> 1 == 0
-            assert g.cmd(AdminOpcode.CREATE_IO_SQ, cdw10=15 << 16 | 1, cdw11=1 << 16 | 1, dptr1=sq).status >> 1 == 0
-            g.q[1] = dict(sq=sq, cq=cq, size=16, tail=0, head=0, phase=1)
+            g.create_io_queue(1, 16, interrupts=False)
             data = g.alloc(256 << 10)
             prp_list = g.alloc(4096)
             g.ram.write(prp_list, b"".join((data + 4096 * i).to_bytes(8, "little") for i in range(1, 64)))
-            end = RAM + RAM_SIZE
+            end = g.ram_base + g.ram_size
             pointers = [data, data + 8, data + 0xFFF, prp_list, end - 4096, end - 8, end, 0, 1 << 63,
-                        RAM - 4096, 0xFFFFFFFFFFFFF000]
+                        g.ram_base - 4096, 0xFFFFFFFFFFFFF000]
             admin_ops = [op for op in range(256) if op not in _ADMIN_SKIP]
             known_admin = [0x01, 0x02, 0x05, 0x06, 0x08, 0x09, 0x0A, 0x0D, 0x10, 0x11, 0x14, 0x15, 0x18, 0x19,
                            0x1A, 0x80, 0x81, 0x82, 0x84, 0x86]
@@ -404,16 +384,15 @@ def fuzz_nvme(seconds: float, seed: int, tmp: Path | None = None, *, max_inputs:
                 if qid == 1 and opcode in (0x01, 0x02) and rng.random() < 0.7:
                     fields["cdw10"], fields["cdw11"] = rng.randrange(0, 20000), 0
                     fields["cdw12"] = rng.choice([0, 7, 63, 0xFFFF])
-                if not _nvme_one(g, qid, fields, fig, SQE, CQE):
+                if not _nvme_one(g, qid, fields, fig):
                     break
                 if errors.records:
                     fig.crashes += len(errors.records)
                     fig.notes.extend(errors.take(f"queue {qid} {fields}"))
         finally:
             g.close()
-            if g.ctrl.subsystem is not None:
-                for n in list(g.ctrl.subsystem.namespaces.values()):
-                    n.close()
+            for n in list(g.subsys.namespaces.values()):
+                n.close()
     fig.seconds = time.monotonic() - t0
     fig.rss_growth_kib = _rss_kib() - rss0
     if not _settle(lambda: _fds() <= fds0):
@@ -425,48 +404,33 @@ def fuzz_nvme(seconds: float, seed: int, tmp: Path | None = None, *, max_inputs:
     return fig
 
 
-def _nvme_one(g: Any, qid: int, fields: dict[str, int], fig: Figures, SQE: Any, CQE: Any) -> bool:
+def _nvme_one(g: NvmeTestHost, qid: int, fields: dict[str, int], fig: Figures) -> bool:
     """Submit one command, wait for its CQE (polling, not the interrupt); False if stuck."""
-    q = g.q[qid]
-    g.cid = (g.cid + 1) & 0xFFFF
-    fields["cid"] = g.cid
-    g.ram.write(q["sq"] + 64 * q["tail"], SQE.pack(**fields))
-    q["tail"] = (q["tail"] + 1) % q["size"]
-    g.ring(2 * qid, q["tail"])
-    deadline = time.monotonic() + PROBE_TIMEOUT
-    while True:
-        e = CQE.unpack(g.ram.read(q["cq"] + 16 * q["head"], 16))
-        if e.status & 1 == q["phase"]:
-            break
-        if time.monotonic() > deadline:
-            fig.hangs += 1
-            fig.notes.append(f"no completion for opcode {fields['opcode']:#x} on queue {qid}: {fields}")
-            return False
-        time.sleep(0.0005)
-    q["head"] = (q["head"] + 1) % q["size"]
-    if q["head"] == 0:
-        q["phase"] ^= 1
-    g.ring(2 * qid + 1, q["head"])
+    sqe = {k: v for k, v in fields.items() if k not in ("opcode", "cid")}
+    cid = fields["cid"] = g.submit(fields["opcode"], qid, **sqe)
+    try:
+        e = g.reap(qid, timeout=PROBE_TIMEOUT)[0]
+    except NvmeHostError:
+        fig.hangs += 1
+        fig.notes.append(f"no completion for opcode {fields['opcode']:#x} on queue {qid}: {fields}")
+        return False
     sct = (e.status >> 9) & 0x7
-    if e.cid != fields["cid"] or e.sqid != qid or sct in (4, 5, 6):  # SCT 4-6 are reserved
+    if e.cid != cid or e.sqid != qid or sct in (4, 5, 6):  # SCT 4-6 are reserved
         fig.violations += 1
         fig.notes.append(f"bad CQE {e} for {fields}")
-    if not g.c.read32(0, 0x1C) & 1 or g.c.read32(0, 0x1C) & 2:  # CSTS.RDY and no CFS
+    csts = g.reg32(0x1C)
+    if not csts & 1 or csts & 2:  # CSTS.RDY and no CFS
         fig.notes.append(f"controller not ready after {fields}: re-enabling")
-        g.c.write32(0, 0x14, 0)
-        g.enable()
-        return _recreate_io(g)
+        g.write_reg32(0x14, 0)
+        g.queues.clear()
+        try:
+            g.enable()
+            g.create_io_queue(1, 16, interrupts=False)
+        except NvmeHostError as exc:
+            fig.hangs += 1
+            fig.notes.append(f"re-enable failed: {exc}")
+            return False
     return True
-
-
-def _recreate_io(g: Any) -> bool:
-    from nvshell.device.nvme.spec import AdminOpcode
-    q1 = g.q[1]
-    ok = g.cmd(AdminOpcode.CREATE_IO_CQ, cdw10=15 << 16 | 1, cdw11=1, dptr1=q1["cq"]).status >> 1 == 0
-    ok = ok and g.cmd(AdminOpcode.CREATE_IO_SQ, cdw10=15 << 16 | 1, cdw11=1 << 16 | 1, dptr1=q1["sq"]).status >> 1 == 0
-    g.q[1] = dict(sq=q1["sq"], cq=q1["cq"], size=16, tail=0, head=0, phase=1)
-    g.ram.write(q1["cq"], bytes(4096))
-    return ok
 
 
 # ================================================================== QMP input

@@ -4,7 +4,7 @@ to send.
 
 Why a separate helper: the regression and fuzz tests for vfio-user and NVMe
 input all need the same "controller on a socket, client with guest RAM"
-setup; the Guest of ``test_controller_e2e`` is reused for the NVMe side.
+setup; ``nvshell.testing.NvmeTestHost`` is the NVMe side.
 """
 
 from __future__ import annotations
@@ -58,22 +58,3 @@ def peer_closed(client: VfioUserClient, timeout: float = 3.0) -> bool:
         return False
     except OSError:
         return True
-
-
-def connect_guest(path: str, vectors: int = 1):
-    """A Guest (of ``test_controller_e2e``) driving a controller someone else serves at ``path``."""
-    from tests.test_controller_e2e import RAM, RAM_SIZE, Guest
-    from nvshell.device.vfio_user.client import VfioUserProtocolError
-    from nvshell.device.vfio_user.interface import RegionIndex
-
-    g = Guest.__new__(Guest)
-    g.c = VfioUserClient(timeout=3.0).connect(path)
-    g.c.negotiate()
-    g.ram = g.c.map_memory(RAM, RAM_SIZE)
-    g.c.set_msix_eventfds(vectors)
-    try:
-        g.db = g.c.mmap_region_area(RegionIndex.BAR0)       # doorbells=mmap
-    except VfioUserProtocolError:
-        g.db = None                                          # trapped doorbells (the default)
-    g.next, g.q, g.cid = RAM, {}, 0
-    return g

@@ -18,7 +18,7 @@ from nvshell.device.nvme.controller import Features
 from nvshell.device.nvme.fault_injector import install
 from nvshell.device.nvme.namespace import NvmNamespace
 from nvshell.device.nvme.status import Status
-from tests.admin_host import AdminHost, dnr, status
+from nvshell.testing import NvmeTestHost, dnr, status
 
 GET, SET = 0x0A, 0x09
 BROADCAST = 0xFFFFFFFF
@@ -26,7 +26,7 @@ BROADCAST = 0xFFFFFFFF
 
 @pytest.fixture
 def host(tmp_path):
-    h = AdminHost(tmp_path)
+    h = NvmeTestHost.serve(tmp_path, ns_size=1 << 20).enable(admin_depth=64)
     yield h
     h.close()
 
@@ -112,12 +112,12 @@ def test_number_of_queues_only_before_io_queues(host):
 
 
 def test_volatile_write_cache_off_makes_each_write_durable(tmp_path, monkeypatch):
-    h = AdminHost(tmp_path, ns_size=0)
+    h = NvmeTestHost.serve(tmp_path, ns_size=0).enable(admin_depth=64)
     try:
         ns = NvmNamespace(FileBackend(str(tmp_path / "disk.img"), size=1 << 20))
         h.subsys.add_namespace(ns, 1)
         h.subsys.attach(1, h.ctrl, notify=False)
-        h.create_io_queues()
+        h.create_io_queue()
         syncs: list[int] = []
         real = os.fdatasync
         monkeypatch.setattr(os, "fdatasync", lambda fd: (syncs.append(fd), real(fd))[1])
@@ -217,10 +217,10 @@ def test_async_event_configuration_gates_namespace_notices(host):
     host.subsys.detach(1, host.ctrl)                           # AEC 0: no notice
     time.sleep(0.05)
     assert host.peek() is None
-    assert host.io.run(host.ctrl.take_changed_namespaces, False) == [1]   # the log still records it
+    assert host.run(host.ctrl.take_changed_namespaces, False) == [1]   # the log still records it
     host.enable_notices(0x100)
     host.subsys.attach(1, host.ctrl)
-    e = host.reap()
+    e = host.reap()[0]
     assert e.cid == aer and e.dw0 == 0x040002
 
 
@@ -230,7 +230,7 @@ def test_masked_notice_is_not_delivered_after_the_log_was_read(host):
     host.subsys.add_namespace(ns2, 2)
     aer = host.submit(0x0C)
     host.subsys.attach(2, host.ctrl)
-    assert host.reap().cid == aer                              # delivered, now masked
+    assert host.reap()[0].cid == aer                              # delivered, now masked
     host.submit(0x0C)
     host.subsys.detach(1, host.ctrl)                           # queued behind the mask
     time.sleep(0.05)
@@ -239,9 +239,9 @@ def test_masked_notice_is_not_delivered_after_the_log_was_read(host):
     assert struct.unpack_from("<3I", page) == (1, 2, 0)        # both changes in one read
     time.sleep(0.05)
     assert host.peek() is None                                 # no notice pointing at an empty list
-    assert host.io.run(host.ctrl.pending_events) == []
+    assert host.run(host.ctrl.pending_events) == []
     host.subsys.attach(1, host.ctrl)                           # a later change is reported
-    assert host.reap().dw0 == 0x040002
+    assert host.reap()[0].dw0 == 0x040002
     assert struct.unpack_from("<2I", host.log(0x04, 4096)) == (1, 0)
 
 

@@ -9,12 +9,12 @@ import pytest
 
 from nvshell.device.nvme.admin_firmware import IMAGE_MAGIC
 from nvshell.device.nvme.status import Status
-from tests.admin_host import AdminHost, status
+from nvshell.testing import NvmeTestHost, status
 
 
 @pytest.fixture
 def host(tmp_path):
-    h = AdminHost(tmp_path, firmware="1.0")
+    h = NvmeTestHost.serve(tmp_path, ns_size=1 << 20, firmware="1.0").enable(admin_depth=64)
     yield h
     h.close()
 
@@ -72,7 +72,7 @@ def test_activate_immediately_sends_the_notice(host):
     aer = host.submit(0x0C)
     download(host, image(b"3.1", 4096))
     cid = host.submit(0x10, cdw10=3 | 0b011 << 3)
-    got = {e.cid: e for e in (host.reap(), host.reap())}
+    got = {e.cid: e for e in (host.reap()[0], host.reap()[0])}
     assert status(got[cid]) == 0
     assert got[aer].dw0 == 0x03 << 16 | 0x01 << 8 | 0x02       # notice, fw activation, log 03h
     assert fr(host) == b"3.1     " and slot_log(host)[0] == 3

@@ -12,15 +12,15 @@ from nvshell.device.faults import FaultRule, FaultSet
 from nvshell.device.nvme import nvm_uncorrectable as unc
 from nvshell.device.nvme.fault_injector import install
 from nvshell.device.nvme.status import Status
-from tests.admin_host import AdminHost, dnr, status
+from nvshell.testing import NvmeTestHost, dnr, status
 
 WRITE, READ, WRITE_UNC, COMPARE, WRITE_ZEROES, VERIFY = 0x01, 0x02, 0x04, 0x05, 0x08, 0x0C
 
 
 @pytest.fixture
 def host(tmp_path):
-    h = AdminHost(tmp_path, ns_size=4 << 20)
-    h.create_io_queues()
+    h = NvmeTestHost.serve(tmp_path, ns_size=4 << 20).enable(admin_depth=64)
+    h.create_io_queue()
     yield h
     h.close()
 

@@ -13,14 +13,14 @@ import pytest
 from nvshell.device.nvme import admin_keepalive, admin_sanitize
 from nvshell.device.nvme.admin_ocp import SMART_EXTENDED_GUID
 from nvshell.device.nvme.status import Status
-from tests.admin_host import AdminHost, dnr, status
+from nvshell.testing import NvmeTestHost, dnr, status
 
 
 @pytest.fixture
 def host(tmp_path, monkeypatch):
     monkeypatch.setattr(admin_sanitize, "MIN_SECONDS", 0.5)
-    h = AdminHost(tmp_path, ns_size=4 << 20)
-    h.create_io_queues()
+    h = NvmeTestHost.serve(tmp_path, ns_size=4 << 20).enable(admin_depth=64)
+    h.create_io_queue()
     yield h
     h.close()
 
@@ -53,7 +53,7 @@ def test_block_erase_runs_in_the_background_and_refuses_commands(host):
     assert status(host.cmd(0x84, cdw10=0b010)) == Status.SANITIZE_IN_PROGRESS
     assert status(host.admin(0x06, length=4096, cdw10=1)[0]) == 0    # Identify is still allowed
     host.reset()                                                  # a reset does not stop it
-    host.create_io_queues()
+    host.create_io_queue()
     assert sanitize_log(host)[1] & 0x7 == 2
     sprog, sstat, _ = wait_sanitized(host)
     assert (sprog, sstat & 0x7) == (0xFFFF, 1)
@@ -97,7 +97,7 @@ def test_telemetry_host_initiated(host):
 def test_telemetry_controller_initiated_on_keep_alive_expiry(host):
     head = host.log(0x08, 512)
     assert head[0] == 0x08 and head[382] == 0                     # nothing captured
-    host.io.run(admin_keepalive.expire, host.ctrl, "test expiry")
+    host.run(admin_keepalive.expire, host.ctrl, "test expiry")
     host.reset()
     head = host.log(0x08, 512)
     assert head[382] == 1 and head[383] == 1 and head[384:395] == b"test expiry"
@@ -110,9 +110,9 @@ def test_ocp_smart_extended_only_with_ocp_on(host, tmp_path):
     e, _ = host.get_log(0xC0, 512)
     assert status(e) == Status.INVALID_LOG_PAGE
     assert not host.log(0x00, 1024)[0xC0 * 4] & 1
-    h = AdminHost(tmp_path, "ocp0", ocp=True)
+    h = NvmeTestHost.serve(tmp_path, name="ocp0", ns_size=1 << 20, ocp=True).enable(admin_depth=64)
     try:
-        h.create_io_queues()
+        h.create_io_queue()
         assert status(h.nvm(0x01, 0, 8, data=bytes(4096))[0]) == 0
         assert status(h.nvm(0x02, 0, 8)[0]) == 0
         page = h.log(0xC0, 512)

@@ -13,7 +13,7 @@ from nvshell.device.faults import FaultRule, FaultSet
 from nvshell.device.nvme import admin_selftest
 from nvshell.device.nvme.fault_injector import install
 from nvshell.device.nvme.status import Status
-from tests.admin_host import AdminHost, status
+from nvshell.testing import NvmeTestHost, status
 
 BROADCAST = 0xFFFFFFFF
 
@@ -22,7 +22,7 @@ BROADCAST = 0xFFFFFFFF
 def host(tmp_path, monkeypatch):
     monkeypatch.setattr(admin_selftest, "SHORT_S", 0.4)
     monkeypatch.setattr(admin_selftest, "EXTENDED_S", 0.8)
-    h = AdminHost(tmp_path, ns_size=1 << 20)
+    h = NvmeTestHost.serve(tmp_path, ns_size=1 << 20).enable(admin_depth=64)
     yield h
     h.close()
 
@@ -88,7 +88,7 @@ def test_abort_and_bad_fields(host):
 
 
 def test_extended_test_finds_uncorrectable_lbas(host):
-    host.create_io_queues()
+    host.create_io_queue()
     assert status(host.cmd(0x04, 1, nsid=1, cdw10=77, cdw12=3)) == 0     # Write Uncorrectable 77..80
     assert start(host, 1) == 0
     assert wait_done(host)[0]["result"] == 0                   # the short test does not scan

@@ -15,14 +15,14 @@ from nvshell.device.faults import FaultRule, FaultSet
 from nvshell.device.nvme.commands import ADMIN, EFFECT_CCC, EFFECT_CSUPP, EFFECT_LBCC, EFFECT_NCC
 from nvshell.device.nvme.fault_injector import install
 from nvshell.device.nvme.status import Status
-from tests.admin_host import AdminHost, status
+from nvshell.testing import NvmeTestHost, status
 
 BROADCAST = 0xFFFFFFFF
 
 
 @pytest.fixture
 def host(tmp_path):
-    h = AdminHost(tmp_path)
+    h = NvmeTestHost.serve(tmp_path, ns_size=1 << 20).enable(admin_depth=64)
     yield h
     h.close()
 
@@ -87,7 +87,7 @@ def test_per_namespace_smart(host):
     ns2 = NvmNamespace(MemoryBackend(1 << 20))
     host.subsys.add_namespace(ns2, 2)
     host.subsys.attach(2, host.ctrl, notify=False)
-    host.create_io_queues()
+    host.create_io_queue()
     for _ in range(3):
         assert status(host.nvm(0x01, 0, 8, nsid=1, data=b"x" * 4096)[0]) == 0
     assert status(host.nvm(0x02, 0, 8, nsid=2)[0]) == 0
@@ -121,7 +121,7 @@ def test_namespace_attachment_with_an_empty_list(host):
 
 
 def test_sgl_longer_than_the_transfer_is_refused(host):
-    host.create_io_queues()
+    host.create_io_queue()
     sgl_data = 0 << 4                                           # data block descriptor, address subtype
     # 512-byte read, one data block of 4096 bytes: SGLS bit 18 is clear.
     e = host.cmd(0x02, 1, nsid=1, flags=1 << 6, dptr1=host.buf, dptr2=4096 | (sgl_data << 56), cdw12=0)
@@ -133,8 +133,8 @@ def test_sgl_longer_than_the_transfer_is_refused(host):
 
 
 def test_format_of_a_shared_namespace_tells_the_other_controllers(tmp_path):
-    a = AdminHost(tmp_path, "ctrla")
-    b = AdminHost(tmp_path, "ctrlb", subsystem=a.subsys, ns_size=0)
+    a = NvmeTestHost.serve(tmp_path, name="ctrla", ns_size=1 << 20).enable(admin_depth=64)
+    b = NvmeTestHost.serve(tmp_path, name="ctrlb", subsystem=a.subsys, ns_size=0).enable(admin_depth=64)
     try:
         ns = a.ns
         ns.shared = True
@@ -146,7 +146,7 @@ def test_format_of_a_shared_namespace_tells_the_other_controllers(tmp_path):
         lbaf = LBA_FORMATS.index((12, 0))                      # 4 KiB, no metadata
         e = a.cmd(0x80, nsid=ns.nsid, cdw10=lbaf)
         assert status(e) == 0 and ns.lba_size == 4096
-        got = b.reap()
+        got = b.reap()[0]
         assert got.cid == aer_b and got.dw0 == 0x040002
         assert struct.unpack_from("<2I", b.log(0x04, 4096)) == (ns.nsid, 0)
         time.sleep(0.05)
@@ -159,7 +159,7 @@ def test_format_of_a_shared_namespace_tells_the_other_controllers(tmp_path):
 
 def test_ns_remove_fault_answers_invalid_namespace(host):
     host.enable_notices(0x100)
-    host.create_io_queues()
+    host.create_io_queue()
     faults = FaultSet()
     install(host.ctrl, faults)
     faults.add(FaultRule.from_args({"id": "n1", "opcode": "read", "action": "ns-remove", "duration": 300,

@@ -11,13 +11,12 @@ import pytest
 
 from nvshell.device.nvme.spec import AdminOpcode, LogPage
 from nvshell.device.nvme.status import Status
-from tests.hostile import connect_guest
-from tests.test_controller_e2e import Guest
+from nvshell.testing import NvmeTestHost
 
 
 @pytest.fixture
 def guest(tmp_path):
-    g = Guest(tmp_path, "mmap")
+    g = NvmeTestHost.serve(tmp_path, name="e2e", doorbells="mmap")
     g.enable()
     yield g
     g.close()
@@ -71,7 +70,7 @@ def test_guest_created_namespaces_are_bounded_by_the_subsystem_property(tmp_path
         sock = str(tmp_path / "c0.sock")
         m.device_add("x-nvme-ctrl", "c0", {"subsys": "s0", "socket": sock})
         assert m.qom_get("/objects/s0", "ns-mgmt-capacity") == 48 << 20
-        g = connect_guest(sock)
+        g = NvmeTestHost(sock, ram_size=2 << 20, timeout=3.0)
         try:
             g.enable()
             data = g.alloc(4096)
@@ -96,7 +95,7 @@ def test_guest_created_namespaces_are_bounded_by_the_subsystem_property(tmp_path
             e = g.cmd(0x0D, dptr1=data, cdw10=0)
             assert _status(e) == Status.NS_INSUFFICIENT_CAPACITY, hex(e.status)
         finally:
-            g.c.close()
+            g.close()
     finally:
         m.shutdown()
 

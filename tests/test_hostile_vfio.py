@@ -21,14 +21,14 @@ from nvshell.device.vfio_user import protocol as P
 from nvshell.device.vfio_user.client import VfioUserClient
 from nvshell.device.vfio_user.interface import RegionIndex
 from tests.hostile import alive, errno_of, open_fds, raw
-from tests.test_controller_e2e import RAM, RAM_SIZE, Guest
+from nvshell.testing import NvmeTestHost, ServedController, status, wait_until
 
 EXTRA = 0x80000000  # guest-physical address of extra test mappings
 
 
 @pytest.fixture
 def guest(tmp_path):
-    g = Guest(tmp_path, "mmap")
+    g = NvmeTestHost.serve(tmp_path, name="e2e", doorbells="mmap")
     yield g
     g.close()
 
@@ -48,31 +48,31 @@ def sealed_memfd(size: int) -> int:
     return fd
 
 
-def read_fw_log(g: Guest, addr: int) -> int:
+def read_fw_log(g: NvmeTestHost, addr: int) -> int:
     """Get Log Page (Firmware Slot, 512 bytes) into ``addr``: the status code of the CQE."""
     e = g.cmd(AdminOpcode.GET_LOG_PAGE, nsid=0xFFFFFFFF, dptr1=addr, cdw10=(127 << 16) | 3)
-    return (e.status >> 1) & 0x7FF
+    return status(e)
 
 
-def mapped(g: Guest, addr: int) -> bool:
-    return g.io.run(lambda: g.server.memory.region_at(addr) is not None)
+def mapped(g: NvmeTestHost, addr: int) -> bool:
+    return g.run(lambda: g.target.server.memory.region_at(addr) is not None)
 
 
 # ------------------------------------------------------------ reserved flag bits
 def test_every_reserved_dma_map_bit_is_refused(guest):
     for bit in range(2, 32):
-        h, _ = dma_map(guest.c, EXTRA, 0x1000, flags=3 | (1 << bit))
+        h, _ = dma_map(guest.client, EXTRA, 0x1000, flags=3 | (1 << bit))
         assert errno_of(h) == E.EINVAL, bit
-    assert guest.io.run(lambda: len(guest.server.memory)) == 1
+    assert guest.run(lambda: len(guest.target.server.memory)) == 1
 
 
 def test_every_reserved_dma_unmap_bit_is_refused_and_nothing_is_unmapped(guest):
-    assert errno_of(dma_map(guest.c, EXTRA, 0x1000)[0]) == 0
+    assert errno_of(dma_map(guest.client, EXTRA, 0x1000)[0]) == 0
     for bit in [0] + list(range(2, 32)):  # bit 0: dirty page info, unsupported
-        h, _ = dma_unmap(guest.c, EXTRA, 0x1000, flags=1 << bit)
+        h, _ = dma_unmap(guest.client, EXTRA, 0x1000, flags=1 << bit)
         assert errno_of(h) == E.EINVAL, bit
-        assert mapped(guest, EXTRA) and mapped(guest, RAM), bit
-    assert errno_of(dma_unmap(guest.c, EXTRA, 0x1000)[0]) == 0
+        assert mapped(guest, EXTRA) and mapped(guest, guest.ram_base), bit
+    assert errno_of(dma_unmap(guest.client, EXTRA, 0x1000)[0]) == 0
     assert not mapped(guest, EXTRA)
 
 
@@ -80,9 +80,9 @@ def test_every_reserved_set_irqs_bit_is_refused(guest):
     base = P.IrqSetFlag.DATA_NONE | P.IrqSetFlag.ACTION_TRIGGER
     for bit in range(6, 32):
         payload = P.IRQ_SET.pack(argsz=20, flags=base | (1 << bit), index=2, start=0, count=1)
-        h, _ = raw(guest.c, P.Command.DEVICE_SET_IRQS, payload)
+        h, _ = raw(guest.client, P.Command.DEVICE_SET_IRQS, payload)
         assert errno_of(h) == E.EINVAL, bit
-    assert guest.io.run(lambda: guest.server.interrupts.vectors) == list(range(5))
+    assert guest.run(lambda: guest.target.server.interrupts.vectors) == list(range(5))
 
 
 # ---------------------------------------------- DMA_UNMAP with descriptors (#19)
@@ -91,11 +91,11 @@ def test_dma_unmap_with_descriptors_is_accepted(guest, caplog, nfds):
     fd = sealed_memfd(0x2000)
     try:
         before = open_fds()  # the mapping holds a descriptor of its own until unmapped
-        assert errno_of(dma_map(guest.c, EXTRA, 0x2000, fd)[0]) == 0
+        assert errno_of(dma_map(guest.client, EXTRA, 0x2000, fd)[0]) == 0
         extra = [os.dup(fd) for _ in range(nfds)]
         caplog.set_level(logging.DEBUG, logger="nvshell.device.vfio_user")
         caplog.clear()
-        h, reply = dma_unmap(guest.c, EXTRA, 0x2000, fds=extra)
+        h, reply = dma_unmap(guest.client, EXTRA, 0x2000, fds=extra)
         for x in extra:
             os.close(x)
         assert errno_of(h) == 0 and reply == P.DMA_UNMAP.pack(argsz=24, flags=0, addr=EXTRA, size=0x2000)
@@ -110,16 +110,16 @@ def test_descriptors_stay_refused_where_the_protocol_has_none(guest):
     fd = os.eventfd(0)
     try:
         before = open_fds()
-        h, _ = raw(guest.c, P.Command.DEVICE_GET_INFO, P.DEVICE_INFO.pack(argsz=16), [fd])
+        h, _ = raw(guest.client, P.Command.DEVICE_GET_INFO, P.DEVICE_INFO.pack(argsz=16), [fd])
         assert errno_of(h) == E.EINVAL
-        h, _ = raw(guest.c, P.Command.REGION_READ, P.REGION_RW.pack(offset=0, region=0, count=4), [fd])
+        h, _ = raw(guest.client, P.Command.REGION_READ, P.REGION_RW.pack(offset=0, region=0, count=4), [fd])
         assert errno_of(h) == E.EINVAL
         assert open_fds() == before
         # two fds for one DMA_MAP are still refused
-        h, _ = dma_map(guest.c, EXTRA, 0x1000, None)
+        h, _ = dma_map(guest.client, EXTRA, 0x1000, None)
         assert errno_of(h) == 0
         mfd = sealed_memfd(0x1000)
-        h, _ = raw(guest.c, P.Command.DMA_MAP, P.DMA_MAP.pack(argsz=32, flags=3, addr=EXTRA + 0x10000,
+        h, _ = raw(guest.client, P.Command.DMA_MAP, P.DMA_MAP.pack(argsz=32, flags=3, addr=EXTRA + 0x10000,
                                                              size=0x1000), [mfd, mfd])
         os.close(mfd)
         assert errno_of(h) == E.EINVAL
@@ -129,7 +129,6 @@ def test_descriptors_stay_refused_where_the_protocol_has_none(guest):
 
 # ------------------------------------------------------------ VERSION nesting
 def test_version_with_deep_nesting_is_refused_quietly(tmp_path, caplog):
-    g = Guest.__new__(Guest)  # a controller without the negotiated client
     from nvshell.device.iothread import IOThread
     from nvshell.device.nvme.config import ControllerConfig
     from nvshell.device.nvme.controller import Controller
@@ -153,15 +152,14 @@ def test_version_with_deep_nesting_is_refused_quietly(tmp_path, caplog):
         server.close()
         io.run(ctrl.shutdown)
         io.stop()
-    del g
 
 
 # ----------------------------------------------------- REPLY-type message flood
 def test_reply_type_messages_are_warned_about_at_most_once_per_interval(guest, caplog):
     caplog.set_level(logging.INFO, logger="nvshell.device.vfio_user")
     msg = P.pack_header(7, P.Command.REGION_READ, 0, P.MsgFlag.REPLY)
-    guest.c.send_raw(msg * 2000)
-    assert guest.c.read32(0, 0x1C) == 0  # still served, in order
+    guest.client.send_raw(msg * 2000)
+    assert guest.client.read32(0, 0x1C) == 0  # still served, in order
     warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(warnings) == 1, caplog.text
 
@@ -171,26 +169,16 @@ def test_a_full_blocking_eventfd_does_not_wedge_the_controller(guest):
     guest.enable()
     wedge = os.eventfd(0)  # blocking, like a client that forgot EFD_NONBLOCK
     os.eventfd_write(wedge, 0xFFFFFFFFFFFFFFFE)  # the counter is full: a blocking write would hang
-    guest.c.set_irqs(2, P.IrqSetFlag.DATA_EVENTFD | P.IrqSetFlag.ACTION_TRIGGER, 0, 1, fds=[wedge])
+    guest.client.set_irqs(2, P.IrqSetFlag.DATA_EVENTFD | P.IrqSetFlag.ACTION_TRIGGER, 0, 1, fds=[wedge])
     os.close(wedge)
     buf = guest.alloc(4096)
     t0 = time.monotonic()
     for _ in range(3):  # the completions fire vector 0 (the wedged one)
-        q = guest.q[0]
-        guest.cid += 1
-        guest.ram.write(q["sq"] + 64 * q["tail"], SQE.pack(opcode=AdminOpcode.GET_LOG_PAGE, cid=guest.cid,
-                                                           nsid=0xFFFFFFFF, dptr1=buf, cdw10=(127 << 16) | 3))
-        q["tail"] = (q["tail"] + 1) % q["size"]
-        guest.ring(0, q["tail"])
-        deadline = time.monotonic() + 3
-        while not guest.ram.read(q["cq"] + 16 * q["head"] + 14, 2)[0] & 1 == q["phase"]:
-            assert time.monotonic() < deadline, "no completion: the IOThread is stuck"
-            time.sleep(0.001)
-        q["head"] = (q["head"] + 1) % q["size"]
-        guest.ring(1, q["head"])
+        e = guest.cmd(AdminOpcode.GET_LOG_PAGE, nsid=0xFFFFFFFF, dptr1=buf, cdw10=(127 << 16) | 3, timeout=3)
+        assert status(e) == 0, "the IOThread is stuck"
     assert time.monotonic() - t0 < 3
-    assert guest.c.read32(0, 0x1C) & 1  # the socket is still served
-    assert guest.io.run(lambda: 1, timeout=1) == 1
+    assert guest.client.read32(0, 0x1C) & 1  # the socket is still served
+    assert guest.target.iothread.run(lambda: 1, timeout=1) == 1
 
 
 def test_interrupt_descriptors_must_be_eventfds(guest):
@@ -198,7 +186,7 @@ def test_interrupt_descriptors_must_be_eventfds(guest):
     try:
         payload = P.IRQ_SET.pack(argsz=20, flags=P.IrqSetFlag.DATA_EVENTFD | P.IrqSetFlag.ACTION_TRIGGER,
                                  index=2, start=0, count=1)
-        h, _ = raw(guest.c, P.Command.DEVICE_SET_IRQS, payload, [w])
+        h, _ = raw(guest.client, P.Command.DEVICE_SET_IRQS, payload, [w])
         assert errno_of(h) == E.EINVAL
     finally:
         os.close(r)
@@ -218,7 +206,7 @@ def test_dma_memory_that_could_shrink_is_refused(guest, tmp_path):
     short = sealed_memfd(0x1000)
     try:
         for fd, size in ((loose, 0x10000), (regular, 0x10000), (short, 0x2000)):
-            h, _ = dma_map(guest.c, EXTRA, size, fd)
+            h, _ = dma_map(guest.client, EXTRA, size, fd)
             assert errno_of(h) == E.EINVAL
             assert not mapped(guest, EXTRA)
         # what would have been a SIGBUS: shrink, then make the controller touch it
@@ -233,7 +221,7 @@ def test_dma_memory_that_could_shrink_is_refused(guest, tmp_path):
 def test_a_mapped_memfd_cannot_be_shrunk_afterwards(guest):
     fd = sealed_memfd(0x10000)
     try:
-        assert errno_of(dma_map(guest.c, EXTRA, 0x10000, fd)[0]) == 0
+        assert errno_of(dma_map(guest.client, EXTRA, 0x10000, fd)[0]) == 0
         assert fcntl.fcntl(fd, fcntl.F_GET_SEALS) & fcntl.F_SEAL_SHRINK
         with pytest.raises(PermissionError):
             os.ftruncate(fd, 0)
@@ -246,7 +234,7 @@ def test_a_mapped_memfd_cannot_be_shrunk_afterwards(guest):
 
 # ------------------------------------------------------------ 65535 DMA maps
 def test_65535_dma_maps_in_bounded_time(guest):
-    c = guest.c
+    c = guest.client
     assert errno_of(dma_unmap(c, 0, 0, flags=P.DmaUnmapFlag.ALL)[0]) == 0
     window = 64  # pipelined, but within what the socket buffers hold both ways
     timings = []
@@ -263,7 +251,7 @@ def test_65535_dma_maps_in_bounded_time(guest):
             assert h.msg_id == msg_id and errno_of(h) == 0, h
         timings.append(time.monotonic() - start)
     total = time.monotonic() - t0
-    assert guest.io.run(lambda: len(guest.server.memory)) == P.MAX_DMA_MAPS
+    assert guest.run(lambda: len(guest.target.server.memory)) == P.MAX_DMA_MAPS
     h, _ = dma_map(c, 1 << 40, 0x1000)
     assert errno_of(h) == E.ENOSPC
     assert errno_of(dma_unmap(c, 1 << 13, 0x1000)[0]) == 0
@@ -307,40 +295,31 @@ def test_vfio_user_socket_is_owner_only_whatever_the_umask(tmp_path):
 
 # ------------------------------------------------------- doorbells per connection
 def test_a_former_client_cannot_ring_the_next_clients_doorbells(tmp_path):
-    g = Guest(tmp_path, "mmap")
-    old_db = g.db
-    g.db = None
-    g.c._area_maps.remove(old_db)  # keep the old mapping alive past close()
-    g.c.close()
+    target = ServedController(tmp_path / "nvme.sock", name="e2e", doorbells="mmap")
+    first = NvmeTestHost(target.socket)
+    old_db = first.doorbells
+    first.doorbells = None
+    first.client._area_maps.remove(old_db)  # keep the old mapping alive past close()
+    first.close()
     try:
-        c2 = VfioUserClient(timeout=3.0).connect(str(tmp_path / "nvme.sock"))
-        g.c = c2
-        deadline = time.monotonic() + 3
-        while True:
-            try:
-                c2.negotiate()
-                break
+        def reconnect() -> NvmeTestHost | None:
+            try:                       # the server may still be dropping the former client
+                return NvmeTestHost(target.socket, timeout=3.0, target=target)
             except Exception:
-                assert time.monotonic() < deadline
-                time.sleep(0.01)
-                c2.close()
-                c2 = g.c = VfioUserClient(timeout=3.0).connect(str(tmp_path / "nvme.sock"))
-        g.ram = c2.map_memory(RAM, RAM_SIZE)
-        c2.set_msix_eventfds(5)
-        g.db = c2.mmap_region_area(RegionIndex.BAR0)
-        g.next = RAM
+                return None
+        g = wait_until(reconnect, 3, "a new client served")
         g.enable()
-        q = g.q[0]
+        q = g.queues[0]
         g.ram.write(q["sq"], SQE.pack(opcode=AdminOpcode.GET_LOG_PAGE, cid=99, nsid=0xFFFFFFFF,
                                          dptr1=g.alloc(4096), cdw10=(127 << 16) | 3))
         old_db[0:4] = (1).to_bytes(4, "little")  # the former client rings SQ 0's tail
         time.sleep(0.1)
         assert g.ram.read(q["cq"], 16) == bytes(16), "a stale mapping completed a command"
-        assert g.c.read32(RegionIndex.BAR0, 0x1000) == 0
+        assert g.reg32(0x1000) == 0
         assert read_fw_log(g, g.alloc(4096)) == 0  # the new mapping works
     finally:
         old_db.close()
-        g.close()
+        target.close()
 
 
 def test_the_region_table_agrees_with_a_brute_force_model():

@@ -2,7 +2,8 @@
 what a connected NVMe host reads from the device.
 
 A real nvshell process runs a topology that covers every type (defaults and explicit values,
-memory/null/file backends, mmap and trapped doorbells); an ``AdminHost`` (tests/nvme_host.py)
+memory/null/file backends, mmap and trapped doorbells); an ``NvmeTestHost`` (nvshell/testing.py,
+enabled with namespace notices: ``notified_host``)
 connects to every controller over vfio-user as QEMU would and reads Identify, registers and
 features.  The test then walks, *from the type registry* (``qom-list-types``,
 ``qom-list-properties``), every property of every instance and checks that
@@ -34,13 +35,16 @@ from qemu.qmp import ExecuteError
 
 from nvshell.monitor.format import format_value
 from nvshell.testing import NvshellProcess, QmpConnection
-from tests.nvme_host import AdminHost
+from nvshell.testing import NvmeTestHost
 
 # ------------------------------------------------------------------------------ topology
 SUBSYS0_UUID = "5ab5ab5a-0000-4000-8000-00000000000a"
 SUB2_NQN = "nqn.2026-12.io.nvshell:introspection-sub2"
 NS2_EUI64 = "0011223344556677"
 NS2_NGUID = "00112233445566778899aabbccddeeff"
+
+#: Asynchronous Event Configuration: Namespace Attribute Notices.
+AEC_NS_ATTRIBUTE = 1 << 8
 
 
 def config(file_path: Path) -> dict[str, Any]:
@@ -90,6 +94,18 @@ class Qmp(QmpConnection):
 
 
 # ------------------------------------------------------------------------------ what the host sees
+def notified_host(socket: str | Path) -> NvmeTestHost:
+    """A host on ``socket``, enabled, with Namespace Attribute Notices on (as Linux after its scan)."""
+    host = NvmeTestHost(socket, ram_size=2 << 20)
+    try:
+        host.enable()
+        host.enable_notices(AEC_NS_ATTRIBUTE)
+    except BaseException:
+        host.close()
+        raise
+    return host
+
+
 def _text(data: bytes, start: int, end: int) -> str:
     return data[start:end].decode("ascii").rstrip(" \0")
 
@@ -150,7 +166,7 @@ class CtrlView:
 
     id: str
     socket: str
-    host: AdminHost
+    host: NvmeTestHost
     idctrl: bytes = b""
     cap: int = 0
     nq: int = 0
@@ -162,7 +178,7 @@ class CtrlView:
         h = self.host
         self.idctrl = h.identify(0x01)
         self.cap = h.reg64(0x00)
-        self.nq = h.get_features(0x07)
+        self.nq = h.check(h.get_feature(0x07)).dw0
         self.active = _u32_list(h.identify(0x02))
         self.allocated = _u32_list(h.identify(0x10))
         self.ns = {}
@@ -473,7 +489,7 @@ def _ctrl_doorbells(w: World, inst: Inst, v: Any) -> None:
 
 
 def _ctrl_ocp(w: World, inst: Inst, v: Any) -> None:
-    supported = struct.unpack_from("<256I", w.ctrl(inst).host.get_log(0x00, 1024))
+    supported = struct.unpack_from("<256I", w.ctrl(inst).host.log(0x00, 1024))
     eq(v, bool(supported[0xC0] & 1), f"{inst.id}.ocp vs Supported Log Pages entry C0h")
 
 
@@ -538,7 +554,7 @@ AEN_NS_CHANGED = 0x02 | (0x00 << 8) | (0x04 << 16)   # notice, namespace attribu
 
 
 def _changed_ns_list(c: CtrlView) -> list[int]:
-    return _u32_list(c.host.get_log(0x04, 4096))
+    return _u32_list(c.host.log(0x04, 4096))
 
 
 def _mutate_attached_to(w: World, inst: Inst) -> None:
@@ -710,7 +726,7 @@ def running(tmp_path: Path):
         try:
             for cid in ("ctrl0", "ctrl1"):
                 sock = str(run_dir / f"{cid}.sock")
-                hosts[cid] = CtrlView(cid, sock, AdminHost(sock))
+                hosts[cid] = CtrlView(cid, sock, notified_host(sock))
             yield World(qmp, hosts, cfg)
         finally:
             for c in hosts.values():
@@ -759,13 +775,13 @@ def test_config_dump_rebuilds_what_the_host_saw(tmp_path: Path) -> None:
     identifiers, namespaces) and dumps the same configuration."""
     run_dir = tmp_path / "run"
 
-    def identify_all(h: AdminHost) -> dict[int, tuple[bytes, bytes]]:
+    def identify_all(h: NvmeTestHost) -> dict[int, tuple[bytes, bytes]]:
         return {n: (h.identify(0x00, nsid=n), h.identify(0x03, nsid=n)) for n in _u32_list(h.identify(0x02))}
 
     with NvshellProcess(run_dir) as nv:
         qmp = Qmp(run_dir / "qmp.sock")
         try:
-            with AdminHost(run_dir / "ctrl0.sock") as h:
+            with notified_host(run_dir / "ctrl0.sock") as h:
                 idns = h.identify(0x00, nsid=1)
                 plain4k = format_index(idns, 4096, 0)
                 h.format_nvm(1, lbaf=plain4k)
@@ -780,7 +796,7 @@ def test_config_dump_rebuilds_what_the_host_saw(tmp_path: Path) -> None:
     with NvshellProcess(run_dir, "-readconfig", str(tmp_path / "dump.json")) as nv:
         qmp = Qmp(run_dir / "qmp.sock")
         try:
-            with AdminHost(run_dir / "ctrl0.sock") as h:
+            with notified_host(run_dir / "ctrl0.sock") as h:
                 assert identify_all(h) == seen
             assert json.loads(qmp.hmp("info config")) == json.loads(dump)
         finally:

@@ -13,7 +13,7 @@ import pytest
 from nvshell.device.nvme.admin_identify import ID_CTRL
 from nvshell.device.nvme.spec import AdminOpcode, NvmOpcode
 from nvshell.device.nvme.status import Status
-from tests.admin_host import AdminHost, status
+from nvshell.testing import NvmeTestHost, status
 from tests.test_pi import G, A, R, PRACT, host, last_error, payload, tuple16  # noqa: F401  (host: fixture)
 
 PSDT_MPTR_SGL = 2 << 6
@@ -37,14 +37,14 @@ def sgl_io(g, opcode, nsid, slba, nlb, mdesc: list[bytes], *, data=b"", flags=0,
     if data:
         g.ram.write(g.buf, data)
     g.ram.write(g.desc, b"".join(mdesc))
-    e = g.cmd(opcode, qid=1, vector=2, nsid=nsid, flags=PSDT_MPTR_SGL, dptr1=g.buf, dptr2=(512 * nlb),
+    e = g.cmd(opcode, qid=1, nsid=nsid, flags=PSDT_MPTR_SGL, dptr1=g.buf, dptr2=(512 * nlb),
               mptr=g.desc if mptr is None else mptr, cdw10=slba, cdw12=(nlb - 1) | flags,
               cdw14=slba if reftag is None else reftag, cdw15=apptag | appmask << 16)
     return (e.status >> 1) & 0x7FF
 
 
 def test_identify_advertises_mptr_sgl_only(tmp_path):
-    h = AdminHost(tmp_path)
+    h = NvmeTestHost.serve(tmp_path, ns_size=1 << 20).enable(admin_depth=64)
     try:
         e, d = h.admin(AdminOpcode.IDENTIFY, cdw10=1, length=4096)
     finally:

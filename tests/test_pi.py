@@ -15,7 +15,7 @@ from nvshell.device.backends import FileBackend, MemoryBackend
 from nvshell.device.nvme.namespace import NvmNamespace
 from nvshell.device.nvme.spec import AdminOpcode, NvmOpcode
 from nvshell.device.nvme.status import Status
-from tests.test_controller_e2e import Guest
+from nvshell.testing import NvmeTestHost
 from tests.test_dif import ref_crc16, ref_crc64
 
 # nsid: (lba_size, ms, mset, pi, pil, pif)
@@ -34,21 +34,28 @@ PRACT = 0x8 << 26
 G, A, R = 0x4 << 26, 0x2 << 26, 0x1 << 26
 
 
+def pi_host(directory, namespaces, doorbells: str = "mmap") -> NvmeTestHost:
+    """A host on a controller with ``namespaces`` (NSID 1, 2, ... in order), enabled, with I/O
+    queue 1 (vector 2) and a metadata buffer ``md`` and PRP list page ``prpl`` beside ``buf``."""
+    g = NvmeTestHost.serve(directory, name="e2e", doorbells=doorbells)
+    try:
+        for ns in namespaces:
+            g.target.add_namespace(ns, notify=False)
+        g.enable()
+        g.create_io_queue(1, 16, vector=2)
+        g.prpl = g.alloc(4096)
+        g.md = g.alloc(4096)
+    except BaseException:
+        g.close()
+        raise
+    return g
+
+
 @pytest.fixture(scope="module")
 def host(tmp_path_factory):
-    g = Guest(tmp_path_factory.mktemp("pi"), "mmap")
-    for nsid, (lba, ms, mset, pi, pil, pif) in LAYOUT.items():
-        ns = NvmNamespace(MemoryBackend(1 << 20), lba_size=lba, ms=ms, mset=mset, pi=pi, pil=pil, pif=pif)
-        ns.nsid = nsid
-        g.io.run(g.ctrl.attach_namespace, ns)
-    g.enable()
-    cq, sq = g.alloc(4096), g.alloc(4096)
-    assert g.cmd(AdminOpcode.CREATE_IO_CQ, cdw10=15 << 16 | 1, cdw11=2 << 16 | 3, dptr1=cq).status >> 1 == 0
-    assert g.cmd(AdminOpcode.CREATE_IO_SQ, cdw10=15 << 16 | 1, cdw11=1 << 16 | 1, dptr1=sq).status >> 1 == 0
-    g.q[1] = dict(sq=sq, cq=cq, size=16, tail=0, head=0, phase=1)
-    g.buf = g.alloc(3 * 4096)        # data (up to 2 x 4 KiB + metadata, PRP list below)
-    g.prpl = g.alloc(4096)
-    g.md = g.alloc(4096)
+    g = pi_host(tmp_path_factory.mktemp("pi"), [
+        NvmNamespace(MemoryBackend(1 << 20), lba_size=lba, ms=ms, mset=mset, pi=pi, pil=pil, pif=pif)
+        for lba, ms, mset, pi, pil, pif in LAYOUT.values()])
     yield g
     g.close()
 
@@ -69,7 +76,7 @@ def io(g, opcode, nsid, slba, nlb, *, data=b"", md=None, flags=0, reftag=None, a
         else:
             g.ram.write(g.prpl, struct.pack(f"<{len(pages)}Q", *pages))
             prp2 = g.prpl
-    e = g.cmd(opcode, qid=1, vector=2, nsid=nsid, dptr1=g.buf, dptr2=prp2, mptr=g.md if mptr is None else mptr,
+    e = g.cmd(opcode, qid=1, nsid=nsid, dptr1=g.buf, dptr2=prp2, mptr=g.md if mptr is None else mptr,
               cdw10=slba & 0xFFFFFFFF, cdw11=slba >> 32, cdw12=(nlb - 1) | flags, cdw3=cdw3,
               cdw14=slba & 0xFFFFFFFF if reftag is None else reftag, cdw15=apptag | appmask << 16)
     return (e.status >> 1) & 0x7FF
@@ -278,7 +285,7 @@ def copy(g, nsid, ranges, sdlba, fmt, *, prinfor=0, prinfow=0, reftag=0, apptag=
         entries += struct.pack("<I", snsid) + entry[4:] if fmt >= 2 else entry
     g.ram.write(g.buf, entries)
     cdw12 = (len(ranges) - 1) | fmt << 8 | prinfor << 12 | prinfow << 26
-    e = g.cmd(NvmOpcode.COPY, qid=1, vector=2, nsid=nsid, dptr1=g.buf, cdw10=sdlba, cdw12=cdw12,
+    e = g.cmd(NvmOpcode.COPY, qid=1, nsid=nsid, dptr1=g.buf, cdw10=sdlba, cdw12=cdw12,
               cdw14=reftag, cdw15=apptag | 0xFFFF << 16)
     return (e.status >> 1) & 0x7FF
 
@@ -331,18 +338,8 @@ def test_copy_between_namespaces_formats_2_and_3(host):
 
 
 def test_copy_across_namespaces_moves_data_and_metadata(tmp_path):
-    g = Guest(tmp_path, "trap")
+    g = pi_host(tmp_path, [NvmNamespace(MemoryBackend(1 << 20), ms=8, pi=1) for _ in (1, 2)], "trap")
     try:
-        for nsid in (1, 2):
-            ns = NvmNamespace(MemoryBackend(1 << 20), ms=8, pi=1)
-            ns.nsid = nsid
-            g.io.run(g.ctrl.attach_namespace, ns)
-        g.enable()
-        cq, sq = g.alloc(4096), g.alloc(4096)
-        assert g.cmd(AdminOpcode.CREATE_IO_CQ, cdw10=15 << 16 | 1, cdw11=2 << 16 | 3, dptr1=cq).status >> 1 == 0
-        assert g.cmd(AdminOpcode.CREATE_IO_SQ, cdw10=15 << 16 | 1, cdw11=1 << 16 | 1, dptr1=sq).status >> 1 == 0
-        g.q[1] = dict(sq=sq, cq=cq, size=16, tail=0, head=0, phase=1)
-        g.buf, g.prpl, g.md = g.alloc(3 * 4096), g.alloc(4096), g.alloc(4096)
         hbs = bytearray(512)
         hbs[4:6] = (0b0100).to_bytes(2, "little")
         g.ram.write(g.md, bytes(hbs))
@@ -360,13 +357,10 @@ def test_copy_across_namespaces_moves_data_and_metadata(tmp_path):
 
 # ---------------------------------------------------------------- format nvm
 def test_format_nvm_each_field(tmp_path):
-    g = Guest(tmp_path, "trap")
+    path = tmp_path / "ns.img"
+    ns = NvmNamespace(FileBackend(str(path), size=1 << 20))
+    g = pi_host(tmp_path, [ns], "trap")
     try:
-        path = tmp_path / "ns.img"
-        ns = NvmNamespace(FileBackend(str(path), size=1 << 20))
-        ns.nsid = 1
-        g.io.run(g.ctrl.attach_namespace, ns)
-        g.enable()
         buf = g.alloc(4096)
 
         def fmt(cdw10):
@@ -419,7 +413,7 @@ def test_pi_corrupt_fault_damages_the_returned_tuple_only(host, nsid, field, pos
     data = payload(2 * lba, 30)
     assert io(g, NvmOpcode.WRITE, nsid, 210, 2, data=data, flags=PRACT, mptr=0) == 0
     faults = FaultSet()
-    injector = g.io.run(install, g.ctrl, faults)
+    injector = g.run(install, g.ctrl, faults)
     try:
         faults.add(FaultRule.from_args({"id": "p1", "action": "pi-corrupt", "field": field, "nsid": nsid,
                                         "slba": 211, "nlb": 1}))
@@ -437,7 +431,7 @@ def test_pi_corrupt_fault_damages_the_returned_tuple_only(host, nsid, field, pos
         md = g.ram.read(g.buf + 2 * lba + ms, ms) if mset else g.ram.read(g.md, 2 * ms)[ms:]
         assert md[:len(second)] == second                              # the media never changed
     finally:
-        g.io.run(injector.uninstall)
+        g.run(injector.uninstall)
 
 
 def test_pi_corrupt_rule_arguments():
@@ -463,13 +457,13 @@ def test_corrupt_fault_flips_data_bits_only_with_extended_lbas(host):
     assert io(g, NvmOpcode.READ, 3, 230, 2, length=2 * (lba + ms), mptr=0) == 0
     clean = g.ram.read(g.buf, 2 * (lba + ms))
     faults = FaultSet()
-    injector = g.io.run(install, g.ctrl, faults)
+    injector = g.run(install, g.ctrl, faults)
     try:
         faults.add(FaultRule.from_args({"id": "c1", "action": "corrupt", "bits": 8, "seed": 3, "nsid": 3}))
         assert io(g, NvmOpcode.READ, 3, 230, 2, length=2 * (lba + ms), mptr=0) == 0
         wire = g.ram.read(g.buf, 2 * (lba + ms))
     finally:
-        g.io.run(injector.uninstall)
+        g.run(injector.uninstall)
     assert wire[lba:lba + ms] == clean[lba:lba + ms] and wire[-ms:] == clean[-ms:]     # metadata untouched
     flipped = sum(bin(a ^ b).count("1") for a, b in zip(wire, clean))
     assert 0 < flipped <= 8

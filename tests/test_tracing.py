@@ -34,7 +34,7 @@ from nvshell.monitor.hmp_tracing import CURRENT_SHELL_VIEW, attach_shell_trace, 
 from nvshell.monitor.qmp.server import QMPServer
 from nvshell.monitor.trace_options import apply_trace_options, parse_trace_options
 from tests.qmp_helpers import RawClient
-from tests.test_controller_e2e import RAM, RAM_SIZE, Guest
+from nvshell.testing import NvmeTestHost, wait_until
 
 
 @pytest.fixture(autouse=True)
@@ -134,26 +134,23 @@ def test_states_by_glob_through_qmp_and_hmp(ctx: MonitorContext) -> None:
 # Every trace point under the vfio-user client workload
 
 
-def workload(g: Guest, n_writes: int = 6) -> list[tuple[int, str]]:
+def workload(g: NvmeTestHost, n_writes: int = 6) -> list[tuple[int, str]]:
     """Admin + I/O over the wire; returns the (qid, opcode) of every command issued."""
     issued: list[tuple[int, str]] = []
     g.enable()
     issued.append((0, "set-features"))
     assert g.cmd(AdminOpcode.SET_FEATURES, cdw10=7, cdw11=0x00030003).status >> 1 == 0
-    cq, sq = g.alloc(4096), g.alloc(4096)
-    assert g.cmd(AdminOpcode.CREATE_IO_CQ, cdw10=15 << 16 | 1, cdw11=2 << 16 | 3, dptr1=cq).status >> 1 == 0
-    assert g.cmd(AdminOpcode.CREATE_IO_SQ, cdw10=15 << 16 | 1, cdw11=1 << 16 | 1, dptr1=sq).status >> 1 == 0
+    g.create_io_queue(1, 16, vector=2)
     issued += [(0, "create-io-cq"), (0, "create-io-sq")]
-    g.q[1] = dict(sq=sq, cq=cq, size=16, tail=0, head=0, phase=1)
     buf = g.alloc(4096)
     for i in range(n_writes):
         g.ram.write(buf, bytes([i]) * 4096)
-        assert g.cmd(0x01, qid=1, vector=2, nsid=1, dptr1=buf, cdw10=8 * i, cdw12=7).status >> 1 == 0
+        assert g.cmd(0x01, qid=1, nsid=1, dptr1=buf, cdw10=8 * i, cdw12=7).status >> 1 == 0
         issued.append((1, "write"))
     for i in range(n_writes // 2):
-        assert g.cmd(0x02, qid=1, vector=2, nsid=1, dptr1=buf, cdw10=8 * i, cdw12=7).status >> 1 == 0
+        assert g.cmd(0x02, qid=1, nsid=1, dptr1=buf, cdw10=8 * i, cdw12=7).status >> 1 == 0
         issued.append((1, "read"))
-    assert g.cmd(0x00, qid=1, vector=2, nsid=1).status >> 1 == 0
+    assert g.cmd(0x00, qid=1, nsid=1).status >> 1 == 0
     issued.append((1, "flush"))
     assert g.cmd(AdminOpcode.DELETE_IO_SQ, cdw10=1).status >> 1 == 0
     assert g.cmd(AdminOpcode.DELETE_IO_CQ, cdw10=1).status >> 1 == 0
@@ -161,10 +158,14 @@ def workload(g: Guest, n_writes: int = 6) -> list[tuple[int, str]]:
     return issued
 
 
-def attach_ns(g: Guest) -> None:
-    ns = NvmNamespace(MemoryBackend(1 << 20))
-    ns.nsid = 1
-    g.io.run(g.ctrl.attach_namespace, ns)
+def wait_record(records: list[dict], pred: Any, timeout: float = 3.0) -> dict:
+    """The first record ``pred`` accepts, waiting for the sink to receive it."""
+    return wait_until(lambda: next((r for r in records if pred(r)), None), timeout, "trace record")
+
+
+def guest(tmp_path: Path, doorbells: str) -> NvmeTestHost:
+    """A host on a controller ``e2e`` with a 1 MiB namespace (NSID 1), not yet enabled."""
+    return NvmeTestHost.serve(tmp_path, name="e2e", doorbells=doorbells, ns_size=1 << 20)
 
 
 @pytest.mark.parametrize("doorbells", ["mmap", "trap"])
@@ -173,40 +174,29 @@ def test_every_trace_point_fires_with_declared_fields(tmp_path: Path, doorbells:
     TRACE.add_sink(records.append)
     TRACE.set_state("*", True)  # strict: emit() raises (caught, counted) on a field mismatch
     errors_before = TRACE.sink_errors
-    g = Guest(tmp_path, doorbells)
+    g = guest(tmp_path, doorbells)
     try:
-        attach_ns(g)
-        g.c.region_read(RegionIndex.CONFIG, 0, 64)
-        g.c.region_write(RegionIndex.CONFIG, 0x04, (0x0006).to_bytes(2, "little"))
+        g.client.region_read(RegionIndex.CONFIG, 0, 64)
+        g.client.region_write(RegionIndex.CONFIG, 0x04, (0x0006).to_bytes(2, "little"))
         workload(g)
         # Notices enabled (as the Linux driver does), an AER outstanding, then a
         # namespace change completes it.
         g.cmd(AdminOpcode.SET_FEATURES, cdw10=0x0B, cdw11=0x100)
-        g.cid += 1
-        q = g.q[0]
-        from nvshell.device.nvme.spec import SQE
-        g.ram.write(q["sq"] + 64 * q["tail"], SQE.pack(opcode=AdminOpcode.ASYNC_EVENT_REQUEST, cid=g.cid))
-        q["tail"] = (q["tail"] + 1) % q["size"]
-        g.ring(0, q["tail"])
-        time.sleep(0.05)
-        g.io.run(g.ctrl.detach_namespace, 1)
-        g.io.run(g.ctrl.post_async_event, 2, 0, 0x04)    # notice: namespace attribute changed
-        deadline = time.monotonic() + 3
-        while not any(r["name"] == "nvme_aen_complete" for r in records) and time.monotonic() < deadline:
-            time.sleep(0.01)
-        g.c.write32(0, 0x14, 0)                           # CC.EN=0: disable + reset
-        scratch = g.c.map_memory(RAM + RAM_SIZE, 1 << 20)
-        g.c.unmap(RAM + RAM_SIZE, 1 << 20)
+        g.request_aen()
+        wait_record(records, lambda r: r["name"] == "nvme_cmd_submit" and r["opcode"] == "async-event-request")
+        g.run(g.ctrl.detach_namespace, 1)
+        g.run(g.ctrl.post_async_event, 2, 0, 0x04)      # notice: namespace attribute changed
+        assert g.aens(timeout=3) == [0x040002]
+        g.write_reg32(0x14, 0)                            # CC.EN=0: disable + reset
+        end = g.ram_base + g.ram_size
+        scratch = g.client.map_memory(end, 1 << 20)
+        g.client.unmap(end, 1 << 20)
         del scratch
-        g.io.run(g.ctrl.fatal, "test")
+        g.run(g.ctrl.fatal, "test")
+        g.client.close()
+        wait_record(records, lambda r: r["name"] == "vfu_client_disconnect")
     finally:
-        g.c.close()
-        deadline = time.monotonic() + 3
-        while not any(r["name"] == "vfu_client_disconnect" for r in records) and time.monotonic() < deadline:
-            time.sleep(0.01)
-        g.server.close()
-        g.io.run(g.ctrl.shutdown)
-        g.io.stop()
+        g.close()
     assert TRACE.sink_errors == errors_before, "a trace point emitted fields that do not match its declaration"
     seen = {r["name"] for r in records}
     # Fault-injection trace points fire only with a fault armed, zone ones only with a
@@ -224,7 +214,7 @@ def test_every_trace_point_fires_with_declared_fields(tmp_path: Path, doorbells:
     assert all(r["status"] == "success" and r["lat_us"] >= 0 for r in done) and len(done) == 6
     assert any(r["kind"] == "sq" and r["qid"] == 1 for r in by("nvme_doorbell"))
     assert {r["qid"] for r in by("nvme_create_sq")} == {1} and by("nvme_create_cq")[0]["vector"] == 2
-    assert by("vfu_dma_map")[0]["addr"] == RAM and by("vfu_dma_map")[0]["size"] == RAM_SIZE
+    assert by("vfu_dma_map")[0]["addr"] == g.ram_base and by("vfu_dma_map")[0]["size"] == g.ram_size
     assert by("nvme_aen_complete")[0]["aen_type"] == by("nvme_aen_queued")[0]["aen_type"]
     assert by("nvme_ctrl_fatal")[0]["reason"] == "test"
     # The vfio-user server's records carry its name, the rest the controller's (both the
@@ -240,9 +230,8 @@ def test_every_trace_point_fires_with_declared_fields(tmp_path: Path, doorbells:
 def test_trace_file_holds_exactly_the_commands_issued(ctx: MonitorContext, tmp_path: Path) -> None:
     path = tmp_path / "cmds.msgpack"
     apply_trace_options(ctx, ["nvme_cmd_*", f"file={path}"])
-    g = Guest(tmp_path, "mmap")
+    g = guest(tmp_path, "mmap")
     try:
-        attach_ns(g)
         issued = workload(g, n_writes=10)
     finally:
         g.close()
@@ -383,13 +372,12 @@ def test_qmp_subscription_only_to_the_client_that_asked(tmp_path: Path) -> None:
     mon = Monitor(tmp_path)
     sub = RawClient(mon.path)
     other = RawClient(mon.path)
-    g = Guest(tmp_path, "mmap")
+    g = guest(tmp_path, "mmap")
     try:
         r = sub.cmd("x-trace-subscribe", names=["nvme_cmd_*"], qid=1, enable=True)
         assert r["return"]["events"] == ["nvme_cmd_complete", "nvme_cmd_submit"]
         assert r["return"]["enabled"] == ["nvme_cmd_complete", "nvme_cmd_submit"]
         assert qmp(other, "trace-event-get-state", name="nvme_cmd_submit")["return"][0]["state"] == "enabled"
-        attach_ns(g)
         issued = workload(g, n_writes=4)
         io = [op for q, op in issued if q == 1]
         evs = events_until(sub, lambda e: sum(x.get("data", {}).get("name") == "nvme_cmd_complete"
@@ -419,10 +407,7 @@ def test_qmp_subscription_only_to_the_client_that_asked(tmp_path: Path) -> None:
         sub.cmd("x-trace-subscribe", names=["nvme_cmd_*"])
         assert len(tracing.subscriptions) == 1
         sub.close()
-        deadline = time.monotonic() + 3
-        while tracing.subscriptions and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert tracing.subscriptions == {}
+        wait_until(lambda: not tracing.subscriptions, 3, "the departed client's subscription dropped")
     finally:
         g.close()
         other.close()
