@@ -41,7 +41,7 @@ def wait_sanitized(h, timeout=5.0):
 def test_block_erase_runs_in_the_background_and_refuses_commands(host):
     d = host.identify_ctrl()
     assert struct.unpack_from("<I", d, 328)[0] & 0b111 == 0b110    # SANICAP: block erase, overwrite; no crypto
-    assert sanitize_log(host) == (0xFFFF, 0, 0)                   # never sanitized
+    assert sanitize_log(host) == (0xFFFF, 1 << 8, 0)              # never sanitized, Global Data Erased
     assert status(host.nvm(0x01, 0, 8, data=b"\x77" * 4096)[0]) == 0
     assert status(host.cmd(0x04, 1, nsid=1, cdw10=100, cdw12=0)) == 0   # an uncorrectable LBA
     assert status(host.cmd(0x84, cdw10=0b010)) == 0
@@ -76,7 +76,7 @@ def test_sanitize_refusals(host):
     assert status(host.cmd(0x84, cdw10=0b010 | 1 << 9)) == Status.INVALID_FIELD  # NDAS with block erase
     assert status(host.cmd(0x84, cdw10=0b000)) == Status.INVALID_FIELD
     assert status(host.cmd(0x84, cdw10=0b001)) == 0                             # exit failure mode: no-op
-    assert sanitize_log(host)[1] == 0
+    assert sanitize_log(host)[1] == 1 << 8                                      # never sanitized, nothing written
 
 
 def test_telemetry_host_initiated(host):

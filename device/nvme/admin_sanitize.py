@@ -22,6 +22,21 @@ Completion: SSTAT "completed successfully" with the overwrite pass count,
 SPROG FFFFh, the Persistent Event Log's Sanitize Start/Completion events, the
 tracked-unrecoverable LBAs cleared, and a self-test in progress aborted
 (result 9).
+
+Global Data Erased (SSTAT bit 8) says that no user data has been written since
+the most recent successful sanitize, or, if there was none, since the NVM
+subsystem was made (for nvshell: since it started; a namespace brought in with
+data, such as a file written by an earlier run, counts as written). It is worked
+out when the log is read, so the data path pays nothing: a successful sanitize
+records each controller's SMART Host Write Commands count (every command that
+writes user data: Write, Write Zeroes, Write Uncorrectable, Copy, Zone Append) and
+the namespaces it erased; the bit is set while no controller's count has moved
+since and no namespace added since holds data. Controllers are remembered from
+their first enable, so one that wrote and was removed still clears the bit.
+Commands that only remove data (Format NVM, Deallocate, Namespace Management)
+write none and leave the bit as it was. Nothing of this survives a restart of
+nvshell (a power cycle): the log then says "never sanitized" and the bit is
+recomputed from the namespaces' contents.
 """
 
 from __future__ import annotations
@@ -35,6 +50,7 @@ from nvshell.device.layout import Layout
 from nvshell.device.nvme import admin_log, admin_pel, admin_selftest
 from nvshell.device.nvme import nvm_uncorrectable as unc
 from nvshell.device.nvme.commands import ADMIN, EFFECT_LBCC, EFFECT_NCC, Command
+from nvshell.device.nvme.controller import Controller
 from nvshell.device.nvme.spec import AdminOpcode, LogPage
 from nvshell.device.nvme.status import NvmeError, Status
 
@@ -51,6 +67,8 @@ TICK_S = 0.05
 MIN_SECONDS = 1.0
 
 SSTAT_NEVER, SSTAT_OK, SSTAT_IN_PROGRESS, SSTAT_FAILED, SSTAT_OK_NDAS = 0, 1, 2, 3, 4
+#: SSTAT bit 8, Global Data Erased.
+SSTAT_GDE = 1 << 8
 
 SANITIZE_LOG = Layout("SanitizeStatusLog", [
     (0, "sprog", "H"), (2, "sstat", "H"), (4, "scdw10", "I"), (8, "eto", "I"), (12, "etbe", "I"),
@@ -90,6 +108,12 @@ class _SubsystemState:
     scdw10: int = 0
     passes_done: int = 0
     running: _Operation | None = None
+    #: Global Data Erased bookkeeping since the last successful sanitize (or power-on):
+    #: id(SmartStats) -> (stats, Host Write Commands then), for every controller seen;
+    #: the namespaces that held no user data then; and whether data has been seen since.
+    writes: dict = field(default_factory=dict)
+    erased: "weakref.WeakSet[Any]" = field(default_factory=weakref.WeakSet)
+    data_written: bool = False
 
 
 _STATES: "weakref.WeakKeyDictionary[Any, _SubsystemState]" = weakref.WeakKeyDictionary()
@@ -222,24 +246,69 @@ def _complete(op: _Operation, st: _SubsystemState, sstat: int) -> None:
     if sstat == SSTAT_OK:
         st.passes_done = op.passes
         st.sprog = 0xFFFF
-        subsys = op.ctrl.subsystem
-        for ns in (list(subsys.namespaces.values()) if subsys is not None else list(op.ctrl.namespaces.values())):
+        _rebaseline(op.ctrl, st)
+        for ns in _namespaces(op.ctrl):
             unc.erased(ns)
             if op.sanact == SANACT_BLOCK_ERASE and getattr(ns, "ms", 0):
                 from nvshell.device.nvme import nvm_meta
                 nvm_meta.deallocate(ns, 0, ns.nlbas)
     _set_admission(op.ctrl, False)
-    admin_pel.sanitize_completion(op.ctrl, st.sprog, _sstat(st))
+    admin_pel.sanitize_completion(op.ctrl, st.sprog,
+                                  _sstat(st) | (SSTAT_GDE if global_data_erased(op.ctrl) else 0))
 
 
 def _sstat(st: _SubsystemState) -> int:
     return st.sstat | (min(st.passes_done, 31) << 3)
 
 
+def _namespaces(ctrl: Any) -> list[Any]:
+    subsys = ctrl.subsystem
+    return list(subsys.namespaces.values()) if subsys is not None else list(ctrl.namespaces.values())
+
+
+def _holds_data(ns: Any) -> bool:
+    """Whether ``ns`` may hold user data: a block device or a file with blocks on disk,
+    a memory namespace with a chunk written (the null backend keeps nothing)."""
+    backend = ns.backend
+    return bool(getattr(backend, "block_device", False)) or backend.allocated > 0
+
+
+def _remember(st: _SubsystemState, ctrl: Any, count: int) -> None:
+    st.writes.setdefault(id(ctrl.stats), (ctrl.stats, count))
+
+
+def _note_enabled(ctrl: Any) -> None:
+    """Controller enable hook: from now on this controller can write; remember it (with
+    the count it had when it joined: 0, or the baseline already taken)."""
+    _remember(_state(ctrl), ctrl, 0)
+
+
+def _rebaseline(ctrl: Any, st: _SubsystemState) -> None:
+    """A sanitize completed: nothing written from here on yet."""
+    st.writes = {}
+    for c in _controllers(ctrl):
+        _remember(st, c, c.stats.host_write_commands)
+    st.erased = weakref.WeakSet(_namespaces(ctrl))
+    st.data_written = False
+
+
+def global_data_erased(ctrl: Any) -> bool:
+    """SSTAT bit 8: no user data written since the last successful sanitize (or start)."""
+    st = _state(ctrl)
+    if not st.data_written:
+        for c in _controllers(ctrl):
+            _remember(st, c, 0)
+        written = any(stats.host_write_commands != count for stats, count in st.writes.values())
+        st.data_written = written or any(ns not in st.erased and _holds_data(ns) for ns in _namespaces(ctrl))
+    return not st.data_written
+
+
 def sanitize_log(ctrl: Any, cmd: Command) -> bytes:
     st = _state(ctrl)
-    return SANITIZE_LOG.pack(sprog=st.sprog, sstat=_sstat(st), scdw10=st.scdw10, eto=NO_ESTIMATE,
+    sstat = _sstat(st) | (SSTAT_GDE if global_data_erased(ctrl) else 0)
+    return SANITIZE_LOG.pack(sprog=st.sprog, sstat=sstat, scdw10=st.scdw10, eto=NO_ESTIMATE,
                              etbe=NO_ESTIMATE, etce=0, etond=NO_ESTIMATE, etbend=0, etcend=0)
 
 
+Controller.enable_hooks.append(_note_enabled)
 admin_log.register(LogPage.SANITIZE_STATUS, "sanitize-status", sanitize_log, SANITIZE_LOG.size)

@@ -47,6 +47,9 @@ if dd if=$DEV of=/tmp/z bs=4096 skip=10 count=1 iflag=direct 2>/dev/null && [ -s
         && [ "$(tr -d '\000' </tmp/z | wc -c)" = 0 ]; then
     echo sanitized-reads-zero
 fi
+# Global Data Erased (SSTAT bit 8) holds until the first write after the sanitize.
+dd if=/dev/urandom of=$DEV bs=4096 seek=20 count=1 oflag=direct 2>/dev/null
+nvme sanitize-log $CTRL | grep SSTAT | sed 's/^/after-write: /'
 step durable
 nvme set-feature $CTRL -f 6 -v 0
 nvme get-feature $CTRL -f 6
