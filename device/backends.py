@@ -133,7 +133,10 @@ class MemoryBackend(Backend):
     """
 
     kind = "memory"
-    CHUNK = 64 * 1024
+    #: Allocation unit. Small, because a chunk's first write zeroes (and faults in) all of it:
+    #: 16 KiB costs a 4 KiB random write about 3 us there, 64 KiB about 9 us; and a 128 KiB
+    #: transfer is still only 8 pieces.
+    CHUNK = 16 * 1024
 
     def __init__(self, size: int, chunk_size: int = CHUNK):
         super().__init__(size)

@@ -6,8 +6,12 @@ client.  Started by the first query, an asyncio task on the monitor loop takes o
 second (``SAMPLE_PERIOD``) and keeps ``HISTORY`` of them.  A sample reads, on each controller's
 IOThread (the only thread allowed to read queue state), ``Controller.iostat_info()``: per SQ
 ``fetched`` commands, head/tail/size, held commands, its byte tallies and its log2 latency
-histogram (always on once a sample asked for it, no trace point needed), and the SMART byte
-and command counters.
+histogram (no trace point needed), and the SMART byte and command counters.
+
+Latency costs two clock reads per command, so commands are timed only while someone watches:
+from a query (QMP or ``info iostat``, and so every refresh of the live view) until ``WATCH``
+seconds after the last one. A query that starts the watch turns timing on at once and waits
+for the next sample, so its p50/p99 come from timed commands; the rates never need it.
 
 Numbers per controller: IOPS (read/write), MB/s (read/write, SMART), p50/p99 latency (histogram
 buckets: an upper bound; the controller's histogram is the sum of its I/O queues'), IOPS per
@@ -31,6 +35,8 @@ from nvshell.monitor.registry import Arg, qmp_command
 #: Seconds between two samples, and how many samples are kept (the sparkline's minute).
 SAMPLE_PERIOD = 1.0
 HISTORY = 61
+#: Commands are timed until this many seconds after the last query (the longest window).
+WATCH = HISTORY * SAMPLE_PERIOD
 _KEY = "iostat-sampler"
 TYPE_CTRL = "x-nvme-ctrl"
 
@@ -55,9 +61,10 @@ class Sample:
     ctrls: dict[str, CtrlSample] = field(default_factory=dict)
 
 
-def _read_controller(model: Any) -> tuple[list[dict[str, Any]], int, int, int, int]:
-    """On the controller's IOThread: its queues (with their tallies) and SMART counters, read together."""
-    return model.iostat_info()
+def _read_controller(model: Any, timing: bool) -> tuple[list[dict[str, Any]], int, int, int, int]:
+    """On the controller's IOThread: its queues (with their tallies) and SMART counters, read
+    together; command timing on while watched."""
+    return model.iostat_info(timing)
 
 
 class IostatSampler:
@@ -69,6 +76,12 @@ class IostatSampler:
         self._task: asyncio.Task[None] | None = None
         self._stopped = False
         self._new = asyncio.Event()
+        #: Monotonic time until which commands are timed (``WATCH`` after the last query).
+        self.watched_until = 0.0
+
+    @property
+    def watched(self) -> bool:
+        return time.monotonic() < self.watched_until
 
     def start(self) -> None:
         self._stopped = False
@@ -89,7 +102,7 @@ class IostatSampler:
                 continue  # being created or removed
             try:
                 # bounded like every wait on an IOThread: a stuck one costs its sample, not the sampler
-                queues, br, bw, nr, nw = await d.iothread.call(_read_controller, d.model)
+                queues, br, bw, nr, nw = await d.iothread.call(_read_controller, d.model, self.watched)
             except Exception:  # noqa: BLE001 - removed between the listing and the read
                 continue
             sqs = [q for q in queues if q["kind"] == "sq"]
@@ -102,6 +115,14 @@ class IostatSampler:
                 qlatency={q["qid"]: q["latency"] for q in sqs})
         return sample
 
+    async def _arm(self) -> None:
+        for d in self.ctx.machine.devices():
+            if d.is_a(TYPE_CTRL) and d.model is not None and d.iothread is not None:
+                try:
+                    await d.iothread.call(d.model.time_commands, True)
+                except Exception:  # noqa: BLE001 - removed meanwhile: nothing to time
+                    continue
+
     async def _run(self) -> None:
         while not self._stopped:
             self.samples.append(await self.sample())
@@ -111,8 +132,15 @@ class IostatSampler:
 
     async def window(self, interval: float) -> tuple[Sample, Sample]:
         """The newest sample and the one ``interval`` seconds older (at least one period apart:
-        the first query waits for the sampler's second sample)."""
+        the first query waits for the sampler's second sample). Starts or extends the watch
+        (``WATCH``); a query that starts it arms every controller's timing first and waits for
+        the next sample."""
         self.start()
+        starting = not self.watched
+        self.watched_until = time.monotonic() + WATCH
+        if starting:
+            await self._arm()
+            await self._new.wait()
         while len(self.samples) < 2:
             await self._new.wait()
         new = self.samples[-1]
@@ -228,8 +256,9 @@ def iostat(sampler: IostatSampler, old: Sample, new: Sample, device: str | None)
 ], returns="any")
 async def x_nvme_query_iostat(ctx: Any, args: dict) -> dict[str, Any]:
     """Rates per controller and queue over the last ``interval`` seconds (IOPS, MB/s, occupancy,
-    p50/p99 latency: null without completions in the window), and IOPS per second of the last
-    minute (``history``, oldest first)."""
+    p50/p99 latency: null without timed completions in the window -- commands are timed from a
+    query until a minute after the last one), and IOPS per second of the last minute
+    (``history``, oldest first)."""
     interval = float(args.get("interval", 1.0))
     if not 0 < interval <= HISTORY - 1:
         raise GenericError(f"Parameter 'interval' expects a number of seconds in (0, {HISTORY - 1}]")

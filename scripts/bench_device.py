@@ -297,6 +297,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--inproc", action="store_true",
                         help="the controller in this process, no IOThread: the command path alone")
     parser.add_argument("--profile", metavar="FILE", help="with --inproc: cProfile stats to FILE")
+    parser.add_argument("--pyspy", metavar="FILE",
+                        help="record the nvshell process with py-spy (raw collapsed stacks) while measuring")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     qds = [int(q) for q in args.qd.split(",")]
@@ -331,8 +333,21 @@ def main(argv: list[str] | None = None) -> int:
                         for i in range(nblocks):
                             host.h.check(host.h.cmd(WRITE, 1, nsid=1, dptr1=host.buffers[0], cdw10=i * per,
                                                     cdw12=per - 1), "fill")
-                    for qd in qds:
-                        results.append(run(nv.proc.pid, host, qd, args.count, WRITE if args.write else READ, nblocks))
+                    spy = None
+                    if args.pyspy:
+                        import subprocess
+                        spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "--format",
+                                                "raw", "--nonblocking", "--threads", "-r", "500", "-o", args.pyspy,
+                                                "--pid", str(nv.proc.pid)], stdout=subprocess.DEVNULL)
+                        time.sleep(1.0)
+                    try:
+                        for qd in qds:
+                            results.append(run(nv.proc.pid, host, qd, args.count, WRITE if args.write else READ,
+                                               nblocks))
+                    finally:
+                        if spy is not None:
+                            spy.send_signal(2)
+                            spy.wait(30)
                 finally:
                     host.close()
     if args.json:

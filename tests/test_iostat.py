@@ -44,6 +44,26 @@ class Load:
         self.host.close()
 
 
+def test_latency_is_timed_only_while_watched(nvshell: NvshellProcess, qmp: QmpConnection) -> None:
+    """Nobody asked yet: I/O is counted but not timed (no clock reads on the data path). The
+    first query starts the watch; latency then comes from commands done after it."""
+    host = NvmeTestHost(nvshell.socket()).start(io_queues=1)
+    try:
+        deadline = time.monotonic() + 2.5
+        while time.monotonic() < deadline:     # two samples taken with nobody watching
+            host.io(0x02, 8, qid=1, depth=4)
+        data = qmp.execute("x-nvme-query-iostat", {"device": "ctrl0", "interval": 2})
+        dev = data["devices"][0]
+        assert dev["read-iops"] > 0 and dev["p50-us"] is None and dev["p99-us"] is None
+        deadline = time.monotonic() + 1.5
+        while time.monotonic() < deadline:     # watched now: timed
+            host.io(0x02, 8, qid=1, depth=4)
+        dev = qmp.execute("x-nvme-query-iostat", {"device": "ctrl0", "interval": 1})["devices"][0]
+        assert dev["read-iops"] > 0 and dev["p50-us"] is not None and dev["p50-us"] <= dev["p99-us"]
+    finally:
+        host.close()
+
+
 def test_query_and_table(nvshell: NvshellProcess, qmp: QmpConnection) -> None:
     idle = qmp.execute("x-nvme-query-iostat")
     assert [d["device"] for d in idle["devices"]] == ["ctrl0"] and idle["devices"][0]["iops"] == 0

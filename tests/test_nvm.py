@@ -160,9 +160,10 @@ def test_write_zeroes_and_deac(env):
     assert ctrl.run(rw(NvmOpcode.WRITE_ZEROES, 1, 2)) == Status.SUCCESS
     assert ns.backend.read(0, 4 * 512) == b"\xff" * 512 + bytes(1024) + b"\xff" * 512
     before = ns.backend.allocated
-    assert ctrl.run(rw(NvmOpcode.WRITE_ZEROES, 256, 512, cdw12=1 << 25)) == Status.SUCCESS   # DEAC, 2 chunks
+    assert ctrl.run(rw(NvmOpcode.WRITE_ZEROES, 256, 512, cdw12=1 << 25)) == Status.SUCCESS   # DEAC, whole chunks
     assert ns.backend.is_zero(256 * 512, 512 * 512)
-    assert ns.backend.allocated == before - 4 * MemoryBackend.CHUNK
+    assert 512 * 512 % MemoryBackend.CHUNK == 0 and 256 * 512 % MemoryBackend.CHUNK == 0
+    assert ns.backend.allocated == before - 512 * 512
     assert ctrl.run(rw(NvmOpcode.WRITE_ZEROES, ns.nlbas - 1, 2)) == Status.LBA_OUT_OF_RANGE
 
 

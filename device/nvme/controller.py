@@ -432,11 +432,17 @@ class Controller:
                             "outstanding": len(cq.pending), "posted": cq.posted})
         return out
 
-    def iostat_info(self) -> tuple[list[dict[str, Any]], int, int, int, int]:
+    def time_commands(self, on: bool) -> None:
+        """Time every command into its SQ's latency histogram (two clock reads per command), or
+        stop: ``info iostat`` turns it on while someone watches (IOThread only)."""
+        self.engine.timing = on
+
+    def iostat_info(self, timing: bool | None = None) -> tuple[list[dict[str, Any]], int, int, int, int]:
         """For ``info iostat`` (on the IOThread): ``queue_info()`` with each SQ's byte tallies and
-        latency histogram, and the SMART byte and command counters, read together. The first
-        call turns command timing on (the histograms stay empty until something looks)."""
-        self.engine.timing = True
+        latency histogram, and the SMART byte and command counters, read together. ``timing``
+        (when given) turns command timing on or off from now on (``time_commands``)."""
+        if timing is not None:
+            self.engine.timing = timing
         queues = self.queue_info()
         for q in queues:
             if q["kind"] == "sq":

@@ -121,6 +121,8 @@ class Doorbells:
         self._map: mmap.mmap | None = None
         self._last = bytearray()
         self._nbytes = 0
+        #: Bytes of the doorbell area holding the existing queues' slots (polled first).
+        self._active_end = 8
         if mode == "mmap":
             self._open_page()
         self.shadow: ShadowBuffers | None = None
@@ -153,6 +155,7 @@ class Doorbells:
             self._map[DOORBELL_PAGE_OFFSET:DOORBELL_PAGE_OFFSET + self.area_size] = bytes(self.area_size)
         self._nbytes = 0
         self._last = bytearray()
+        self._active_end = 8
 
     def renew(self) -> None:
         """A fresh doorbell memfd for the next client (mmap mode): a former client that
@@ -276,6 +279,7 @@ class Doorbells:
         """A new queue's doorbell starts at 0 (stale values would be lost writes)."""
         index = 2 * qid + int(is_cq)
         self._zero(index)
+        self._active_end = max(self._active_end, 8 * (qid + 1))
         if qid and self.shadow is not None:
             self._shadow_add(qid, is_cq)
 
@@ -283,6 +287,9 @@ class Doorbells:
         index = 2 * qid + int(is_cq)
         self._zero(index)
         self._bad.pop(index, None)
+        engine = self.ctrl.engine
+        top = max((q.qid for q in (*engine.sqs, *engine.cqs) if q is not None), default=0)  # qid's is gone
+        self._active_end = 8 * (top + 1)
         if not is_cq:
             self._shadow_sqs = [sq for sq in self._shadow_sqs if sq.qid != qid]
 
@@ -462,7 +469,12 @@ class Doorbells:
             if cur != self._last:
                 new = memoryview(cur).cast("I")
                 old = memoryview(self._last).cast("I")
-                changed = [(i, new[i]) for i in range(nbytes // 4) if new[i] != old[i]]
+                # The slots of existing queues first; the rest (writes to queues that do not
+                # exist: Invalid Doorbell Register) only when that part of the page changed.
+                end = self._active_end
+                changed = [(i, new[i]) for i in range(end >> 2) if new[i] != old[i]]
+                if cur[end:] != self._last[end:]:
+                    changed += [(i, new[i]) for i in range(end >> 2, nbytes >> 2) if new[i] != old[i]]
                 old.release()
                 new.release()
                 self._last = bytearray(cur)

@@ -12,7 +12,7 @@ coalescing. The admin vector (0) is never coalesced.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING
 
 from nvshell.device import trace as T
 
@@ -43,10 +43,18 @@ class Interrupts:
         self._timers.clear()
         self._gathered.clear()
 
-    def signal(self, cqs: Iterable["CompletionQueue"]) -> None:
+    def signal(self, cqs: list["CompletionQueue"]) -> None:
         ctrl = self.ctrl
         hook = ctrl.hooks.on_interrupt
         live = ctrl.engine.cqs
+        if len(cqs) == 1 and hook is None and not ctrl.features.int_coalescing & 0xFF00:
+            # One CQ got entries and nothing coalesces (every round of a one-queue workload).
+            cq = cqs[0]
+            cq.irq_pending = False
+            cq.unsignalled = 0
+            if cq.ien and live[cq.qid] is cq:
+                self._fire(cq.vector)
+            return
         vectors: dict[int, int] = {}
         for cq in cqs:
             cq.irq_pending = False
@@ -82,11 +90,14 @@ class Interrupts:
             self._fire(vector)
 
     def _fire(self, vector: int) -> None:
-        self._gathered.pop(vector, None)
-        timer = self._timers.pop(vector, None)
-        if timer is not None:
-            timer.cancel()
-        self.fired[vector] = self.fired.get(vector, 0) + 1
+        if self._gathered:
+            self._gathered.pop(vector, None)
+        if self._timers:
+            timer = self._timers.pop(vector, None)
+            if timer is not None:
+                timer.cancel()
+        fired = self.fired
+        fired[vector] = fired.get(vector, 0) + 1
         if T.NVME_IRQ.enabled:
             T.NVME_IRQ.emit(ctrl=self.ctrl.name, vector=vector)
         self.ctrl.pci.trigger(vector)
