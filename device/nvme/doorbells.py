@@ -227,8 +227,12 @@ class Doorbells:
             self._map[offset:offset + 4] = (value & 0xFFFFFFFF).to_bytes(4, "little")
             self.poll()
             return
-        self.ring((offset - DOORBELL_PAGE_OFFSET) >> 2, value)
-        self.ctrl.kick()
+        index = (offset - DOORBELL_PAGE_OFFSET) >> 2
+        self.ring(index, value)
+        if not index & 1 or self.ctrl.engine.has_waiting_cqes:
+            # An SQ tail; or a CQ head that SQs stopped at a full CQ wait for (a CQ head
+            # otherwise gives a round nothing to do: its pending completions were posted).
+            self.ctrl.kick()
 
     def ring(self, index: int, value: int) -> None:
         """One doorbell value: SQ y tail at index 2y, CQ y head at 2y+1.
