@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
-from typing import Any
+from typing import Any, Iterator
 
 import pytest
 
@@ -12,42 +12,26 @@ from nvshell.device import trace as T
 from nvshell.monitor.context import MonitorContext
 from nvshell.monitor.hmp import HMPResult
 from nvshell.completion import HMPCompleter, tokenize
-from nvshell.shell import format_toolbar, run_script, script_loop, shell_loop
+from nvshell.device.machine import Machine, default_topology
+from nvshell.shell import LocalBackend, format_toolbar, run_script, script_loop, shell_loop
 from tests.qmp_helpers import trace_registry
 
-# -- a canned QMP world for the completer ----------------------------------------------
-
-QOM = {
-    "/": [{"name": "type", "type": "string"}, {"name": "objects", "type": "child<container>"},
-          {"name": "machine", "type": "child<container>"}],
-    "/objects": [{"name": "subsys0", "type": "child<x-nvme-subsystem>"}, {"name": "ns1", "type": "child<x-nvme-ns-nvm>"}],
-    "/objects/ns1": [{"name": "type", "type": "string"}, {"name": "lba-size", "type": "uint32"},
-                     {"name": "ready", "type": "bool"}, {"name": "subsys", "type": "link<x-nvme-subsystem>"}],
-    "/machine": [{"name": "peripheral", "type": "child<container>"}],
-    "/machine/peripheral": [{"name": "ctrl0", "type": "child<x-nvme-ctrl>"}],
-}
-TYPES = {"device": [{"name": "x-nvme-ctrl"}],
-         "user-creatable": [{"name": "x-nvme-subsystem"}, {"name": "x-nvme-ns-nvm"}, {"name": "x-nvme-ns-zoned"}]}
-PROPS = {"x-nvme-ns-nvm": [{"name": "size", "type": "size"}, {"name": "lba-size", "type": "uint32"},
-                           {"name": "subsys", "type": "link<x-nvme-subsystem>"}, {"name": "shared", "type": "bool"}],
-         "x-nvme-ctrl": [{"name": "serial", "type": "str"}, {"name": "subsys", "type": "link<x-nvme-subsystem>"},
-                         {"name": "doorbells", "type": "str", "enum": ["mmap", "trap"]}]}
+# -- the completer against a real machine's monitor ------------------------------------
 
 
-async def fake_query(name: str, args: dict[str, Any]) -> Any:
-    if name == "qom-list":
-        return QOM[args["path"]]
-    if name == "qom-list-types":
-        return TYPES.get(args.get("implements"), [])
-    if name in ("qom-list-properties", "device-list-properties"):
-        return PROPS[args["typename"]]
-    if name == "trace-event-get-state":
-        return [{"name": T.NVME_CMD_COMPLETE.name, "state": "disabled"}, {"name": T.NVME_CMD_SUBMIT.name, "state": "enabled"}]
-    raise KeyError(name)
+@pytest.fixture(scope="module")
+def backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalBackend]:
+    """The shell's own backend over the real monitor of a real Machine holding the
+    default topology (subsys0, ctrl0, ns1): completion sees the real types, properties,
+    objects, QOM tree and trace points."""
+    machine = Machine(str(tmp_path_factory.mktemp("shell")))
+    default_topology(machine)
+    yield LocalBackend(MonitorContext(machine=machine))
+    machine.shutdown()
 
 
-async def complete(text: str) -> list[str]:
-    return [c.text for c in await HMPCompleter(fake_query).completions(text)]
+async def complete(backend: LocalBackend, text: str) -> list[str]:
+    return [c.text for c in await HMPCompleter(backend.query).completions(text)]
 
 
 def run(coro: Any) -> Any:
@@ -70,26 +54,27 @@ def test_tokenize() -> None:
     ("object_add h", ["help"]),
     ("device_add x", ["x-nvme-ctrl"]),
     ("object_add x-nvme-ns-nvm,id=ns2,lba", ["lba-size="]),
-    ("object_add x-nvme-ns-nvm,id=ns2,s", ["size=", "subsys=", "shared="]),
-    ("object_add x-nvme-ns-nvm,size=1G,s", ["subsys=", "shared="]),
+    ("object_add x-nvme-ns-nvm,id=ns2,s", ["subsys=", "size="]),
+    ("object_add x-nvme-ns-nvm,size=1G,s", ["subsys="]),
     ("object_add x-nvme-ns-nvm,id=ns2,subsys=", ["ns1", "subsys0", "ctrl0"]),
-    ("object_add x-nvme-ns-nvm,id=ns2,shared=o", ["on", "off"]),
-    ("device_add x-nvme-ctrl,doorbells=", ["mmap", "trap"]),
+    ("device_add x-nvme-ctrl,ocp=o", ["on", "off"]),
+    ("device_add x-nvme-ctrl,doorbells=", ["trap", "mmap"]),
     ("object_del ", ["ns1", "subsys0"]),
     ("device_del c", ["ctrl0"]),
     ("info queues ", ["ctrl0"]),
     ("qom-list /ob", ["/objects"]),
     ("qom-list /objects/n", ["/objects/ns1"]),
     ("qom-get /objects/ns1 lb", ["lba-size"]),
-    ("qom-set /objects/ns1 ready ", ["on", "off"]),
+    ("qom-set /objects/ns1 attached-to ", ["all", "ctrl0"]),
+    ("qom-set /objects/ns1 ready ", []),                 # read-only at run time: nothing to offer
     ("trace-event nvme_cmd_c", ["nvme_cmd_complete"]),
     ("trace-event nvme_cmd_submit o", ["on", "off"]),
     ("info trace-events nvme_cmd_s", ["nvme_cmd_submit"]),
     ("nosuch x", []),
     ("quit ", []),
 ])
-def test_completion(text: str, expected: list[str]) -> None:
-    assert run(complete(text)) == expected
+def test_completion(backend: LocalBackend, text: str, expected: list[str]) -> None:
+    assert run(complete(backend, text)) == expected
 
 
 def test_completion_never_raises_on_query_errors() -> None:
@@ -100,8 +85,8 @@ def test_completion_never_raises_on_query_errors() -> None:
     assert [c.text for c in run(HMPCompleter(broken).completions("qu"))] == ["quit"]
 
 
-def test_completion_meta_shows_help() -> None:
-    (c,) = run(HMPCompleter(fake_query).completions("qui"))
+def test_completion_meta_shows_help(backend: LocalBackend) -> None:
+    (c,) = run(HMPCompleter(backend.query).completions("qui"))
     assert "quit" in c.display_meta_text
 
 
@@ -150,63 +135,65 @@ def test_script_quit_ends_early() -> None:
 # -- the interactive loop, in-process ---------------------------------------------------
 
 
-class RecordingBackend:
-    """Counts lines and lets the test inject events."""
+class RecordingBackend(LocalBackend):
+    """The real local backend (a real Machine's monitor), remembering the lines it ran."""
 
-    def __init__(self) -> None:
+    def __init__(self, machine: Machine) -> None:
+        super().__init__(MonitorContext(machine=machine))
         self.lines: list[str] = []
-        self.callback: Any = None
 
     async def execute(self, line: str) -> HMPResult:
         self.lines.append(line)
-        if line == "quit":
-            return HMPResult("", True, True)
-        if line == "fail":
-            return HMPResult("Error: nope\n", False)
-        return HMPResult(f"ran {line}\n")
-
-    async def query(self, name: str, args: dict[str, Any]) -> Any:
-        if name == "x-nvme-query-controllers":
-            return [{"id": "ctrl0", "connected": True, "io-commands": 10}]
-        if name == "x-nvme-query-namespaces":
-            return [{"id": "ns1"}]
-        return await fake_query(name, args)
-
-    def subscribe(self, callback: Any) -> Any:
-        self.callback = callback
-        return lambda: None
+        return await super().execute(line)
 
 
-def drive(keys: str | list[str], tmp_path: Any) -> tuple[int, RecordingBackend, str]:
-    """Type ``keys`` (a list: chunks typed 0.2 s apart, e.g. to let a completion land)."""
+#: Keys to type, and the line the prompt must show before the next keys are typed
+#: (None: type on at once; the pipe keeps what the prompt has not read yet).
+Keys = list[tuple[str, "str | None"]]
+
+
+def drive(keys: str | Keys, tmp_path: Any) -> tuple[int, RecordingBackend, str]:
+    """Type ``keys`` into the interactive loop over a real Machine's monitor."""
+    from prompt_toolkit.application.current import get_app_or_none
     from prompt_toolkit.input import create_pipe_input
     from prompt_toolkit.output import DummyOutput
 
-    backend = RecordingBackend()
+    machine = Machine(str(tmp_path))
+    default_topology(machine)
+    backend = RecordingBackend(machine)
     out = io.StringIO()
 
     async def go() -> int:
+        loop = asyncio.get_running_loop()
         with create_pipe_input() as inp:
-            chunks = [keys] if isinstance(keys, str) else keys
+            chunks: Keys = [(keys, None)] if isinstance(keys, str) else keys
 
             async def typist() -> None:
-                for chunk in chunks:
-                    inp.send_text(chunk)
-                    await asyncio.sleep(0.2)
+                for text, shown in chunks:
+                    inp.send_text(text)
+                    deadline = loop.time() + 5
+                    while shown is not None and ((app := get_app_or_none()) is None
+                                                 or app.current_buffer.text != shown):
+                        assert loop.time() < deadline, f"the prompt never showed {shown!r}"
+                        await asyncio.sleep(0.005)
 
             task = asyncio.ensure_future(typist())
             rc = await shell_loop(backend, history_file=tmp_path / "hist", input=inp, output=DummyOutput(), out=out)
             await task
             return rc
 
-    return run(go()), backend, out.getvalue()
+    try:
+        return run(go()), backend, out.getvalue()
+    finally:
+        machine.shutdown()
 
 
 def test_shell_runs_lines_in_order_and_quits(tmp_path: Any) -> None:
-    rc, backend, out = drive("info status\rfail\rhelp\rquit\rnever\r", tmp_path)
+    rc, backend, out = drive("info status\robject_del nosuch\rhelp\rquit\rnever\r", tmp_path)
     assert rc == 0
-    assert backend.lines == ["info status", "fail", "help", "quit"]
-    assert out == "ran info status\nError: nope\nran help\n"
+    assert backend.lines == ["info status", "object_del nosuch", "help", "quit"]
+    assert out.startswith("VM status: running\nError: object 'nosuch' not found\n")
+    assert "device_add" in out and "never" not in out
     assert (tmp_path / "hist").read_text().count("+info status") == 1
 
 
@@ -217,7 +204,7 @@ def test_shell_ctrl_c_cancels_line_ctrl_d_exits(tmp_path: Any) -> None:
 
 
 def test_shell_tab_completes_command(tmp_path: Any) -> None:
-    rc, backend, _ = drive(["info qt\t", "\r", "\x04"], tmp_path)
+    rc, backend, _ = drive([("info qt\t", "info qtree"), ("\r", None), ("\x04", None)], tmp_path)
     assert backend.lines == ["info qtree"]
 
 
