@@ -20,7 +20,7 @@ import logging
 import random
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Iterator
+from typing import Any, Callable, ClassVar, Iterator, Mapping
 
 from nvshell.device.errors import PropertyError
 from nvshell.device.keyval import parse_bool
@@ -52,6 +52,9 @@ class FaultArg:
     type: str = "any"
     #: The usage line's placeholder for the value.
     meta: str = "n"
+    #: Words completion offers for an argument that is not a fixed set (it also takes numbers),
+    #: given the other arguments typed so far (``{name: value}``).
+    words: Callable[[Mapping[str, str]], tuple[str, ...]] | None = None
 
 
 #: QMP event sent for every hit of a rule whose ``event`` is on.
@@ -60,6 +63,22 @@ FAULT_EVENT = "X_NVME_FAULT_INJECTED"
 #: Opcode names users type (``spec.opcode_name``: the command tables' and traces' names too).
 IO_OPCODES = {name: op for op, name in IO_OPCODE_NAMES.items()}
 ADMIN_OPCODES = {name: op for op, name in ADMIN_OPCODE_NAMES.items()}
+
+def opcode_words(typed: Mapping[str, str]) -> tuple[str, ...]:
+    """The opcode names a rule may give, for the queue kind the other arguments fix
+    (``queue``, or ``qid``: 0 is the admin queue), else every name (I/O first)."""
+    kind = typed.get("queue")
+    if kind is None and "qid" in typed:
+        try:
+            kind = "admin" if int(str(typed["qid"]), 0) == 0 else "io"
+        except ValueError:
+            kind = None
+    if kind == "admin":
+        return tuple(ADMIN_OPCODES)
+    if kind == "io":
+        return tuple(IO_OPCODES)
+    return tuple(dict.fromkeys([*IO_OPCODES, *ADMIN_OPCODES]))
+
 
 #: AEN kinds for action=aen: (event type, event info, log page).
 AEN_KINDS = {
@@ -82,7 +101,8 @@ FAULT_ARGS: tuple[FaultArg, ...] = (
     FaultArg("ctrl", "controller (device id) to match", type="str", meta="dev"),
     FaultArg("qid", "submission queue id to match (0: admin)"),
     FaultArg("queue", "admin or io: which opcode table 'opcode' names", QUEUE_KINDS, "str", "kind"),
-    FaultArg("opcode", "opcode name (read, write, identify, namespace-management, ...) or number", meta="name|n"),
+    FaultArg("opcode", "opcode name (read, write, identify, namespace-management, ...) or number", meta="name|n",
+             words=opcode_words),
     FaultArg("nsid", "namespace id to match"),
     FaultArg("slba", "first LBA of the range to match (overlap)"),
     FaultArg("nlb", "number of LBAs of the range (default: to the end)"),

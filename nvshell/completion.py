@@ -116,7 +116,10 @@ class HMPCompleter(Completer):
         if param is None or param.complete is None:
             return
         if param.kind == "rest" and param.complete == "fault-opts":
-            async for c in self._complete_command_args("x-nvme-fault-add", args_text):
+            from nvshell.device.faults import FAULT_ARGS
+
+            words = {a.name: a.words for a in FAULT_ARGS if a.words is not None}
+            async for c in self._complete_command_args("x-nvme-fault-add", args_text, words):
                 yield c
             return
         if param.kind == "rest" and param.complete.endswith("-opts"):
@@ -242,8 +245,13 @@ class HMPCompleter(Completer):
             out[member["name"]] = list(mtype.get("values", [])) if mtype.get("meta-type") == "enum" else []
         return out
 
-    async def _complete_command_args(self, command: str, text: str) -> AsyncGenerator[Completion, None]:
-        """``key=value,...`` for a shell command that passes its keyval to one QMP command."""
+    async def _complete_command_args(self, command: str, text: str,
+                                     words: dict[str, Callable[[dict[str, str]], Iterable[str]]] | None = None
+                                     ) -> AsyncGenerator[Completion, None]:
+        """``key=value,...`` for a shell command that passes its keyval to one QMP command.
+
+        Values: an enum's members (from the schema), or ``words[key](typed)`` where the
+        declaration offers words for an open-ended argument (given the others typed)."""
         args = await self._command_args(command)
         pieces = split_opts(text)
         cur = pieces[-1]
@@ -252,6 +260,9 @@ class HMPCompleter(Completer):
             values = args.get(key, [])
             if key == "ctrl":
                 values = await self._ids("/machine/peripheral")
+            elif not values and key in (words or {}):
+                typed = dict(p.partition("=")[::2] for p in pieces[:-1] if "=" in p)
+                values = list(words[key](typed))  # type: ignore[index]
             for c in _matching(value, values):
                 yield c
             return

@@ -22,6 +22,7 @@ from nvshell.device.errors import NvshellError
 from nvshell.device.faults import FAULT_ARGS, FaultRule
 from nvshell.device.keyval import BOOL_WORDS, parse_bool
 from nvshell.device.machine import Machine
+from nvshell.device.nvme.spec import ADMIN_OPCODE_NAMES, IO_OPCODE_NAMES
 from nvshell.device.qom.properties import BoolType
 from nvshell.monitor.commands_faults import apply_fault_options
 from nvshell.monitor.context import MonitorContext
@@ -109,6 +110,13 @@ def test_fault_commands_complete_from_their_declaration(ctx: MonitorContext) -> 
     assert keys == [f"{a.name}=" for a in FAULT_ARGS if a.name != "id"]
     assert complete(ctx, "fault_add id=x,action=ns-") == ["ns-not-ready", "ns-remove"]
     assert complete(ctx, "fault_add id=x,queue=") == ["admin", "io"]
+    # opcode names: the one vocabulary (spec.opcode_name), per queue kind when it is known
+    assert complete(ctx, "fault_add id=x,queue=admin,opcode=namespace-") == ["namespace-management",
+                                                                             "namespace-attachment"]
+    assert complete(ctx, "fault_add id=x,qid=3,opcode=") == list(IO_OPCODE_NAMES.values())
+    assert complete(ctx, "fault_add id=x,qid=0,opcode=") == list(ADMIN_OPCODE_NAMES.values())
+    every = [*IO_OPCODE_NAMES.values(), *ADMIN_OPCODE_NAMES.values()]     # no queue kind typed: both tables
+    assert complete(ctx, "fault_add id=x,opcode=f") == [n for n in every if n.startswith("f")]
     usage = line(ctx, "help fault_add")
     for a in FAULT_ARGS:
         assert f"{a.name}=" in usage

@@ -208,6 +208,23 @@ def test_shell_tab_completes_command(tmp_path: Any) -> None:
     assert backend.lines == ["info qtree"]
 
 
+def test_shell_tab_completes_fault_opcodes_from_the_one_vocabulary(tmp_path: Any) -> None:
+    """Tab after ``opcode=`` offers the command tables' names, for the queue kind typed
+    (``queue=``, or ``qid=0``: admin); the completed line then adds that rule."""
+    from nvshell.device.nvme.spec import AdminOpcode, NvmOpcode
+
+    lines = ["fault_add id=f1,queue=admin,opcode=namespace-management", "fault_add id=f2,qid=0,opcode=identify",
+             "fault_add id=f3,opcode=zone-append"]
+    typed = ["fault_add id=f1,queue=admin,opcode=namespace-m\t", "fault_add id=f2,qid=0,opcode=ide\t",
+             "fault_add id=f3,opcode=zone-app\t"]
+    keys: Keys = [k for text, line in zip(typed, lines) for k in ((text, line), ("\r", None))] + [("\x04", None)]
+    rc, backend, out = drive(keys, tmp_path)
+    assert rc == 0 and backend.lines == lines, out
+    rules = {r.id: (r.queue_kind, r.opcode) for r in backend.ctx.machine.faults}
+    assert rules == {"f1": ("admin", AdminOpcode.NAMESPACE_MANAGEMENT), "f2": ("admin", AdminOpcode.IDENTIFY),
+                     "f3": ("io", NvmOpcode.ZONE_APPEND)}, out
+
+
 def test_toolbar_text() -> None:
     assert format_toolbar([{"id": "ctrl0", "connected": True}, {"id": "c1"}], 2, 1520.4) == \
         " ctrl0: connected | c1: waiting | 2 namespaces | 1520 IOPS"
