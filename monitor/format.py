@@ -179,6 +179,14 @@ def format_type_list(kind: str, types: list[dict[str, Any]]) -> str:
         for t in types)
 
 
+def format_type_usage(typename: str, props: list[dict[str, Any]], ident: str) -> str:
+    """A usage line of ``help object_add`` / ``help device_add``:
+    ``  TYPE,id=str[,prop=<type>]...`` (properties sorted, as ``TYPE,help`` lists them)."""
+    optional = "".join(f"[,{p['name']}=<{p.get('type', '?')}>]" for p in sorted(props, key=lambda p: p["name"]))
+    head = f"{typename},{ident}" if not ident.startswith("[") else f"{typename}[,{ident[1:]}"
+    return f"  {head}{optional}\n"
+
+
 def format_type_properties(typename: str, props: list[dict[str, Any]]) -> str:
     """``device_add TYPE,help``: ``  name=<type>  - description (default: x)`` lines."""
     lines = [f"{typename} options:"]

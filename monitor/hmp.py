@@ -70,6 +70,9 @@ class HMPCommand:
     help: str
     handler: Handler
     aliases: tuple[str, ...] = ()
+    #: ``await usage(ctx)``: more usage lines for ``help NAME``, generated from declarations
+    #: the monitor serves (types and their properties), so they never go stale.
+    usage: Callable[[Any], Awaitable[str]] | None = None
 
     def help_line(self, prefix: str = "") -> str:
         head = prefix + "|".join((self.name,) + self.aliases)
@@ -98,13 +101,14 @@ class CommandTable:
         help: str,
         complete: dict[str, str] | None = None,
         aliases: tuple[str, ...] = (),
+        usage: Callable[[Any], Awaitable[str]] | None = None,
     ) -> Callable[[Handler], Handler]:
         """Decorator registering ``handler(ctx, args) -> str`` (async or plain)."""
 
         def deco(fn: Handler) -> Handler:
             spec = parse_args_spec(args, complete)
             self.add(HMPCommand(name, spec, default_params(spec) if params is None else params,
-                                help, fn, aliases))
+                                help, fn, aliases, usage))
             return fn
 
         return deco

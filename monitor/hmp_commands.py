@@ -7,6 +7,7 @@ is only the list of commands, in the order ``help`` shows them.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
 from nvshell.monitor import format as fmt
@@ -31,7 +32,7 @@ async def hmp_help(ctx: Any, args: dict[str, Any]) -> str:
     cmd = COMMANDS.lookup(name)
     if cmd is None:
         raise HMPError(f"unknown command: '{name}'")
-    return cmd.help_line() + "\n"
+    return cmd.help_line() + "\n" + (await cmd.usage(ctx) if cmd.usage is not None else "")
 
 
 @hmp_command("info", "item? arg*?", params="[subcommand]", help="show various information about the system state",
@@ -108,28 +109,59 @@ async def info_trace_events(ctx: Any, args: dict[str, Any]) -> str:
 # objects and devices
 
 
-async def _type_help(ctx: Any, opts: dict[str, Any], key: str, kind: str, query: str) -> str | None:
-    """``help`` lists the types, ``TYPE,help`` one type's properties; None otherwise.
-    Shared by object_add and device_add, and by -object/-device (``nvshell.cmdline``
-    runs these very commands), so help reads the same everywhere."""
-    wants = opts.pop("help", False)
-    typename = opts.get(key)
-    if typename in ("help", "?") or (wants and typename is None):
-        return fmt.format_type_list(kind, await list_types(ctx, kind))
-    if wants:
-        return fmt.format_type_properties(typename, await qmp(ctx, query, {"typename": typename}))
-    return None
+@dataclass(frozen=True)
+class KeyvalCommand:
+    """How ``object_add`` / ``device_add`` (and ``-object`` / ``-device``, which run them) read
+    their text, declared once: the handler parses with it, ``TYPE,help`` and the usage lines
+    of ``help NAME`` come from it and from the type declarations (``qom-list-types`` and the
+    properties query: what completion reads too), so a new type or property shows everywhere."""
+
+    kind: str                 # "object" or "device" (``list_types``)
+    implied: str              # the key of the first, unnamed item
+    properties: str           # QMP query listing a type's properties
+    needs_id: bool
+
+    @property
+    def params(self) -> str:
+        ident = ",id=str" if self.needs_id else "[,id=str]"
+        return f"[{self.implied}=]type{ident}[,prop=value][,...]"
+
+    def parse(self, text: str) -> dict[str, Any]:
+        opts = parse_keyval(text, self.implied)
+        if self.needs_id and "id" not in opts and not opts.get("help") and opts.get(self.implied) not in ("help", "?"):
+            raise HMPError("Parameter 'id' is missing")
+        return opts
+
+    async def type_help(self, ctx: Any, opts: dict[str, Any]) -> str | None:
+        """``help`` lists the types, ``TYPE,help`` one type's properties; None otherwise."""
+        wants = opts.pop("help", False)
+        typename = opts.get(self.implied)
+        if typename in ("help", "?") or (wants and typename is None):
+            return fmt.format_type_list(self.kind, await list_types(ctx, self.kind))
+        if wants:
+            return fmt.format_type_properties(typename, await qmp(ctx, self.properties, {"typename": typename}))
+        return None
+
+    async def usage(self, ctx: Any) -> str:
+        """One line per type: ``  TYPE,id=str[,prop=<type>]...`` from its declared properties."""
+        lines = []
+        for t in sorted(await list_types(ctx, self.kind), key=lambda t: t["name"]):
+            props = await qmp(ctx, self.properties, {"typename": t["name"]})
+            lines.append(fmt.format_type_usage(t["name"], props, "id=str" if self.needs_id else "[id=str]"))
+        return "".join(lines)
 
 
-@hmp_command("object_add", "options*", params="[qom-type=]type,id=str[,prop=value][,...]",
+OBJECT_ADD = KeyvalCommand("object", "qom-type", "qom-list-properties", needs_id=True)
+DEVICE_ADD = KeyvalCommand("device", "driver", "device-list-properties", needs_id=False)
+
+
+@hmp_command("object_add", "options*", params=OBJECT_ADD.params, usage=OBJECT_ADD.usage,
              help="create QOM object", complete={"options": "object-opts"})
 async def hmp_object_add(ctx: Any, args: dict[str, Any]) -> str:
-    opts = parse_keyval(args["options"], "qom-type")
-    text = await _type_help(ctx, opts, "qom-type", "object", "qom-list-properties")
+    opts = OBJECT_ADD.parse(args["options"])
+    text = await OBJECT_ADD.type_help(ctx, opts)
     if text is not None:
         return text
-    if "id" not in opts:
-        raise HMPError("Parameter 'id' is missing")
     await qmp(ctx, "object-add", opts)
     return ""
 
@@ -140,11 +172,11 @@ async def hmp_object_del(ctx: Any, args: dict[str, Any]) -> str:
     return ""
 
 
-@hmp_command("device_add", "options*", params="driver[,prop=value][,...]",
+@hmp_command("device_add", "options*", params=DEVICE_ADD.params, usage=DEVICE_ADD.usage,
              help="add device, like -device on the command line", complete={"options": "device-opts"})
 async def hmp_device_add(ctx: Any, args: dict[str, Any]) -> str:
-    opts = parse_keyval(args["options"], "driver")
-    text = await _type_help(ctx, opts, "driver", "device", "device-list-properties")
+    opts = DEVICE_ADD.parse(args["options"])
+    text = await DEVICE_ADD.type_help(ctx, opts)
     if text is not None:
         return text
     await qmp(ctx, "device_add", opts)

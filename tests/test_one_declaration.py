@@ -5,7 +5,8 @@
 * ``-device X,help`` and ``device_add X,help`` print the same text (the command answers both);
 * fault rule arguments: one table (``device.faults.FAULT_ARGS``) drives QMP validation, the schema,
   the ``fault_add`` usage line and its completion, and ``fault_del`` completes rule ids;
-* one list of boolean words for properties, fault rules, ``-qmp`` flags and HMP on/off.
+* one list of boolean words for properties, fault rules, ``-qmp`` flags and HMP on/off;
+* ``help object_add``/``help device_add`` usage lines come from the type declarations.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from nvshell.device.qom.properties import BoolType
 from nvshell.monitor.commands_faults import apply_fault_options
 from nvshell.monitor.context import MonitorContext
 from nvshell.monitor.hmp import execute_line
+from nvshell.monitor.hmp_commands import list_types
 from nvshell.monitor.qmp.address import parse_qmp_address
 from tests.qmp_helpers import trace_registry
 
@@ -150,3 +152,33 @@ def test_a_non_boolean_is_refused_alike_everywhere() -> None:
             check()
         messages.add(str(info.value))
     assert messages == {"Parameter 'dnr' expects 'on' or 'off'"}
+
+
+def test_add_usage_is_generated_from_the_type_declarations(ctx: MonitorContext,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """``help object_add`` / ``help device_add`` list every type with every declared property,
+    read from the same declarations as ``TYPE,help`` and completion: a property added to a
+    type shows in the usage without any usage string being edited."""
+    from nvshell.device.qom.properties import Property, StrType
+    from nvshell.device.qom.types import TYPES, TypeInfo
+
+    for command, query, kind in (("object_add", "qom-list-properties", "object"),
+                                 ("device_add", "device-list-properties", "device")):
+        usage = line(ctx, f"help {command}").splitlines()
+        assert usage[0].startswith(command + " ")
+        types = asyncio.run(list_types(ctx, kind))
+        assert types and len(usage) == 1 + len(types)
+        for t, text in zip(sorted(types, key=lambda t: t["name"]), usage[1:]):
+            assert text.startswith(f"  {t['name']},") or text.startswith(f"  {t['name']}[,"), text
+            for p in asyncio.run(ctx.registry.execute(query, {"typename": t["name"]}, ctx)):
+                assert f"[,{p['name']}=<{p['type']}>]" in text, (p, text)
+    monkeypatch.setattr(TYPES, "_types", dict(TYPES._types))
+    monkeypatch.setattr(TYPES, "_prop_cache", {})
+    for name in ("x-nvme-subsystem", "x-nvme-ctrl"):
+        base = TYPES.get(name)
+        TYPES.register(TypeInfo(name, base.parent, base.cls, base.abstract,
+                                [*base.properties, Property("x-new-knob", StrType(), description="a test knob")],
+                                base.description, base.interfaces), replace=True)
+    assert "[,x-new-knob=<str>]" in line(ctx, "help object_add").splitlines()[-1]      # x-nvme-subsystem
+    assert "[,x-new-knob=<str>]" in line(ctx, "help device_add")
+    assert "x-new-knob=<str>" in line(ctx, "object_add x-nvme-subsystem,help")
