@@ -142,12 +142,14 @@ class QMPServer:
         for server in self._servers:
             server.close()
         for session in list(self.sessions):
-            session.close()
+            session.finish()        # output and EOF now; the client closes (bounded below)
         tasks = list(self._tasks)
         if tasks:
             _, pending = await asyncio.wait(tasks, timeout=1.0)
             for task in pending:
                 task.cancel()
+        for session in list(self.sessions):
+            session.close()
         for server in self._servers:
             try:
                 await asyncio.wait_for(server.wait_closed(), 1.0)

@@ -58,6 +58,9 @@ class SessionState(enum.Enum):
     GREETING = "greeting"
     NEGOTIATING = "negotiating"
     READY = "ready"
+    #: The monitor is going away: its output and EOF are sent, the client's input is discarded
+    #: until the client closes (see ``QMPSession.finish``).
+    FINISHING = "finishing"
     CLOSED = "closed"
 
 
@@ -125,7 +128,7 @@ class QMPSession:
 
     # -- output ---------------------------------------------------------------
     def _write(self, message: dict) -> bool:
-        if self.state is SessionState.CLOSED or self.writer.is_closing():
+        if self.state in (SessionState.CLOSED, SessionState.FINISHING) or self.writer.is_closing():
             return False
         try:
             data = encode(message)
@@ -199,6 +202,8 @@ class QMPSession:
                     break
                 if not data:
                     break
+                if self.state is SessionState.FINISHING:
+                    continue                      # the monitor is going away: nothing more runs
                 items = self.parser.feed(data)
                 if not self._account_input():
                     log.warning("QMP client %s: unfinished input of all clients exceeds %d bytes; dropping it",
@@ -216,7 +221,7 @@ class QMPSession:
                         await self._handle(item)
                         if self._output_queued() > OUTPUT_HIGH_WATER:
                             await self._flush()  # wait for the client to read: replies never pile up
-                    if self.state is SessionState.CLOSED:
+                    if self.state in (SessionState.CLOSED, SessionState.FINISHING):
                         break
                 await self._flush()
         except asyncio.CancelledError:
@@ -278,6 +283,27 @@ class QMPSession:
             CURRENT_SESSION.reset(token)
 
     # -- teardown ---------------------------------------------------------------
+    def finish(self) -> None:
+        """The monitor is going away: send what is queued (held events first), then EOF, but
+        keep the connection until the client closes it (``run`` reads and discards meanwhile).
+
+        Why not close at once: a client may be writing a command as we close (the remote
+        shell's toolbar polls once a second).  Its write would fail with EPIPE, and an asyncio
+        client (qemu.qmp, ``nvshell --connect``) then marks the stream broken and never reads
+        the SHUTDOWN already sent.  After EOF it reads everything, then disconnects."""
+        if self.state in (SessionState.CLOSED, SessionState.FINISHING):
+            return
+        held, self._held_events = self._held_events, []
+        for event in held:
+            self._write(event)
+        self.state = SessionState.FINISHING
+        try:
+            if not self.writer.can_write_eof() or self.writer.is_closing():
+                raise OSError("no half-close")
+            self.writer.write_eof()
+        except Exception:
+            self.close()
+
     def close(self) -> None:
         """Close politely: queued output is still sent."""
         if self.state is SessionState.CLOSED:
