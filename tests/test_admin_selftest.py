@@ -13,6 +13,7 @@ from nvshell.device.faults import FaultRule, FaultSet
 from nvshell.device.nvme import admin_selftest
 from nvshell.device.nvme.fault_injector import install
 from nvshell.device.nvme.status import Status
+from nvshell.testing import wait_until
 from nvshell.testing import NvmeTestHost, status
 
 BROADCAST = 0xFFFFFFFF
@@ -65,8 +66,7 @@ def test_short_test_runs_in_the_background_with_progress(host):
     current, percent, results = log(host)
     assert current == 1 and 0 <= percent < 100 and results == []
     assert start(host, 2) == Status.DEVICE_SELF_TEST_IN_PROGRESS
-    time.sleep(0.25)
-    assert log(host)[1] > percent
+    wait_until(lambda: log(host)[1] > percent, 3, "self-test progress")
     results = wait_done(host)
     assert results == [dict(code=1, result=0, segment=0, vdi=0, nsid=0, flba=0, sct=0, sc=0)]
     assert start(host, 2, nsid=1) == 0

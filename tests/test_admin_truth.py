@@ -15,7 +15,7 @@ from nvshell.device.faults import FaultRule, FaultSet
 from nvshell.device.nvme.commands import ADMIN, EFFECT_CCC, EFFECT_CSUPP, EFFECT_LBCC, EFFECT_NCC
 from nvshell.device.nvme.fault_injector import install
 from nvshell.device.nvme.status import Status
-from nvshell.testing import NvmeTestHost, status
+from nvshell.testing import NvmeTestHost, status, wait_until
 
 BROADCAST = 0xFFFFFFFF
 
@@ -149,7 +149,7 @@ def test_format_of_a_shared_namespace_tells_the_other_controllers(tmp_path):
         got = b.reap()[0]
         assert got.cid == aer_b and got.dw0 == 0x040002
         assert struct.unpack_from("<2I", b.log(0x04, 4096)) == (ns.nsid, 0)
-        time.sleep(0.05)
+        a.run(lambda: None)                                      # a's IOThread is past the Format
         assert a.peek() is None                                  # its own host made the change
         del aer_a
     finally:
@@ -166,5 +166,4 @@ def test_ns_remove_fault_answers_invalid_namespace(host):
                                     "count": 1}))
     e, _ = host.nvm(0x02, 0, 1)
     assert status(e) == Status.INVALID_NSID                    # not Internal Path Error: no other path
-    time.sleep(0.4)
-    assert status(host.nvm(0x02, 0, 1)[0]) == 0
+    wait_until(lambda: status(host.nvm(0x02, 0, 1)[0]) == 0, 5, "the namespace back after 300 ms")

@@ -21,6 +21,7 @@ from nvshell.monitor.commands_faults import apply_fault_options
 from nvshell.monitor.context import MonitorContext
 from nvshell.monitor.errors import QMPError
 from nvshell.monitor.hmp import execute_line
+from nvshell.testing import wait_until
 from tests.test_controller import Host, dnr, status
 
 READ, WRITE = 0x02, 0x01
@@ -106,9 +107,10 @@ def test_delay(rig):
 
 
 def test_drop_until_abort(rig):
-    add(rig, opcode="read", action="drop", count=1)
+    rule = add(rig, opcode="read", action="drop", count=1)
     cid = rig.submit(1, READ, nsid=1, dptr1=rig.buf, cdw12=7)
-    time.sleep(0.05)
+    wait_until(lambda: rule.hits == 1, 3, "the rule dropped the read")
+    rig.io.run(lambda: None)                            # and the IOThread is past it
     assert rig.peek(1) is None                          # never completed
     abort = rig.cmd(AdminOpcode.ABORT, cdw10=cid << 16 | 1)
     assert status(abort) == 0 and abort.dw0 & 1 == 0
@@ -145,8 +147,7 @@ def test_dma_error(rig):
 def test_fatal_sets_cfs_and_holds(rig):
     add(rig, opcode="read", action="fatal", count=1)
     rig.submit(1, READ, nsid=1, dptr1=rig.buf, cdw12=0)
-    time.sleep(0.05)
-    assert rig.rd(0x1C) & 2                            # CSTS.CFS
+    wait_until(lambda: rig.rd(0x1C) & 2, 3, "CSTS.CFS")
     assert rig.peek(1) is None
     assert "fault rule 'f1'" in rig.ctrl.fatal_reason
 
@@ -171,10 +172,7 @@ def test_ns_remove_detaches_with_aen_then_reattaches(rig):
     assert e.cid == aer and e.dw0 == 0x040002          # notice, NS attribute changed, log 04h
     assert 1 not in rig.ctrl.namespaces
     assert rig.io.run(rig.ctrl.take_changed_namespaces) == [1]
-    deadline = time.monotonic() + 5                   # the 200 ms timer reattaches it (sync point: the state)
-    while not rig.io.run(lambda: 1 in rig.ctrl.namespaces) and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert rig.io.run(lambda: 1 in rig.ctrl.namespaces)
+    wait_until(lambda: rig.io.run(lambda: 1 in rig.ctrl.namespaces), 5, "the 200 ms timer reattached it")
     assert status(read(rig, 0)) == 0
 
 
