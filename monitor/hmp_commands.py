@@ -119,6 +119,7 @@ class KeyvalCommand:
     kind: str                 # "object" or "device" (``list_types``)
     implied: str              # the key of the first, unnamed item
     properties: str           # QMP query listing a type's properties
+    create: str               # QMP command that creates one
     needs_id: bool
 
     @property
@@ -142,6 +143,15 @@ class KeyvalCommand:
             return fmt.format_type_properties(typename, await qmp(ctx, self.properties, {"typename": typename}))
         return None
 
+    async def run(self, ctx: Any, args: dict[str, Any]) -> str:
+        """The HMP command: help text, or the QMP command with the parsed options."""
+        opts = self.parse(args["options"])
+        text = await self.type_help(ctx, opts)
+        if text is not None:
+            return text
+        await qmp(ctx, self.create, opts)
+        return ""
+
     async def usage(self, ctx: Any) -> str:
         """One line per type: ``  TYPE,id=str[,prop=<type>]...`` from its declared properties."""
         lines = []
@@ -151,19 +161,10 @@ class KeyvalCommand:
         return "".join(lines)
 
 
-OBJECT_ADD = KeyvalCommand("object", "qom-type", "qom-list-properties", needs_id=True)
-DEVICE_ADD = KeyvalCommand("device", "driver", "device-list-properties", needs_id=False)
-
-
-@hmp_command("object_add", "options*", params=OBJECT_ADD.params, usage=OBJECT_ADD.usage,
-             help="create QOM object", complete={"options": "object-opts"})
-async def hmp_object_add(ctx: Any, args: dict[str, Any]) -> str:
-    opts = OBJECT_ADD.parse(args["options"])
-    text = await OBJECT_ADD.type_help(ctx, opts)
-    if text is not None:
-        return text
-    await qmp(ctx, "object-add", opts)
-    return ""
+OBJECT_ADD = KeyvalCommand("object", "qom-type", "qom-list-properties", "object-add", needs_id=True)
+DEVICE_ADD = KeyvalCommand("device", "driver", "device-list-properties", "device_add", needs_id=False)
+hmp_command("object_add", "options*", params=OBJECT_ADD.params, usage=OBJECT_ADD.usage,
+            help="create QOM object", complete={"options": "object-opts"})(OBJECT_ADD.run)
 
 
 @hmp_command("object_del", "id", help="destroy QOM object", complete={"id": "object-id"})
@@ -172,15 +173,8 @@ async def hmp_object_del(ctx: Any, args: dict[str, Any]) -> str:
     return ""
 
 
-@hmp_command("device_add", "options*", params=DEVICE_ADD.params, usage=DEVICE_ADD.usage,
-             help="add device, like -device on the command line", complete={"options": "device-opts"})
-async def hmp_device_add(ctx: Any, args: dict[str, Any]) -> str:
-    opts = DEVICE_ADD.parse(args["options"])
-    text = await DEVICE_ADD.type_help(ctx, opts)
-    if text is not None:
-        return text
-    await qmp(ctx, "device_add", opts)
-    return ""
+hmp_command("device_add", "options*", params=DEVICE_ADD.params, usage=DEVICE_ADD.usage,
+            help="add device, like -device on the command line", complete={"options": "device-opts"})(DEVICE_ADD.run)
 
 
 @hmp_command("device_del", "id", help="remove device", complete={"id": "device-id"})

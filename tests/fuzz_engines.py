@@ -112,6 +112,50 @@ def _settle(cond: Callable[[], bool], timeout: float = 5.0) -> bool:
     return True
 
 
+class _Run:
+    """What every engine does around its inputs, once: a scratch directory (``base``), the
+    baseline (file descriptors, threads, RSS), ERROR records collected, the budget (seconds or
+    inputs: ``more()``), and at the end the figures' time, RSS growth and leaks."""
+
+    def __init__(self, target: str, seconds: float, seed: int, tmp: Path | None, max_inputs: int | None):
+        self.fig = Figures(target, seed)
+        self.rng = random.Random(seed)
+        self.seconds, self.max_inputs = seconds, max_inputs
+        self._own_tmp = tempfile.TemporaryDirectory(prefix="nvfuzz-") if tmp is None else None
+        self.base = Path(self._own_tmp.name) if self._own_tmp else tmp
+        assert self.base is not None
+        self.errors = ErrorLog()
+
+    def __enter__(self) -> "_Run":
+        self._fds0, self._threads0, self._rss0 = _fds(), threading.active_count(), _rss_kib()
+        self.t0 = time.monotonic()
+        self.errors.__enter__()
+        return self
+
+    def more(self) -> bool:
+        """Budget left for another input."""
+        return time.monotonic() - self.t0 < self.seconds and (self.max_inputs is None
+                                                             or self.fig.inputs < self.max_inputs)
+
+    def take_errors(self, context: str) -> None:
+        """ERROR records logged since the last input count as crashes of that input."""
+        if self.errors.records:
+            self.fig.crashes += len(self.errors.records)
+            self.fig.notes.extend(self.errors.take(context))
+
+    def __exit__(self, *exc: object) -> None:
+        self.errors.__exit__()
+        fig = self.fig
+        fig.seconds = time.monotonic() - self.t0
+        fig.rss_growth_kib = _rss_kib() - self._rss0
+        if not _settle(lambda: _fds() <= self._fds0):
+            fig.leaks.append(f"{_fds() - self._fds0} file descriptors")
+        if not _settle(lambda: threading.active_count() <= self._threads0):
+            fig.leaks.append(f"{threading.active_count() - self._threads0} threads")
+        if self._own_tmp is not None:
+            self._own_tmp.cleanup()
+
+
 # ================================================================== vfio-user messages
 def _vfio_payload(rng: random.Random, command: int) -> bytes:
     """A payload for ``command``: mostly well-formed with hostile field values."""
@@ -189,19 +233,13 @@ class _VfioSession:
 
 def fuzz_vfio(seconds: float, seed: int, tmp: Path | None = None, *, max_inputs: int | None = None) -> Figures:
     """Malformed and hostile vfio-user messages against a real controller."""
-    fig = Figures("vfio-user messages", seed)
-    rng = random.Random(seed)
-    own_tmp = tempfile.TemporaryDirectory(prefix="nvfuzz-") if tmp is None else None
-    base = Path(own_tmp.name) if own_tmp else tmp
-    assert base is not None
-    fds0, threads0, rss0 = _fds(), threading.active_count(), _rss_kib()
-    t0 = time.monotonic()
-    with ErrorLog() as errors:
+    with _Run("vfio-user messages", seconds, seed, tmp, max_inputs) as run:
+        fig, rng, base = run.fig, run.rng, run.base
         target = ServedController(base / "nvme.sock", name="e2e", doorbells="mmap")  # the fuzzer is its client
         session: _VfioSession | None = None
         try:
             commands = [int(c) for c in P.Command] + [0, 19, 255, 0xFFFF]
-            while time.monotonic() - t0 < seconds and (max_inputs is None or fig.inputs < max_inputs):
+            while run.more():
                 if session is None:
                     try:
                         session = _VfioSession(target.socket)
@@ -214,22 +252,12 @@ def fuzz_vfio(seconds: float, seed: int, tmp: Path | None = None, *, max_inputs:
                 if not ok:
                     session.close()
                     session = None
-                if errors.records:
-                    fig.crashes += len(errors.records)
-                    fig.notes.extend(errors.take(f"input {fig.inputs}"))
+                run.take_errors(f"input {fig.inputs}")
             if session is not None:
                 session.close()
         finally:
             target.close()
-    fig.seconds = time.monotonic() - t0
-    fig.rss_growth_kib = _rss_kib() - rss0
-    if not _settle(lambda: _fds() <= fds0):
-        fig.leaks.append(f"{_fds() - fds0} file descriptors")
-    if not _settle(lambda: threading.active_count() <= threads0):
-        fig.leaks.append(f"{threading.active_count() - threads0} threads")
-    if own_tmp is not None:
-        own_tmp.cleanup()
-    return fig
+    return run.fig
 
 
 def _vfio_one(rng: random.Random, s: _VfioSession, commands: list[int], fig: Figures) -> bool:
@@ -338,14 +366,8 @@ def fuzz_nvme(seconds: float, seed: int, tmp: Path | None = None, *, max_inputs:
     from nvshell.device.nvme.namespace import NvmNamespace
     from nvshell.device.nvme.subsystem import Subsystem
 
-    fig = Figures("NVMe commands", seed)
-    rng = random.Random(seed)
-    own_tmp = tempfile.TemporaryDirectory(prefix="nvfuzz-") if tmp is None else None
-    base = Path(own_tmp.name) if own_tmp else tmp
-    assert base is not None
-    fds0, threads0, rss0 = _fds(), threading.active_count(), _rss_kib()
-    t0 = time.monotonic()
-    with ErrorLog() as errors:
+    with _Run("NVMe commands", seconds, seed, tmp, max_inputs) as run:
+        fig, rng, base = run.fig, run.rng, run.base
         g = NvmeTestHost.serve(base, name="e2e", doorbells="mmap", subsystem=Subsystem(capacity=64 << 20))
         try:
             ns = NvmNamespace(MemoryBackend(8 << 20))
@@ -362,7 +384,7 @@ def fuzz_nvme(seconds: float, seed: int, tmp: Path | None = None, *, max_inputs:
             admin_ops = [op for op in range(256) if op not in _ADMIN_SKIP]
             known_admin = [0x01, 0x02, 0x05, 0x06, 0x08, 0x09, 0x0A, 0x0D, 0x10, 0x11, 0x14, 0x15, 0x18, 0x19,
                            0x1A, 0x80, 0x81, 0x82, 0x84, 0x86]
-            while time.monotonic() - t0 < seconds and (max_inputs is None or fig.inputs < max_inputs):
+            while run.more():
                 fig.inputs += 1
                 qid = 0 if rng.random() < 0.5 else 1
                 if qid == 0:
@@ -386,22 +408,12 @@ def fuzz_nvme(seconds: float, seed: int, tmp: Path | None = None, *, max_inputs:
                     fields["cdw12"] = rng.choice([0, 7, 63, 0xFFFF])
                 if not _nvme_one(g, qid, fields, fig):
                     break
-                if errors.records:
-                    fig.crashes += len(errors.records)
-                    fig.notes.extend(errors.take(f"queue {qid} {fields}"))
+                run.take_errors(f"queue {qid} {fields}")
         finally:
             g.close()
             for n in list(g.subsys.namespaces.values()):
                 n.close()
-    fig.seconds = time.monotonic() - t0
-    fig.rss_growth_kib = _rss_kib() - rss0
-    if not _settle(lambda: _fds() <= fds0):
-        fig.leaks.append(f"{_fds() - fds0} file descriptors")
-    if not _settle(lambda: threading.active_count() <= threads0):
-        fig.leaks.append(f"{threading.active_count() - threads0} threads")
-    if own_tmp is not None:
-        own_tmp.cleanup()
-    return fig
+    return run.fig
 
 
 def _nvme_one(g: NvmeTestHost, qid: int, fields: dict[str, int], fig: Figures) -> bool:
@@ -514,15 +526,9 @@ def fuzz_qmp(seconds: float, seed: int, tmp: Path | None = None, *, max_inputs: 
     from nvshell.monitor.qmp import session as S
     from tests.qmp_helpers import MonitorThread, RawClient
 
-    fig = Figures("QMP input", seed)
-    rng = random.Random(seed)
     sinks_before = len(TRACE.sinks)
-    own_tmp = tempfile.TemporaryDirectory(prefix="nvfuzz-") if tmp is None else None
-    base = Path(own_tmp.name) if own_tmp else tmp
-    assert base is not None
-    fds0, threads0, rss0 = _fds(), threading.active_count(), _rss_kib()
-    t0 = time.monotonic()
-    with ErrorLog() as errors:
+    with _Run("QMP input", seconds, seed, tmp, max_inputs) as run:
+        fig, rng, base = run.fig, run.rng, run.base
         machine = Machine(str(base))
         default_topology(machine)
         mon = MonitorThread(base, machine)
@@ -533,7 +539,7 @@ def fuzz_qmp(seconds: float, seed: int, tmp: Path | None = None, *, max_inputs: 
             probe_client.close()
             commands = _qmp_commands(listed)
             serial = 0
-            while time.monotonic() - t0 < seconds and (max_inputs is None or fig.inputs < max_inputs):
+            while run.more():
                 if client is None:
                     client = RawClient(mon.unix_path, timeout=PROBE_TIMEOUT)
                 fig.inputs += 1
@@ -562,9 +568,7 @@ def fuzz_qmp(seconds: float, seed: int, tmp: Path | None = None, *, max_inputs: 
                 if rng.random() < 0.01:
                     client.close()
                     client = None
-                if errors.records:
-                    fig.crashes += len(errors.records)
-                    fig.notes.extend(errors.take(repr(data[:300])))
+                run.take_errors(repr(data[:300]))
             if client is not None:
                 client.close()
             if not _settle(lambda: mon.run(lambda: len(mon.server.sessions)) == 0):
@@ -574,17 +578,9 @@ def fuzz_qmp(seconds: float, seed: int, tmp: Path | None = None, *, max_inputs: 
                 fig.leaks.append(f"{held} bytes of input held after every client left")
         finally:
             mon.stop()
-    if len(TRACE.sinks) > sinks_before:
-        fig.leaks.append(f"{len(TRACE.sinks) - sinks_before} trace sinks")
-    fig.seconds = time.monotonic() - t0
-    fig.rss_growth_kib = _rss_kib() - rss0
-    if not _settle(lambda: _fds() <= fds0):
-        fig.leaks.append(f"{_fds() - fds0} file descriptors")
-    if not _settle(lambda: threading.active_count() <= threads0):
-        fig.leaks.append(f"{threading.active_count() - threads0} threads")
-    if own_tmp is not None:
-        own_tmp.cleanup()
-    return fig
+        if len(TRACE.sinks) > sinks_before:
+            fig.leaks.append(f"{len(TRACE.sinks) - sinks_before} trace sinks")
+    return run.fig
 
 
 def _qmp_commands(schema: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from contextlib import contextmanager
 from typing import Any, Iterator
 
 import pytest
@@ -131,16 +132,21 @@ def program_env(tmp: Path) -> dict[str, str]:
 class Shell:
     """``python -m nvshell ARGS`` in a pty, with helpers to type lines and read results."""
 
-    def __init__(self, tmp: Path, *args: str, run_dir: Path | None = None, history: Path | None = None) -> None:
+    def __init__(self, tmp: Path, *args: str, run_dir: Path | None = None, history: Path | None = None,
+                 cpr: bool = False, dimensions: tuple[int, int] = (50, 250)) -> None:
+        """``cpr``: the terminal answers cursor position requests (the toolbar is drawn)."""
         self.tmp = tmp
         self.run_dir = run_dir or tmp / "run"
         self.history = history or tmp / "history"
         argv = ["-m", "nvshell", "--history-file", str(self.history)]
         if "--connect" not in args:
             argv += ["--run-dir", str(self.run_dir)]
-        self.child = pexpect.spawn(sys.executable, argv + list(args), cwd=str(REPO), env=program_env(tmp),
+        env = program_env(tmp)
+        if cpr:
+            del env["PROMPT_TOOLKIT_NO_CPR"]
+        self.child = pexpect.spawn(sys.executable, argv + list(args), cwd=str(REPO), env=env,
                                    encoding="utf-8", codec_errors="replace", timeout=TIMEOUT,
-                                   dimensions=(50, 250))
+                                   dimensions=dimensions)
         self.log: list[str] = []
         self.child.logfile_read = _Collect(self.log)
 
@@ -179,6 +185,20 @@ class Shell:
         if self.child.isalive():
             self.child.terminate(force=True)
 
+    def __enter__(self) -> "Shell":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@contextmanager
+def remote_shell(tmp: Path) -> Iterator[tuple[NvshellProcess, Shell]]:
+    """A headless nvshell in ``tmp/run`` and ``nvshell --connect`` to it in a pty."""
+    run_dir = tmp / "run"
+    with NvshellProcess(run_dir) as nv, Shell(tmp, "--connect", f"unix:{run_dir}/qmp.sock", run_dir=run_dir) as remote:
+        yield nv, remote
+
 
 class _Collect:
     """A file-like ``logfile_read`` that keeps everything the program printed."""
@@ -195,11 +215,8 @@ class _Collect:
 
 @pytest.fixture
 def shell(tmp: Path) -> Iterator[Shell]:
-    sh = Shell(tmp)
-    try:
+    with Shell(tmp) as sh:
         yield sh
-    finally:
-        sh.close()
 
 
 def sockets(run_dir: Path) -> list[str]:
@@ -288,132 +305,85 @@ bus: main-system-bus
 """
 
 
+def _golden_ns(id: str, subsys: str, nsid: int, uuid: str, eui64: str, nguid: str, attached_to: str,
+               attached: str, size: int, lba_size: int) -> str:
+    """One namespace of ``GOLDEN_QTREE_FULL``: every property, defaults resolved."""
+    return f"""\
+      dev: x-nvme-ns-nvm, id "{id}"
+        subsys = "/objects/{subsys}"
+        nsid = {nsid}
+        uuid = "{uuid}"
+        eui64 = "{eui64}"
+        nguid = "{nguid}"
+        attached-to = {attached_to}
+        attached = {attached}
+        size = {size}
+        file = ""
+        backend = "memory"
+        direct = false
+        lba-size = {lba_size}
+        ms = 0
+        mset = 0
+        pi = 0
+        pil = 0
+        pif = 0
+        mssrl = 131072
+        mcl = 131072
+        msrc = 128
+        nlbas = {size // lba_size}
+"""
+
+
+def _golden_ctrl(id: str, subsys: str, serial: str, attached: str) -> str:
+    """One controller of ``GOLDEN_QTREE_FULL`` (``attached``: its nvme-bus line)."""
+    return f"""\
+      dev: x-nvme-ctrl, id "{id}"
+        subsys = "/objects/{subsys}"
+        socket = "<run-dir>/{id}.sock"
+        cntlid = 1
+        serial = "{serial}"
+        model = "nvshell NVMe Ctrl"
+        firmware = "1.0"
+        max-ioqpairs = 64
+        max-intr-vectors = 65
+        mqes = 2047
+        max-aer-retention = 100
+        aerl = 3
+        mdts = 7
+        doorbells = "trap"
+        ocp = false
+        connected = false
+        bus: {id}
+          type nvme-bus
+          attached: {attached}
+"""
+
+
+def _golden_subsys(id: str, uuid: str, controllers: str, namespaces: str, members: str) -> str:
+    return f"""\
+  dev: x-nvme-subsystem, id "{id}"
+    subnqn = "nqn.2014-08.org.nvmexpress:uuid:{uuid}"
+    uuid = "{uuid}"
+    ns-mgmt-capacity = 1073741824
+    controllers = {controllers}
+    namespaces = {namespaces}
+    bus: {id}
+      type x-nvme-subsys-bus
+""" + members
+
+
 #: ``info qtree`` after that session: every property's effective value (``backend`` and the
 #: derived ``serial``, ``eui64`` and ``nguid`` included), as the guest sees them.
-GOLDEN_QTREE_FULL = """\
-bus: main-system-bus
-  type System
-  dev: x-nvme-subsystem, id "subsys0"
-    subnqn = "nqn.2014-08.org.nvmexpress:uuid:<subsys0-uuid>"
-    uuid = "<subsys0-uuid>"
-    ns-mgmt-capacity = 1073741824
-    controllers = ["ctrl0"]
-    namespaces = ["ns1"]
-    bus: subsys0
-      type x-nvme-subsys-bus
-      dev: x-nvme-ns-nvm, id "ns1"
-        subsys = "/objects/subsys0"
-        nsid = 1
-        uuid = "<ns1-uuid>"
-        eui64 = "<ns1-eui64>"
-        nguid = "<ns1-nguid>"
-        attached-to = ["all"]
-        attached = ["ctrl0"]
-        size = 1073741824
-        file = ""
-        backend = "memory"
-        direct = false
-        lba-size = 512
-        ms = 0
-        mset = 0
-        pi = 0
-        pil = 0
-        pif = 0
-        mssrl = 131072
-        mcl = 131072
-        msrc = 128
-        nlbas = 2097152
-      dev: x-nvme-ctrl, id "ctrl0"
-        subsys = "/objects/subsys0"
-        socket = "<run-dir>/ctrl0.sock"
-        cntlid = 1
-        serial = "ctrl0"
-        model = "nvshell NVMe Ctrl"
-        firmware = "1.0"
-        max-ioqpairs = 64
-        max-intr-vectors = 65
-        mqes = 2047
-        max-aer-retention = 100
-        aerl = 3
-        mdts = 7
-        doorbells = "trap"
-        ocp = false
-        connected = false
-        bus: ctrl0
-          type nvme-bus
-          attached: x-nvme-ns-nvm, id "ns1", nsid 1
-  dev: x-nvme-subsystem, id "sub1"
-    subnqn = "nqn.2014-08.org.nvmexpress:uuid:11111111-2222-3333-4444-555555555555"
-    uuid = "11111111-2222-3333-4444-555555555555"
-    ns-mgmt-capacity = 1073741824
-    controllers = ["ctrl1"]
-    namespaces = ["nsa", "nsb"]
-    bus: sub1
-      type x-nvme-subsys-bus
-      dev: x-nvme-ns-nvm, id "nsa"
-        subsys = "/objects/sub1"
-        nsid = 1
-        uuid = "aaaaaaaa-0000-4000-8000-000000000001"
-        eui64 = "92f2c8ef74a87cab"
-        nguid = "3935f5927b2f937de556b71ef3cf955d"
-        attached-to = []
-        attached = []
-        size = 67108864
-        file = ""
-        backend = "memory"
-        direct = false
-        lba-size = 512
-        ms = 0
-        mset = 0
-        pi = 0
-        pil = 0
-        pif = 0
-        mssrl = 131072
-        mcl = 131072
-        msrc = 128
-        nlbas = 131072
-      dev: x-nvme-ns-nvm, id "nsb"
-        subsys = "/objects/sub1"
-        nsid = 2
-        uuid = "bbbbbbbb-0000-4000-8000-000000000002"
-        eui64 = "0ebb5c743ec35f83"
-        nguid = "951857d54d91be7d2c7163663fe6a2fe"
-        attached-to = ["ctrl1"]
-        attached = ["ctrl1"]
-        size = 16777216
-        file = ""
-        backend = "memory"
-        direct = false
-        lba-size = 4096
-        ms = 0
-        mset = 0
-        pi = 0
-        pil = 0
-        pif = 0
-        mssrl = 131072
-        mcl = 131072
-        msrc = 128
-        nlbas = 4096
-      dev: x-nvme-ctrl, id "ctrl1"
-        subsys = "/objects/sub1"
-        socket = "<run-dir>/ctrl1.sock"
-        cntlid = 1
-        serial = "SN1"
-        model = "nvshell NVMe Ctrl"
-        firmware = "1.0"
-        max-ioqpairs = 64
-        max-intr-vectors = 65
-        mqes = 2047
-        max-aer-retention = 100
-        aerl = 3
-        mdts = 7
-        doorbells = "trap"
-        ocp = false
-        connected = false
-        bus: ctrl1
-          type nvme-bus
-          attached: x-nvme-ns-nvm, id "nsb", nsid 2
-"""
+GOLDEN_QTREE_FULL = "bus: main-system-bus\n  type System\n" + _golden_subsys(
+    "subsys0", "<subsys0-uuid>", '["ctrl0"]', '["ns1"]',
+    _golden_ns("ns1", "subsys0", 1, "<ns1-uuid>", "<ns1-eui64>", "<ns1-nguid>", '["all"]', '["ctrl0"]', 1 << 30, 512)
+    + _golden_ctrl("ctrl0", "subsys0", "ctrl0", 'x-nvme-ns-nvm, id "ns1", nsid 1')) + _golden_subsys(
+    "sub1", "11111111-2222-3333-4444-555555555555", '["ctrl1"]', '["nsa", "nsb"]',
+    _golden_ns("nsa", "sub1", 1, "aaaaaaaa-0000-4000-8000-000000000001", "92f2c8ef74a87cab",
+               "3935f5927b2f937de556b71ef3cf955d", "[]", "[]", 64 << 20, 512)
+    + _golden_ns("nsb", "sub1", 2, "bbbbbbbb-0000-4000-8000-000000000002", "0ebb5c743ec35f83",
+                 "951857d54d91be7d2c7163663fe6a2fe", '["ctrl1"]', '["ctrl1"]', 16 << 20, 4096)
+    + _golden_ctrl("ctrl1", "sub1", "SN1", 'x-nvme-ns-nvm, id "nsb", nsid 2'))
 
 
 def test_info_qtree_golden_transcript(shell: Shell) -> None:
@@ -491,20 +461,16 @@ def test_tab_completes_command_subcommand_and_property(shell: Shell) -> None:
 
 
 def test_history_across_two_runs(tmp: Path) -> None:
-    first = Shell(tmp)
-    try:
+    with Shell(tmp) as first:
         first.prompt()
         assert first.run("info status").strip() == "VM status: running"
         assert first.run("qom-get /objects/ns1 nsid").strip() == "1"
         first.type("quit\r")
         assert first.wait_exit() == 0
-    finally:
-        first.close()
     history = (tmp / "history").read_text()
     assert "+info status" in history and "+qom-get /objects/ns1 nsid" in history
 
-    second = Shell(tmp)
-    try:
+    with Shell(tmp) as second:
         second.prompt()
         second.type("\x1b[A\x1b[A\x1b[A")  # Up three times: quit, qom-get, info status
         assert second.run("").strip() == "VM status: running"
@@ -517,8 +483,6 @@ def test_history_across_two_runs(tmp: Path) -> None:
         assert second.line == "qom-get /objects/ns1 nsid"
         second.type("\x04")
         assert second.wait_exit() == 0
-    finally:
-        second.close()
 
 
 def test_ctrl_c_cancels_the_line(shell: Shell) -> None:
@@ -595,25 +559,19 @@ def test_bottom_toolbar_shows_live_state(tmp: Path) -> None:
 
     from nvshell.device.vfio_user.client import VfioUserClient
 
-    env = program_env(tmp)
-    del env["PROMPT_TOOLKIT_NO_CPR"]
-    child = pexpect.spawn(sys.executable, ["-m", "nvshell", "--run-dir", str(tmp / "run"),
-                                           "--history-file", str(tmp / "history")],
-                          cwd=str(REPO), env=env, encoding="utf-8", timeout=TIMEOUT, dimensions=(30, 120))
-    log: list[str] = []
-    child.logfile_read = _Collect(log)
+    with Shell(tmp, cpr=True, dimensions=(30, 120)) as sh:
+        child = sh.child
 
-    def screen_shows(text: str) -> bool:
-        """Read output (answering every CPR request) until ``text`` is on the screen."""
-        deadline = time.monotonic() + TIMEOUT
-        while time.monotonic() < deadline:
-            if child.expect([pexpect.TIMEOUT, r"\x1b\[6n"], timeout=0.5) == 1:
-                child.send("\x1b[5;1R")  # "the cursor is on row 5": the rows below are known
-            if any(text in line for line in Screen(120).feed("".join(log)).text()):
-                return True
-        return False
+        def screen_shows(text: str) -> bool:
+            """Read output (answering every CPR request) until ``text`` is on the screen."""
+            deadline = time.monotonic() + TIMEOUT
+            while time.monotonic() < deadline:
+                if child.expect([pexpect.TIMEOUT, r"\x1b\[6n"], timeout=0.5) == 1:
+                    child.send("\x1b[5;1R")  # "the cursor is on row 5": the rows below are known
+                if any(text in line for line in Screen(120).feed("".join(sh.log)).text()):
+                    return True
+            return False
 
-    try:
         assert screen_shows(" ctrl0: waiting | 1 namespace | 0 IOPS")
         with VfioUserClient(timeout=TIMEOUT).connect(tmp / "run" / "ctrl0.sock") as client:
             client.negotiate()
@@ -621,12 +579,7 @@ def test_bottom_toolbar_shows_live_state(tmp: Path) -> None:
             child.send("object_add x-nvme-ns-nvm,id=ns2,size=1M\r")
             assert screen_shows(" ctrl0: connected | 2 namespaces | ")
         child.sendcontrol("d")
-        child.expect(pexpect.EOF)
-        child.close()
-        assert child.exitstatus == 0
-    finally:
-        if child.isalive():
-            child.terminate(force=True)
+        assert sh.wait_exit() == 0
     assert sockets(tmp / "run") == []
 
 
@@ -634,13 +587,21 @@ def test_bottom_toolbar_shows_live_state(tmp: Path) -> None:
 # Script mode (stdin not a terminal) and headless
 
 
-def run_script(tmp: Path, script: str, *args: str, timeout: float = TIMEOUT) -> subprocess.CompletedProcess[str]:
+def run_nvshell(tmp: Path, *args: str, script: str | None = None,
+                timeout: float = TIMEOUT) -> subprocess.CompletedProcess[str]:
+    """``python -m nvshell ARGS`` to its end, reading ``script`` (a file: not a terminal) or nothing."""
+    if script is None:
+        return subprocess.run([sys.executable, "-m", "nvshell", *args], stdin=subprocess.DEVNULL,
+                              capture_output=True, text=True, cwd=str(REPO), env=program_env(tmp), timeout=timeout)
     path = tmp / "script.txt"
     path.write_text(script)
     with open(path) as stdin:
-        return subprocess.run([sys.executable, "-m", "nvshell", "--run-dir", str(tmp / "run"), *args],
-                              stdin=stdin, capture_output=True, text=True, cwd=str(REPO),
-                              env=program_env(tmp), timeout=timeout)
+        return subprocess.run([sys.executable, "-m", "nvshell", *args], stdin=stdin, capture_output=True, text=True,
+                              cwd=str(REPO), env=program_env(tmp), timeout=timeout)
+
+
+def run_script(tmp: Path, script: str, *args: str, timeout: float = TIMEOUT) -> subprocess.CompletedProcess[str]:
+    return run_nvshell(tmp, "--run-dir", str(tmp / "run"), *args, script=script, timeout=timeout)
 
 
 def test_script_mode_from_a_file(tmp: Path) -> None:
@@ -764,46 +725,42 @@ def _qmp_hmp(path: Path, line: str) -> str:
 
 def test_connect_to_a_headless_nvshell(tmp: Path) -> None:
     run_dir = tmp / "run"
-    with NvshellProcess(run_dir) as nv:
-        remote = Shell(tmp, "--connect", f"unix:{run_dir}/qmp.sock", run_dir=run_dir)
-        try:
-            remote.prompt()
-            assert "VM status: running" in remote.run("info status")
-            assert remote.run("bogus").strip() == "Error: unknown command: 'bogus'"
-            # Completion goes over QMP too: a command, a type, a property, a QOM path.
-            remote.type("object_a\t")
-            remote.child.expect("dd")
-            remote.type(" x-nvme-ns-n\t")
-            remote.child.expect("vm")
-            remote.type(",id=ns7,si\t")
-            remote.child.expect("ze=")
-            assert remote.run("1M,attached-to=all").strip() == ""
-            remote.type("qom-get /objects/su\t")
-            remote.child.expect("bsys0")
-            remote.type(" names\t")
-            remote.child.expect("paces")
-            assert "ns7" in remote.run("")
-            assert remote.line == "qom-get /objects/subsys0 namespaces"
-            tree = remote.run("info qtree -b")
-            assert 'dev: x-nvme-ns-nvm, id "ns7"' in tree and 'attached: x-nvme-ns-nvm, id "ns7", nsid 2' in tree
+    with remote_shell(tmp) as (nv, remote):
+        remote.prompt()
+        assert "VM status: running" in remote.run("info status")
+        assert remote.run("bogus").strip() == "Error: unknown command: 'bogus'"
+        # Completion goes over QMP too: a command, a type, a property, a QOM path.
+        remote.type("object_a\t")
+        remote.child.expect("dd")
+        remote.type(" x-nvme-ns-n\t")
+        remote.child.expect("vm")
+        remote.type(",id=ns7,si\t")
+        remote.child.expect("ze=")
+        assert remote.run("1M,attached-to=all").strip() == ""
+        remote.type("qom-get /objects/su\t")
+        remote.child.expect("bsys0")
+        remote.type(" names\t")
+        remote.child.expect("paces")
+        assert "ns7" in remote.run("")
+        assert remote.line == "qom-get /objects/subsys0 namespaces"
+        tree = remote.run("info qtree -b")
+        assert 'dev: x-nvme-ns-nvm, id "ns7"' in tree and 'attached: x-nvme-ns-nvm, id "ns7", nsid 2' in tree
 
-            # Events from the remote side appear above the prompt.
-            from nvshell.device.vfio_user.client import VfioUserClient
+        # Events from the remote side appear above the prompt.
+        from nvshell.device.vfio_user.client import VfioUserClient
 
-            remote.type("info stat")
-            remote.child.expect("stat")
-            with VfioUserClient(timeout=TIMEOUT).connect(run_dir / "ctrl0.sock") as client:
-                client.negotiate()
-                remote.child.expect(r"\[event\] ctrl0: guest connected")
-                remote.child.expect(r"\(nvshell\)[^\r\n]*info stat")
-                assert remote.run("us").strip() == "VM status: running"
-            remote.child.expect(r"\[event\] ctrl0: guest disconnected")
+        remote.type("info stat")
+        remote.child.expect("stat")
+        with VfioUserClient(timeout=TIMEOUT).connect(run_dir / "ctrl0.sock") as client:
+            client.negotiate()
+            remote.child.expect(r"\[event\] ctrl0: guest connected")
+            remote.child.expect(r"\(nvshell\)[^\r\n]*info stat")
+            assert remote.run("us").strip() == "VM status: running"
+        remote.child.expect(r"\[event\] ctrl0: guest disconnected")
 
-            # quit ends this shell only; the headless nvshell keeps serving.
-            remote.type("quit\r")
-            assert remote.wait_exit() == 0
-        finally:
-            remote.close()
+        # quit ends this shell only; the headless nvshell keeps serving.
+        remote.type("quit\r")
+        assert remote.wait_exit() == 0
         assert nv.proc is not None and nv.proc.poll() is None
         assert sockets(run_dir) == ["ctrl0.sock", "qmp.sock"]
         assert "/ns7 (x-nvme-ns-nvm)" in _qmp_hmp(run_dir / "qmp.sock", "info qom-tree /objects")
@@ -813,34 +770,22 @@ def test_connect_to_a_headless_nvshell(tmp: Path) -> None:
 
 def test_connect_ctrl_d_and_script(tmp: Path) -> None:
     run_dir = tmp / "run"
-    with NvshellProcess(run_dir):
-        remote = Shell(tmp, "--connect", f"unix:{run_dir}/qmp.sock", run_dir=run_dir)
-        try:
-            remote.prompt()
-            remote.type("\x04")
-            assert remote.wait_exit() == 0
-        finally:
-            remote.close()
-        (tmp / "script.txt").write_text("info status\nbogus\n")
-        with open(tmp / "script.txt") as stdin:
-            done = subprocess.run([sys.executable, "-m", "nvshell", "--connect", f"unix:{run_dir}/qmp.sock"],
-                                  stdin=stdin, capture_output=True, text=True, cwd=str(REPO),
-                                  env=program_env(tmp), timeout=TIMEOUT)
+    with remote_shell(tmp) as (nv, remote):
+        remote.prompt()
+        remote.type("\x04")
+        assert remote.wait_exit() == 0
+        done = run_nvshell(tmp, "--connect", f"unix:{run_dir}/qmp.sock", script="info status\nbogus\n")
         assert done.returncode == 1
         assert done.stdout == "VM status: running\n"
         assert done.stderr.strip() == "Error: unknown command: 'bogus'"
 
 
 def test_connect_failure_is_one_error_line(tmp: Path) -> None:
-    done = subprocess.run([sys.executable, "-m", "nvshell", "--connect", f"unix:{tmp}/nothing.sock"],
-                          stdin=subprocess.DEVNULL, capture_output=True, text=True, cwd=str(REPO),
-                          env=program_env(tmp), timeout=TIMEOUT)
+    done = run_nvshell(tmp, "--connect", f"unix:{tmp}/nothing.sock")
     assert done.returncode == 1
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"nvshell: error: cannot connect to unix:{tmp}/nothing.sock")
-    done = subprocess.run([sys.executable, "-m", "nvshell", "--connect", "bogus"],
-                          stdin=subprocess.DEVNULL, capture_output=True, text=True, cwd=str(REPO),
-                          env=program_env(tmp), timeout=TIMEOUT)
+    done = run_nvshell(tmp, "--connect", "bogus")
     assert done.returncode == 1
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("nvshell: error:"), done.stderr
@@ -848,34 +793,26 @@ def test_connect_failure_is_one_error_line(tmp: Path) -> None:
 
 def test_connect_when_the_server_goes_away(tmp: Path) -> None:
     run_dir = tmp / "run"
-    with NvshellProcess(run_dir) as nv:
-        remote = Shell(tmp, "--connect", f"unix:{run_dir}/qmp.sock", run_dir=run_dir)
-        try:
-            remote.prompt()
-            assert _qmp_execute(run_dir / "qmp.sock", "quit") == {}
-            assert nv.proc is not None and nv.proc.wait(TIMEOUT) == 0
-            remote.child.expect(r"\[event\] SHUTDOWN")
-            remote.type("info status\r")
-            remote.child.expect(r"Error: connection to the nvshell monitor lost\r\n")
-            assert remote.wait_exit() == 1
-        finally:
-            remote.close()
+    with remote_shell(tmp) as (nv, remote):
+        remote.prompt()
+        assert _qmp_execute(run_dir / "qmp.sock", "quit") == {}
+        assert nv.proc is not None and nv.proc.wait(TIMEOUT) == 0
+        remote.child.expect(r"\[event\] SHUTDOWN")
+        remote.type("info status\r")
+        remote.child.expect(r"Error: connection to the nvshell monitor lost\r\n")
+        assert remote.wait_exit() == 1
     assert sockets(run_dir) == []
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=lambda s: s.name)
 def test_connect_signals_end_the_remote_shell(tmp: Path, sig: signal.Signals) -> None:
     run_dir = tmp / "run"
-    with NvshellProcess(run_dir) as nv:
-        remote = Shell(tmp, "--connect", f"unix:{run_dir}/qmp.sock", run_dir=run_dir)
-        try:
-            remote.prompt()
-            remote.type("info st")
-            remote.child.expect("st")
-            remote.child.kill(sig)
-            status = remote.wait_exit()
-        finally:
-            remote.close()
+    with remote_shell(tmp) as (nv, remote):
+        remote.prompt()
+        remote.type("info st")
+        remote.child.expect("st")
+        remote.child.kill(sig)
+        status = remote.wait_exit()
         assert status == 0
         assert nv.proc is not None and nv.proc.poll() is None  # the served nvshell is untouched
 
