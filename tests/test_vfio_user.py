@@ -17,23 +17,20 @@ import os
 import random
 import socket
 import termios
-import time
 from typing import Any, Callable, Iterator
 
 import pytest
 
 import nvshell.device.nvme  # noqa: F401  (registers every command)
-from nvshell.device.iothread import IOThread
 from nvshell.device.nvme.config import ControllerConfig
 from nvshell.device.nvme.controller import Controller
 from nvshell.device.nvme.spec import CQE, DOORBELL_PAGE_OFFSET, NVME_VERSION, SQE, AdminOpcode, Reg
 from nvshell.device.nvme.status import Status
-from nvshell.device.nvme.subsystem import Subsystem
 from nvshell.device.vfio_user import protocol as P
 from nvshell.device.vfio_user.client import GuestRam, VfioUserClient, VfioUserError, VfioUserProtocolError
 from nvshell.device.vfio_user.interface import IrqIndex, RegionAccessError, RegionFlag, RegionIndex
 from nvshell.device.vfio_user.server import VfioUserServer
-from nvshell.testing import CC_ENABLE, NvmeTestHost
+from nvshell.testing import CC_ENABLE, NvmeTestHost, ServedController, wait_until
 
 BAR0 = RegionIndex.BAR0
 #: MSI-X vectors of the test controller (admin + 3 I/O queues).
@@ -49,31 +46,18 @@ def serial_of(identify: bytes) -> str:
     return identify[SERIAL_FIELD].decode().rstrip()
 
 
-def wait_until(cond: Callable[[], Any], what: str, timeout: float = 3.0) -> Any:
-    """Poll ``cond`` until it is true (its value) or fail naming ``what`` at the deadline."""
-    deadline = time.monotonic() + timeout
-    while not (value := cond()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.001)
-    return value
-
-
 class Env:
-    """One real controller (``ctrl``; ``device`` is its PCI function) served on ``path``."""
+    """One real controller (``ctrl``; ``device`` is its PCI function) served on ``path``
+    (a ``ServedController``), and the server's connect/disconnect events."""
 
     def __init__(self, path: str, *, doorbells: str = "mmap", max_ioqpairs: int = 4):
         self.path = path
-        self.iothread = IOThread("vfio-test")
-        self.iothread.start()
-        self.ctrl = Controller(ControllerConfig(serial=SERIAL, doorbells=doorbells, max_ioqpairs=max_ioqpairs,
-                                                max_intr_vectors=VECTORS), None, self.iothread)
-        self.ctrl.subsystem = Subsystem()  # Identify reports the subsystem's NQN and capacity
-        self.on_thread(self.ctrl.subsystem.add_controller, self.ctrl)
+        self.served = ServedController(path, name="test", serial=SERIAL, doorbells=doorbells,
+                                       max_ioqpairs=max_ioqpairs, max_intr_vectors=VECTORS)
+        self.ctrl, self.server, self.iothread = self.served.ctrl, self.served.server, self.served.iothread
         self.device = self.ctrl.pci
         self.events: list[tuple[str, dict[str, Any]]] = []
-        self.server = VfioUserServer(path, self.device, self.iothread, name="test",
-                                     on_event=lambda kind, data: self.events.append((kind, data)))
-        self.server.start()
+        self.server.on_event = lambda kind, data: self.events.append((kind, data))
         self.clients: list[VfioUserClient] = []
         self.hosts: list[NvmeTestHost] = []
 
@@ -97,16 +81,14 @@ class Env:
         return self.iothread.run(fn, *args)
 
     def wait_for(self, cond: Any, what: str) -> None:
-        wait_until(lambda: self.on_thread(cond), what)
+        wait_until(lambda: self.on_thread(cond), what=what)
 
     def close(self) -> None:
         for h in self.hosts:
             h.close()
         for c in self.clients:
             c.close()
-        self.server.close()
-        self.iothread.run(self.ctrl.shutdown)
-        self.iothread.stop()
+        self.served.close()
 
 
 class AdminQueues:
@@ -128,7 +110,7 @@ class AdminQueues:
         self.c.region_write(BAR0, Reg.ASQ, self.sq.to_bytes(8, "little"))
         self.c.region_write(BAR0, Reg.ACQ, self.cq.to_bytes(8, "little"))
         self.c.write32(BAR0, Reg.CC, CC_ENABLE)
-        wait_until(lambda: self.c.read32(BAR0, Reg.CSTS) & 1, "CSTS.RDY")
+        wait_until(lambda: self.c.read32(BAR0, Reg.CSTS) & 1, what="CSTS.RDY")
         return self
 
     def command(self, opcode: int, **fields: int) -> Any:
@@ -139,7 +121,7 @@ class AdminQueues:
         self.c.write32(BAR0, DOORBELL_PAGE_OFFSET, self.tail)
         slot = self.cq + CQE.size * self.head
         cqe = wait_until(lambda: (e := CQE.unpack(self.cq_ram.read(slot, CQE.size))).status & 1 == self.phase
-                         and e, "an admin completion")
+                         and e, what="an admin completion")
         self.head = (self.head + 1) % self.DEPTH
         self.phase ^= self.head == 0
         self.c.write32(BAR0, DOORBELL_PAGE_OFFSET + 4, self.head)
@@ -227,7 +209,7 @@ def drained(c: VfioUserClient) -> None:
     assert c.sock is not None
     sock = c.sock
     wait_until(lambda: int.from_bytes(fcntl.ioctl(sock, termios.TIOCOUTQ, b"\0" * 4), "little") == 0,
-               "the server to read what was sent")
+               what="the server to read what was sent")
 
 
 def open_fds() -> int:
