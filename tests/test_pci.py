@@ -9,11 +9,13 @@ import os
 
 import pytest
 
-from nvshell.device.pci.config import MSIX_OFFSET, PCIE_OFFSET, PM_OFFSET
+from nvshell.device.pci.config import (COMMAND_INTX_DISABLE, MSI_OFFSET, MSIX_OFFSET, PCIE_OFFSET, PM_OFFSET,
+                                       STATUS_INTERRUPT, IrqMode)
 from nvshell.device.nvme.spec import BAR0_SIZE, DOORBELL_PAGE_OFFSET, DOORBELL_PAGE_SIZE
 from nvshell.device.nvme.config import ControllerConfig
 from nvshell.device.nvme.controller import Controller
 from nvshell.device.nvme.spec import Reg
+from nvshell.device.pci.function import PciFunction
 from nvshell.device.vfio_user.irq import MsixEventfds
 from nvshell.device.vfio_user.interface import IrqIndex, RegionAccessError, RegionFlag, RegionIndex
 
@@ -50,7 +52,7 @@ def test_header(fn):
     assert rd(fn, 0x09, 1) == 0x02 and rd(fn, 0x0A, 1) == 0x08 and rd(fn, 0x0B, 1) == 0x01
     assert rd(fn, 0x06, 2) & 0x10
     assert rd(fn, 0x34, 1) == 0x40
-    assert rd(fn, 0x3D, 1) == 0                  # no INTx
+    assert rd(fn, 0x3D, 1) == 1                  # INTA#
     assert rd(fn, 0x0E, 1) == 0                  # type 0 header
     assert rd(fn, 0x2C, 2) == 0x4E58
     assert len(fn.region_read(CFG, 0, 4096)) == 4096
@@ -62,7 +64,7 @@ def test_capability_chain(fn):
     while ptr:
         caps.append((ptr, rd(fn, ptr, 1)))
         ptr = rd(fn, ptr + 1, 1)
-    assert caps == [(0x40, 0x01), (0x48, 0x10), (0x84, 0x11)]
+    assert caps == [(0x40, 0x01), (0x48, 0x10), (0x84, 0x11), (0x90, 0x05)]
     assert fn.config.capabilities() == caps
     assert rd(fn, PCIE_OFFSET + 2, 2) & 0xF == 2            # version 2
     assert (rd(fn, PCIE_OFFSET + 2, 2) >> 4) & 0xF == 0     # endpoint
@@ -71,6 +73,72 @@ def test_capability_chain(fn):
     assert rd(fn, MSIX_OFFSET + 4) == 4                      # BIR 4, offset 0
     assert rd(fn, MSIX_OFFSET + 8) == 5                      # BIR 5, offset 0
     assert rd(fn, PM_OFFSET + 2, 2) & 7 == 3
+    # MSI: 64-bit address, one message (MMC 0), no per-vector masking, disabled.
+    assert rd(fn, MSI_OFFSET + 2, 2) == 0x0080
+
+
+def test_msi_capability_registers(fn):
+    wr(fn, MSI_OFFSET + 2, 0xFFFF, 2)
+    assert rd(fn, MSI_OFFSET + 2, 2) == 0x0081              # only Enable is writable (MME stays 0)
+    assert fn.config.msi_enabled and fn.config.msi_allocated == 1
+    wr(fn, MSI_OFFSET + 4, 0xFFFFFFFF)
+    wr(fn, MSI_OFFSET + 8, 0xFFFFFFFF)
+    wr(fn, MSI_OFFSET + 12, 0xFFFF, 2)
+    assert (rd(fn, MSI_OFFSET + 4), rd(fn, MSI_OFFSET + 8), rd(fn, MSI_OFFSET + 12, 2)) == (0xFFFFFFFC, 0xFFFFFFFF, 0xFFFF)
+
+
+def test_irq_mode_follows_config_space(ctrl, fn):
+    assert fn.irq_mode is IrqMode.INTX                       # power-on: no MSI, no MSI-X
+    wr(fn, 0x04, COMMAND_INTX_DISABLE, 2)
+    assert fn.irq_mode is IrqMode.NONE
+    wr(fn, MSI_OFFSET + 2, 1, 2)
+    assert fn.irq_mode is IrqMode.MSI
+    wr(fn, MSIX_OFFSET + 2, 0x8000 | 64, 2)
+    assert fn.irq_mode is IrqMode.MSIX                       # MSI-X wins over MSI
+    wr(fn, MSIX_OFFSET + 2, 64, 2)
+    wr(fn, MSI_OFFSET + 2, 0, 2)
+    wr(fn, 0x04, 0, 2)
+    assert fn.irq_mode is IrqMode.INTX
+    # The controller behind BAR0 followed every change.
+    assert not ctrl.interrupts.msix and ctrl.interrupts.legacy.mode is IrqMode.INTX
+    wr(fn, MSIX_OFFSET + 2, 0x8000 | 64, 2)
+    assert ctrl.interrupts.msix and ctrl.engine.on_cq_head is None    # MSI-X: no per-doorbell hook
+
+
+def test_intx_level_and_status_bit(fn):
+    """(Interrupt Disable with a pending request: tests/test_intx.py, through the controller.)"""
+    levels = []
+
+    class Sink:
+        def trigger(self, v):
+            return False
+
+        def trigger_msi(self, v):
+            return False
+
+        def set_intx(self, level):
+            levels.append(level)
+
+    fn.bind(None, Sink())
+    fn.set_intx(True)
+    assert rd(fn, 0x06, 2) & STATUS_INTERRUPT and levels == [True]
+    fn.set_intx(True)
+    assert levels == [True]                                  # the sink hears of changes only
+    wr(fn, 0x06, 0xFFFF, 2)                                 # read-only: a W1C write does not clear it
+    assert rd(fn, 0x06, 2) & STATUS_INTERRUPT
+    fn.set_intx(False)
+    assert not rd(fn, 0x06, 2) & STATUS_INTERRUPT and levels[-1] is False
+
+
+def test_no_msix_leaves_out_capability_and_bars(ctrl):
+    fn = PciFunction(ctrl, bar0_size=BAR0_SIZE, doorbell_area=(DOORBELL_PAGE_OFFSET, DOORBELL_PAGE_SIZE),
+                     msix_vectors=0)
+    assert fn.config.capabilities() == [(0x40, 0x01), (0x48, 0x10), (0x90, 0x05)]
+    regs = fn.regions()
+    assert regs[4].size == 0 and regs[5].size == 0
+    assert (fn.irq_count(IrqIndex.MSIX), fn.irq_count(IrqIndex.MSI), fn.irq_count(IrqIndex.INTX)) == (0, 1, 1)
+    wr(fn, 0x20, 0xFFFFFFFF)
+    assert rd(fn, 0x20) == 0                                 # BAR4 absent
 
 
 def test_bar_sizing_and_rom(fn):
@@ -136,7 +204,8 @@ def test_regions_trap_and_mmap():
         assert mmap_ctrl.doorbells.fd is not None
         assert (mm.mmap_fd, mm.file_offset, mm.mmap_areas) == (mmap_ctrl.doorbells.fd, 0,
                                                                [(DOORBELL_PAGE_OFFSET, DOORBELL_PAGE_SIZE)])
-        assert trap.irq_count(IrqIndex.MSIX) == 4
+        assert trap.irq_count(IrqIndex.MSIX) == 4 and trap.irq_count(IrqIndex.INTX) == 1
+        assert trap.irq_count(IrqIndex.MSI) == 1 and trap.irq_count(IrqIndex.ERR) == 0
     finally:
         trap_ctrl.shutdown()
         mmap_ctrl.shutdown()

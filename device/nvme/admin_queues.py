@@ -5,7 +5,8 @@ applies them, so a host (or a compliance suite) sees the status it expects:
 QID 0, above the allocated count (max-ioqpairs) or in use -> Invalid Queue
 Identifier, size 0 or above CAP.MQES -> Invalid Queue Size, base not page
 aligned -> PRP Offset Invalid, not physically contiguous -> Invalid Field,
-vector beyond the MSI-X table -> Invalid Interrupt Vector, Delete CQ with SQs
+vector beyond the MSI-X table (or nonzero while MSI-X is off: INTx and MSI have one
+vector, as in QEMU) -> Invalid Interrupt Vector, Delete CQ with SQs
 -> Invalid Queue Deletion.
 
 Create I/O SQ's CQID is read as the spec's field description says (and as
@@ -54,6 +55,9 @@ def create_io_cq(ctrl: "Controller", cmd: Command) -> None:
     vector = cmd.cdw11 >> 16
     _check_common(ctrl, qid, qsize, cmd.dptr1, ctrl.cq(qid) is not None)
     if vector >= ctrl.config.max_intr_vectors:
+        raise NvmeError(Status.INVALID_INTERRUPT_VECTOR)
+    if vector and not ctrl.interrupts.msix:
+        # INTx and MSI have one vector (as QEMU's nvme: nonzero only with MSI-X enabled).
         raise NvmeError(Status.INVALID_INTERRUPT_VECTOR)
     if not pc:
         raise NvmeError(Status.INVALID_FIELD)

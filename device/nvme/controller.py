@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     from nvshell.device.iothread import IOThread
     from nvshell.device.memory import HostMemory, InterruptSink
     from nvshell.device.nvme.context import Namespace
+    from nvshell.device.pci.config import IrqMode
 
 log = logging.getLogger(__name__)
 
@@ -161,6 +162,14 @@ class Controller:
         self.doorbells.renew()
         self.pci.doorbell_fd = self.doorbells.fd
 
+    def irq_mode_changed(self, mode: "IrqMode") -> None:
+        """MSI-X, MSI or INTx: the host changed the function's config space."""
+        self.interrupts.set_mode(mode)
+
+    def intx_unmasked(self) -> None:
+        """The client unmasked INTx after the guest's EOI: the level as the CQ heads say now."""
+        self.interrupts.legacy.intx_unmasked()
+
     def dma_unmapping(self, addr: int, size: int) -> None:
         """Guest memory is about to go: drop every view kept into it (rings, shadow buffers);
         they are taken again on next use, or the controller goes fatal if the memory is gone.
@@ -218,6 +227,12 @@ class Controller:
 
     def on_disable(self) -> None:
         self._controller_reset()
+
+    def interrupt_mask_writable(self) -> bool:
+        return not self.interrupts.msix
+
+    def on_interrupt_mask(self, old: int) -> None:
+        self.interrupts.legacy.mask_changed(old)
 
     def on_shutdown(self) -> None:
         """CC.SHN: make written data durable (the host waits for SHST=complete)."""
@@ -303,7 +318,9 @@ class Controller:
     def delete_cq(self, qid: int) -> None:
         if self.engine.cq(qid) is not None and T.NVME_DELETE_CQ.enabled:
             T.NVME_DELETE_CQ.emit(ctrl=self.name, qid=qid)
-        self.engine.remove_cq(qid)
+        cq = self.engine.remove_cq(qid)
+        if cq is not None:
+            self.interrupts.cq_deleted(cq)
 
     @property
     def io_queues_exist(self) -> bool:

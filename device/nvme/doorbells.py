@@ -441,6 +441,24 @@ class Doorbells:
                     self.shadow_updates += 1
         return not cq.full()
 
+    def refresh_head(self, cq: "CompletionQueue") -> None:
+        """Take a shadowed CQ's head from the shadow buffer (INTx: before deciding the level)."""
+        if cq.qid and self.shadow is not None:
+            self.refresh_cq(cq)
+
+    def arm_cq_head(self, cq: "CompletionQueue") -> None:
+        """INTx: make the host's next head update of this shadowed CQ ring the real doorbell
+        (the BAR access in which QEMU sees the guest's EOI). EventIdx = the head as the
+        shadow buffer has it now; read again after a fence, since the host may have moved
+        it before it could see our EventIdx (then the caller finds the CQ empty)."""
+        if not cq.qid or self.shadow is None:
+            return
+        self.refresh_cq(cq)
+        self.want_cq_head(cq)
+        with _FENCE:
+            pass
+        self.refresh_cq(cq)
+
     def want_cq_head(self, cq: "CompletionQueue") -> None:
         """Completions wait for room: make the host's next CQ head update ring."""
         if cq.qid and self.shadow is not None:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from nvshell.device import trace as T
 from nvshell.device.memory import MemoryFault
@@ -60,6 +60,9 @@ class CommandEngine:
         self.irq_cqs: list[CompletionQueue] = []
         #: Some CQ is full with completions or submissions waiting for room.
         self.has_waiting_cqes = False
+        #: Called with a CQ after its head doorbell moved, while interrupts are INTx or MSI
+        #: (``Interrupts.set_mode``: the interrupt status clears on acknowledgement); None with MSI-X.
+        self.on_cq_head: Callable[[CompletionQueue], None] | None = None
         #: Timestamp every fetched command for the SQs' latency histograms (set by the first
         #: ``info iostat`` read, ``Controller.iostat_info``; until then fetch costs nothing more).
         self.timing = False
@@ -146,6 +149,8 @@ class CommandEngine:
         cq.head = value
         if cq.pending:
             self.flush_pending(cq)
+        if self.on_cq_head is not None:
+            self.on_cq_head(cq)
 
     def flush_pending(self, cq: CompletionQueue) -> None:
         memory = self.ctrl.memory

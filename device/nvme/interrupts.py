@@ -8,6 +8,12 @@ in 100 us units) applies to I/O vectors whose Interrupt Vector Configuration
 entries have gathered, or TIME after the first of them -- whichever comes
 first. TIME = 0 means "no delay" (the spec's wording), so it disables
 coalescing. The admin vector (0) is never coalesced.
+
+A fired vector goes to the PCI function as an MSI-X message; when the host
+has not enabled MSI-X it goes to ``legacy_irq.LegacyInterrupts`` (INTx level,
+MSI, INTMS masking) instead. The mode follows the PCI config space
+(``set_mode``, from ``Controller.irq_mode_changed``); with MSI-X the only extra
+cost is one attribute test per interrupt fired.
 """
 
 from __future__ import annotations
@@ -15,6 +21,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from nvshell.device import trace as T
+from nvshell.device.nvme.legacy_irq import LegacyInterrupts
+from nvshell.device.pci.config import IrqMode
 
 if TYPE_CHECKING:
     from nvshell.device.iothread import TimerHandle
@@ -35,6 +43,22 @@ class Interrupts:
         self._timers: dict[int, "TimerHandle"] = {}
         #: Interrupts fired, per vector (statistics, tests).
         self.fired: dict[int, int] = {}
+        #: INTx and MSI (used while MSI-X is off: ``msix`` False). The function starts
+        #: with MSI-X disabled, so in INTx mode; the CQ head hook watches acknowledgements.
+        self.legacy = LegacyInterrupts(ctrl)
+        self.msix = False
+        ctrl.engine.on_cq_head = self.legacy.cq_head_moved
+
+    def set_mode(self, mode: IrqMode) -> None:
+        """The PCI function's interrupt mode changed (config space write or reset)."""
+        self.msix = mode is IrqMode.MSIX
+        self.legacy.set_mode(mode)
+        self.ctrl.engine.on_cq_head = None if self.msix else self.legacy.cq_head_moved
+
+    def cq_deleted(self, cq: "CompletionQueue") -> None:
+        """A deleted CQ no longer holds its vector's INTx/MSI status."""
+        if not self.msix:
+            self.legacy.cq_deleted(cq)
 
     def clear(self) -> None:
         """Controller reset: nothing gathered, no timer left."""
@@ -42,6 +66,7 @@ class Interrupts:
             timer.cancel()
         self._timers.clear()
         self._gathered.clear()
+        self.legacy.clear()
 
     def signal(self, cqs: list["CompletionQueue"]) -> None:
         ctrl = self.ctrl
@@ -100,4 +125,7 @@ class Interrupts:
         fired[vector] = fired.get(vector, 0) + 1
         if T.NVME_IRQ.enabled:
             T.NVME_IRQ.emit(ctrl=self.ctrl.name, vector=vector)
-        self.ctrl.pci.trigger(vector)
+        if self.msix:
+            self.ctrl.pci.trigger(vector)
+        else:
+            self.legacy.fire(vector)

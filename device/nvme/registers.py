@@ -71,6 +71,12 @@ class RegisterOwner(Protocol):
     def on_shutdown(self) -> None:
         """CC.SHN set: make written data durable."""
 
+    def interrupt_mask_writable(self) -> bool:
+        """INTMS/INTMC apply (MSI-X is not in use: with MSI-X the spec leaves them undefined)."""
+
+    def on_interrupt_mask(self, old: int) -> None:
+        """INTMS or INTMC changed the interrupt mask (``old`` is the previous one)."""
+
 
 def reg_name(offset: int) -> str:
     """'CC', 'ASQ+4', ... for register traces."""
@@ -190,10 +196,15 @@ class Registers:
 
     def _write32(self, off: int, value: int) -> None:
         value &= 0xFFFFFFFF
-        if off == Reg.INTMS:
-            self.intms |= value
-        elif off == Reg.INTMC:
-            self.intms &= ~value
+        if off in (Reg.INTMS, Reg.INTMC):
+            if not self._owner.interrupt_mask_writable():
+                # Undefined while MSI-X is in use (its table masks vectors): ignored, as QEMU does.
+                log.debug("%s: %s write %#x ignored: MSI-X is in use", self._name(), Reg(off).name, value)
+                return
+            old = self.intms
+            self.intms = old | value if off == Reg.INTMS else old & ~value
+            if self.intms != old:
+                self._owner.on_interrupt_mask(old)
         elif off == Reg.CC:
             self._write_cc(value)
         elif off == Reg.AQA:

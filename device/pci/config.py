@@ -9,11 +9,26 @@ writes to read-only bits. That is done with a per-byte writable mask and a
 write-1-to-clear mask, as real hardware (and QEMU's pci.c) does.
 
 Layout (as SPDK's vfio-user NVMe, proven with Linux and QEMU):
-PM at 0x40, PCIe v2 endpoint at 0x48, MSI-X at 0x84 (table in BAR4, PBA in BAR5).
+PM at 0x40, PCIe v2 endpoint at 0x48, MSI-X at 0x84 (table in BAR4, PBA in BAR5),
+then MSI at 0x90. Interrupt Pin 1 (INTA#) for hosts without MSI (``pci=nomsi``).
+
+The MSI capability is the one QEMU's own devices that fall back from MSI-X to
+MSI use (e1000e: ``msi_init(dev, off, 1, true, false)``; QEMU's nvme has none):
+one message, 64-bit address, no per-vector masking. One message because an x86
+host without interrupt remapping allocates only one MSI vector anyway, and the
+NVMe side then needs no vector translation (all CQs use vector 0, as QEMU's
+nvme requires without MSI-X); no per-vector mask because with one message the
+MSI Enable bit and the NVMe INTMS register already mask it, and the client
+(QEMU's vfio-pci) emulates MSI masking itself.
+
+The interrupt mode follows this state, as QEMU's devices decide: MSI-X Enable,
+else MSI Enable, else INTx unless Command.Interrupt Disable (``irq_mode``).
+Status.Interrupt Status shows the function's INTx request (``set_intx_status``).
 """
 
 from __future__ import annotations
 
+import enum
 from typing import Callable
 
 from nvshell.device.layout import Layout
@@ -30,16 +45,24 @@ CAP_PTR = 0x34
 INTERRUPT_LINE = 0x3C
 
 STATUS_CAP_LIST = 0x10
+STATUS_INTERRUPT = 0x08          # Interrupt Status: INTx requested (read-only)
 COMMAND_WRITABLE = 0x0547        # I/O, memory, bus master, parity, SERR, INTx disable
+COMMAND_INTX_DISABLE = 0x0400
+#: Interrupt Pin register value: INTA#.
+INTERRUPT_PIN_INTA = 1
 STATUS_W1C = 0xF900              # error bits (all zero here, but W1C by definition)
 
 CAP_ID_PM = 0x01
+CAP_ID_MSI = 0x05
 CAP_ID_PCIE = 0x10
 CAP_ID_MSIX = 0x11
 
 PM_OFFSET = 0x40
 PCIE_OFFSET = 0x48
 MSIX_OFFSET = 0x84
+MSI_OFFSET = 0x90
+#: MSI messages the function asks for (Multiple Message Capable = log2 of it); see the module docstring.
+MSI_VECTORS = 1
 
 #: Type 0 header (64 bytes) up to the capability pointer area.
 HEADER = Layout("PciHeader", [
@@ -77,10 +100,30 @@ MSIX_CAP = Layout("MsixCap", [
     ("cap_id", "B"), ("next", "B"), ("msg_ctl", "H"), ("table", "I"), ("pba", "I"),
 ])
 
+#: MSI capability with a 64-bit address and no per-vector masking, 14 bytes (PCI Local Bus 3.0, 6.8.1).
+MSI_CAP = Layout("MsiCap64", [
+    ("cap_id", "B"), ("next", "B"), ("msg_ctl", "H"), ("addr_lo", "I"), ("addr_hi", "I"), ("data", "H"),
+])
+MSI_CTL_ENABLE = 1 << 0
+MSI_CTL_MMC_SHIFT = 1
+MSI_CTL_MME_SHIFT = 4
+MSI_CTL_MME_MASK = 0x7 << MSI_CTL_MME_SHIFT
+MSI_CTL_64BIT = 1 << 7
+
 PCIE_DEVCAP_FLR = 1 << 28
 PCIE_DEVCTL_FLR = 1 << 15
 MSIX_CTL_ENABLE = 1 << 15
 MSIX_CTL_MASKALL = 1 << 14
+
+
+class IrqMode(enum.Enum):
+    """How the function signals interrupts, from its config space (``ConfigSpace.irq_mode``)."""
+
+    MSIX = "msix"
+    MSI = "msi"
+    INTX = "intx"
+    #: No MSI/MSI-X and Command.Interrupt Disable set: nothing is signalled.
+    NONE = "none"
 
 
 class ConfigSpace:
@@ -91,13 +134,19 @@ class ConfigSpace:
 
     def __init__(self, *, vendor_id: int, device_id: int, subsystem_vendor_id: int, subsystem_id: int,
                  class_code: int, revision: int, bars: dict[int, tuple[int, int]], msix_vectors: int,
-                 msix_table_bar: int, msix_pba_bar: int, on_flr: Callable[[], None] | None = None):
-        """``bars``: index -> (size, flag bits of the BAR register, e.g. 0 for mem32)."""
+                 msix_table_bar: int, msix_pba_bar: int, on_flr: Callable[[], None] | None = None,
+                 msi_vectors: int = MSI_VECTORS):
+        """``bars``: index -> (size, flag bits of the BAR register, e.g. 0 for mem32).
+        ``msix_vectors`` 0 leaves out the MSI-X capability; ``msi_vectors`` (a power of two
+        up to 32) 0 leaves out MSI."""
+        if msi_vectors and (msi_vectors > 32 or msi_vectors & (msi_vectors - 1)):
+            raise ValueError(f"msi_vectors must be 0 or a power of two up to 32, not {msi_vectors}")
         self.size = CONFIG_SPACE_SIZE
         self._params = dict(vendor_id=vendor_id, device_id=device_id, subsystem_vendor_id=subsystem_vendor_id,
                             subsystem_id=subsystem_id, class_code=class_code, revision=revision)
         self.bars = dict(bars)
         self.msix_vectors = msix_vectors
+        self.msi_vectors = msi_vectors
         self.msix_table_bar = msix_table_bar
         self.msix_pba_bar = msix_pba_bar
         self.on_flr = on_flr
@@ -121,7 +170,8 @@ class ConfigSpace:
         HEADER.pack_into(self.data, 0, vendor_id=p["vendor_id"], device_id=p["device_id"], status=STATUS_CAP_LIST,
                          revision=p["revision"], prog_if=cc & 0xFF, subclass=(cc >> 8) & 0xFF,
                          class_code=(cc >> 16) & 0xFF, subsystem_vendor_id=p["subsystem_vendor_id"],
-                         subsystem_id=p["subsystem_id"], cap_ptr=PM_OFFSET, interrupt_pin=0, **bar_values)
+                         subsystem_id=p["subsystem_id"], cap_ptr=PM_OFFSET, interrupt_pin=INTERRUPT_PIN_INTA,
+                         **bar_values)
         self._mask(self.wmask, COMMAND, 2, COMMAND_WRITABLE)
         self._mask(self.w1cmask, STATUS, 2, STATUS_W1C)
         self.wmask[0x0C] = 0xFF  # cache line size
@@ -140,7 +190,10 @@ class ConfigSpace:
         self._mask(self.w1cmask, PM_OFFSET + 4, 2, 0x8000)
 
         # PCI Express v2 endpoint, FLR capable, x1 at 2.5 GT/s.
-        PCIE_CAP.pack_into(self.data, PCIE_OFFSET, cap_id=CAP_ID_PCIE, next=MSIX_OFFSET, pcie_caps=0x0002,
+        # The chain after PCIe: MSI-X and MSI, each only if present.
+        after = [off for off, present in ((MSIX_OFFSET, self.msix_vectors), (MSI_OFFSET, self.msi_vectors))
+                 if present] + [0]
+        PCIE_CAP.pack_into(self.data, PCIE_OFFSET, cap_id=CAP_ID_PCIE, next=after[0], pcie_caps=0x0002,
                            devcap=PCIE_DEVCAP_FLR, devctl=0x2810, lnkcap=0x00000011, lnksta=0x0011,
                            devcap2=0x0000001F, lnkcap2=0x00000002)
         off = PCIE_CAP.offsets
@@ -151,10 +204,23 @@ class ConfigSpace:
         self._mask(self.wmask, PCIE_OFFSET + off["lnkctl2"], 2, 0x0FFF)
 
         # MSI-X: Enable and Function Mask writable; the client emulates both anyway.
-        MSIX_CAP.pack_into(self.data, MSIX_OFFSET, cap_id=CAP_ID_MSIX, next=0,
-                           msg_ctl=(self.msix_vectors - 1) & 0x7FF,
-                           table=self.msix_table_bar, pba=self.msix_pba_bar)
-        self._mask(self.wmask, MSIX_OFFSET + 2, 2, MSIX_CTL_ENABLE | MSIX_CTL_MASKALL)
+        if self.msix_vectors:
+            MSIX_CAP.pack_into(self.data, MSIX_OFFSET, cap_id=CAP_ID_MSIX, next=MSI_OFFSET if self.msi_vectors else 0,
+                               msg_ctl=(self.msix_vectors - 1) & 0x7FF,
+                               table=self.msix_table_bar, pba=self.msix_pba_bar)
+            self._mask(self.wmask, MSIX_OFFSET + 2, 2, MSIX_CTL_ENABLE | MSIX_CTL_MASKALL)
+
+        # MSI: Enable, Multiple Message Enable (only as far as Capable reaches), address and data.
+        if self.msi_vectors:
+            mmc = self.msi_vectors.bit_length() - 1
+            MSI_CAP.pack_into(self.data, MSI_OFFSET, cap_id=CAP_ID_MSI, next=0,
+                              msg_ctl=MSI_CTL_64BIT | (mmc << MSI_CTL_MMC_SHIFT))
+            mme_writable = ((1 << mmc.bit_length()) - 1) << MSI_CTL_MME_SHIFT if mmc else 0
+            off = MSI_CAP.offsets
+            self._mask(self.wmask, MSI_OFFSET + off["msg_ctl"], 2, MSI_CTL_ENABLE | mme_writable)
+            self._mask(self.wmask, MSI_OFFSET + off["addr_lo"], 4, 0xFFFFFFFC)
+            self._mask(self.wmask, MSI_OFFSET + off["addr_hi"], 4, 0xFFFFFFFF)
+            self._mask(self.wmask, MSI_OFFSET + off["data"], 2, 0xFFFF)
 
     # ------------------------------------------------------------ access
     def read(self, offset: int, count: int) -> bytes:
@@ -197,7 +263,35 @@ class ConfigSpace:
 
     @property
     def msix_enabled(self) -> bool:
-        return bool(self.u16(MSIX_OFFSET + 2) & MSIX_CTL_ENABLE)
+        return bool(self.msix_vectors and self.u16(MSIX_OFFSET + 2) & MSIX_CTL_ENABLE)
+
+    @property
+    def msi_enabled(self) -> bool:
+        return bool(self.msi_vectors and self.u16(MSI_OFFSET + 2) & MSI_CTL_ENABLE)
+
+    @property
+    def msi_allocated(self) -> int:
+        """Messages the host allocated (Multiple Message Enable, never above Capable)."""
+        mme = (self.u16(MSI_OFFSET + 2) & MSI_CTL_MME_MASK) >> MSI_CTL_MME_SHIFT
+        return min(1 << mme, self.msi_vectors) if self.msi_vectors else 0
+
+    @property
+    def irq_mode(self) -> IrqMode:
+        """MSI-X if enabled, else MSI if enabled, else INTx unless Interrupt Disable is set."""
+        if self.msix_enabled:
+            return IrqMode.MSIX
+        if self.msi_enabled:
+            return IrqMode.MSI
+        if self.command & COMMAND_INTX_DISABLE:
+            return IrqMode.NONE
+        return IrqMode.INTX
+
+    def set_intx_status(self, asserted: bool) -> None:
+        """Status.Interrupt Status follows the function's INTx request."""
+        if asserted:
+            self.data[STATUS] |= STATUS_INTERRUPT
+        else:
+            self.data[STATUS] &= ~STATUS_INTERRUPT & 0xFF
 
     def capabilities(self) -> list[tuple[int, int]]:
         """Walk the capability chain: [(offset, cap id)] (used by tests and `info pci`)."""

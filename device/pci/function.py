@@ -1,4 +1,4 @@
-"""The PCIe function a vfio-user client sees: config space, BARs, MSI-X.
+"""The PCIe function a vfio-user client sees: config space, BARs, MSI-X, MSI, INTx.
 
 ``PciFunction`` implements ``VfioUserDevice`` (device/vfio_user/interface.py)
 and knows nothing about NVMe: BAR0 accesses go to a ``Bar0Handler`` (the NVMe
@@ -12,7 +12,15 @@ the handler (it mirrors them into the memfd).
 
 MSI-X: the client (QEMU) emulates the table, the PBA and masking; we keep a
 memory-backed table in BAR4 and an all-zero PBA in BAR5 for completeness and
-fire vectors through the ``InterruptSink`` the server binds.
+fire vectors through the ``InterruptSink`` the server binds (``trigger``).
+``msix_vectors=0`` leaves MSI-X out (no capability, no BAR4/BAR5).
+
+MSI and INTx are the fallbacks: the device behind BAR0 learns the mode from
+``irq_mode_changed`` (config writes decide it, see ``ConfigSpace.irq_mode``) and
+then sends MSI messages (``trigger_msi``) or drives the INTx level (``set_intx``:
+Status.Interrupt Status follows it; the pin itself only while Interrupt Disable
+is clear). After the client unmasks INTx (the guest's EOI) the device is asked
+to bring its level up to date (``intx_unmasked``).
 """
 
 from __future__ import annotations
@@ -22,7 +30,7 @@ from nvshell.device import trace as T
 import logging
 from typing import TYPE_CHECKING, Protocol
 
-from nvshell.device.pci.config import ConfigSpace
+from nvshell.device.pci.config import ConfigSpace, IrqMode
 from nvshell.device.vfio_user.interface import (NUM_REGIONS, InterruptSink, IrqIndex, RegionAccessError, RegionFlag,
                                         RegionIndex, RegionInfo)
 
@@ -56,12 +64,24 @@ class Bar0Handler(Protocol):
 
     def dma_unmapping(self, addr: int, size: int) -> None: ...
 
+    def irq_mode_changed(self, mode: IrqMode) -> None:
+        """The host switched between MSI-X, MSI, INTx and none (config space writes, reset)."""
+
+    def intx_unmasked(self) -> None:
+        """The client unmasked INTx (the guest's EOI): call ``set_intx`` with the current level."""
+
 
 class _NoInterrupts:
     """Sink used until the server binds: interrupts are lost, as with no client."""
 
     def trigger(self, vector: int) -> bool:
         return False
+
+    def trigger_msi(self, vector: int) -> bool:
+        return False
+
+    def set_intx(self, level: bool) -> None:
+        pass
 
 
 def _pow2_at_least(n: int, minimum: int = 0x1000) -> int:
@@ -91,15 +111,15 @@ class PciFunction:
                  doorbell_fd: int | None = None,
                  vendor_id: int = 0x4E58, device_id: int = 0x0001, subsystem_vendor_id: int = 0x4E58,
                  subsystem_id: int = 0x0000, revision: int = 0, class_code: int = NVME_CLASS_CODE):
-        if not 1 <= msix_vectors <= 2048:
-            raise ValueError(f"msix_vectors must be 1..2048, not {msix_vectors}")
+        if not 0 <= msix_vectors <= 2048:
+            raise ValueError(f"msix_vectors must be 0 (no MSI-X) or 1..2048, not {msix_vectors}")
         self.bar0 = bar0
         self.msix_vectors = msix_vectors
         self.doorbell_fd = doorbell_fd
         self.bar0_size = bar0_size
         self.doorbell_area = doorbell_area
-        self.msix_table_size = _pow2_at_least(msix_vectors * MSIX_ENTRY_SIZE)
-        self.msix_pba_size = _pow2_at_least((msix_vectors + 63) // 64 * 8)
+        self.msix_table_size = _pow2_at_least(msix_vectors * MSIX_ENTRY_SIZE) if msix_vectors else 0
+        self.msix_pba_size = _pow2_at_least((msix_vectors + 63) // 64 * 8) if msix_vectors else 0
         self.config = ConfigSpace(
             vendor_id=vendor_id, device_id=device_id, subsystem_vendor_id=subsystem_vendor_id,
             subsystem_id=subsystem_id, class_code=class_code, revision=revision,
@@ -110,6 +130,11 @@ class PciFunction:
         self.memory: "GuestMemory | None" = None
         self.interrupts: InterruptSink = _NoInterrupts()
         self.connected = False
+        #: The interrupt mode the config space selects (kept current by config writes).
+        self.irq_mode = self.config.irq_mode
+        #: The device's INTx request (shown in Status.Interrupt Status), and the pin as driven.
+        self.intx_level = False
+        self._pin = False
 
     def _reset_msix_table(self) -> None:
         self.msix_table[:] = bytes(self.msix_table_size)
@@ -123,6 +148,32 @@ class PciFunction:
             return False
         return self.interrupts.trigger(vector)
 
+    def trigger_msi(self, vector: int) -> bool:
+        """Send MSI message ``vector`` (below the messages the host allocated)."""
+        if self.irq_mode is not IrqMode.MSI or not 0 <= vector < self.config.msi_allocated:
+            return False
+        return self.interrupts.trigger_msi(vector)
+
+    def set_intx(self, level: bool) -> None:
+        """The device's INTx request: Status.Interrupt Status, and the pin unless disabled."""
+        self.intx_level = level
+        self.config.set_intx_status(level)
+        self._drive_pin()
+
+    def _drive_pin(self) -> None:
+        pin = self.intx_level and self.irq_mode is IrqMode.INTX
+        if pin != self._pin:
+            self._pin = pin
+            self.interrupts.set_intx(pin)
+
+    def _config_changed(self) -> None:
+        mode = self.config.irq_mode
+        if mode is self.irq_mode:
+            return
+        self.irq_mode = mode
+        self._drive_pin()
+        self.bar0.irq_mode_changed(mode)
+
     # ------------------------------------------------------ VfioUserDevice
     def regions(self) -> list[RegionInfo]:
         infos = [RegionInfo(index=i) for i in range(NUM_REGIONS)]
@@ -133,15 +184,24 @@ class PciFunction:
             bar0.file_offset = 0
             bar0.mmap_areas = [self.doorbell_area]
         infos[RegionIndex.BAR0] = bar0
-        infos[RegionIndex.BAR4] = RegionInfo(index=RegionIndex.BAR4, size=self.msix_table_size, flags=RW)
-        infos[RegionIndex.BAR5] = RegionInfo(index=RegionIndex.BAR5, size=self.msix_pba_size, flags=RW)
+        if self.msix_vectors:
+            infos[RegionIndex.BAR4] = RegionInfo(index=RegionIndex.BAR4, size=self.msix_table_size, flags=RW)
+            infos[RegionIndex.BAR5] = RegionInfo(index=RegionIndex.BAR5, size=self.msix_pba_size, flags=RW)
         infos[RegionIndex.CONFIG] = RegionInfo(index=RegionIndex.CONFIG, size=self.config.size, flags=RW)
         return infos
 
     def irq_count(self, index: int) -> int:
         if index == IrqIndex.MSIX:
             return self.msix_vectors
+        if index == IrqIndex.MSI:
+            return self.config.msi_vectors
+        if index == IrqIndex.INTX:
+            return 1
         return 0
+
+    def irq_unmasked(self, index: int) -> None:
+        if index == IrqIndex.INTX:
+            self.bar0.intx_unmasked()
 
     def _check(self, size: int, offset: int, count: int) -> None:
         if offset < 0 or count < 0 or offset + count > size:
@@ -177,6 +237,7 @@ class PciFunction:
                 T.VFU_CONFIG_WRITE.emit(ctrl=getattr(self.bar0, "name", ""), offset=offset, size=count,
                                         value=int.from_bytes(data[:8], "little"))
             self.config.write(offset, data)
+            self._config_changed()
             return
         if index == RegionIndex.BAR0:
             self._check(self.bar0_size, offset, count)
@@ -196,6 +257,7 @@ class PciFunction:
     def bind(self, memory: "GuestMemory", interrupts: InterruptSink) -> None:
         self.memory = memory
         self.interrupts = interrupts
+        self._pin = False
         self.bar0.bind(memory, interrupts)
 
     def reset(self) -> None:
@@ -203,6 +265,7 @@ class PciFunction:
         self.config.reset()
         self._reset_msix_table()
         self.bar0.reset()
+        self._config_changed()
 
     def client_connected(self) -> None:
         self.connected = True

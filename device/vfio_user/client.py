@@ -4,7 +4,11 @@ It speaks only the wire protocol (``protocol.py``), so it works against any
 vfio-user server (nvshell, libvfio-user samples, SPDK), and plays the part QEMU
 plays: guest RAM is a memfd passed with DMA_MAP, interrupts are eventfds passed
 with SET_IRQS, and the sparse mmap area of a region can be mapped so a test
-writes doorbells straight into shared memory.
+writes doorbells straight into shared memory. Like QEMU's vfio-pci it knows the
+PCI config layout (``device/pci/config.py``): ``set_msix_eventfds`` first sets
+MSI-X Enable in the device's config space, as a guest enabling MSI-X does before
+QEMU assigns the vectors; ``set_msi_eventfds`` does the same for MSI, and
+``set_intx_eventfd``/``unmask_intx`` play QEMU's INTx part (unmask after EOI).
 
 One request at a time: ``request()`` sends and waits for the reply with the
 same msg_id. A reply with another id is a protocol error (the server answered a
@@ -23,7 +27,12 @@ import time
 from dataclasses import dataclass
 from typing import Any, Iterable, NamedTuple
 
+from nvshell.device.pci.config import CAP_ID_MSI, CAP_ID_MSIX, CAP_PTR, MSI_CTL_ENABLE, MSIX_CTL_ENABLE
 from nvshell.device.vfio_user import protocol as P
+from nvshell.device.vfio_user.interface import IrqIndex, RegionIndex
+
+_CONFIG_REGION = RegionIndex.CONFIG
+_INTX, _MSI = IrqIndex.INTX, IrqIndex.MSI
 
 
 class VfioUserError(OSError):
@@ -84,6 +93,9 @@ class VfioUserClient:
         self.server_caps: dict[str, Any] = {}
         self.ram: list[GuestRam] = []
         self.irq_fds: dict[int, int] = {}
+        #: MSI message -> eventfd, and the INTx trigger eventfd.
+        self.msi_fds: dict[int, int] = {}
+        self.intx_fd: int | None = None
         self.region_fds: list[int] = []
         self._area_maps: list[mmap.mmap] = []
         self._msg_id = 0
@@ -284,8 +296,33 @@ class VfioUserClient:
                                  count=count) + data
         self.request(P.Command.DEVICE_SET_IRQS, payload, fds)
 
+    def capability(self, cap_id: int) -> int | None:
+        """Offset of the first PCI capability ``cap_id`` in config space, or None."""
+        if not self.region_info(_CONFIG_REGION).size:
+            return None
+        config = self.region_read(_CONFIG_REGION, 0, 256)
+        ptr, seen = config[CAP_PTR] & 0xFC, set()
+        while ptr and ptr not in seen:
+            seen.add(ptr)
+            if config[ptr] == cap_id:
+                return ptr
+            ptr = config[ptr + 1] & 0xFC
+        return None
+
+    def set_msg_enable(self, cap_id: int, enable_bit: int, on: bool) -> bool:
+        """Set or clear an MSI/MSI-X Enable bit as the guest does; False if there is no such capability."""
+        offset = self.capability(cap_id)
+        if offset is None:
+            return False
+        ctl = int.from_bytes(self.region_read(_CONFIG_REGION, offset + 2, 2), "little")
+        ctl = ctl | enable_bit if on else ctl & ~enable_bit
+        self.region_write(_CONFIG_REGION, offset + 2, ctl.to_bytes(2, "little"))
+        return True
+
     def set_msix_eventfds(self, count: int, start: int = 0) -> list[int]:
-        """Create one eventfd per vector and assign them (chunked by the server's max_msg_fds, as QEMU)."""
+        """Enable MSI-X in config space (if the device has the capability), then create one eventfd
+        per vector and assign them (chunked by the server's max_msg_fds, as QEMU)."""
+        self.set_msg_enable(CAP_ID_MSIX, MSIX_CTL_ENABLE, True)
         fds = [os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC) for _ in range(count)]
         chunk = max(1, int(self.server_caps.get("max_msg_fds", 1)))
         flags = P.IrqSetFlag.DATA_EVENTFD | P.IrqSetFlag.ACTION_TRIGGER
@@ -302,9 +339,48 @@ class VfioUserClient:
     def disable_msix(self) -> None:
         self.set_irqs(2, P.IrqSetFlag.DATA_NONE | P.IrqSetFlag.ACTION_TRIGGER, 0, 0)
 
+    def set_msi_eventfds(self, count: int = 1) -> list[int]:
+        """Enable MSI in config space, then assign one eventfd per message (as QEMU's vfio_msi_enable)."""
+        self.set_msg_enable(CAP_ID_MSI, MSI_CTL_ENABLE, True)
+        fds = [os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC) for _ in range(count)]
+        self.set_irqs(_MSI, P.IrqSetFlag.DATA_EVENTFD | P.IrqSetFlag.ACTION_TRIGGER, 0, count, fds=fds)
+        for i, fd in enumerate(fds):
+            old = self.msi_fds.pop(i, None)
+            if old is not None:
+                os.close(old)
+            self.msi_fds[i] = fd
+        return fds
+
+    def set_intx_eventfd(self) -> int:
+        """Assign the INTx trigger eventfd (QEMU does at realize when the Interrupt Pin is set)."""
+        fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self.set_irqs(_INTX, P.IrqSetFlag.DATA_EVENTFD | P.IrqSetFlag.ACTION_TRIGGER, 0, 1, fds=[fd])
+        if self.intx_fd is not None:
+            os.close(self.intx_fd)
+        self.intx_fd = fd
+        return fd
+
+    def unmask_intx(self) -> None:
+        """What QEMU sends after the guest's EOI (the line masked itself when it fired)."""
+        self.set_irqs(_INTX, P.IrqSetFlag.DATA_NONE | P.IrqSetFlag.ACTION_UNMASK, 0, 1)
+
+    def mask_intx(self) -> None:
+        self.set_irqs(_INTX, P.IrqSetFlag.DATA_NONE | P.IrqSetFlag.ACTION_MASK, 0, 1)
+
     def wait_irq(self, vector: int, timeout: float = 1.0) -> bool:
-        """True once the vector's eventfd fired (its counter is consumed)."""
-        fd = self.irq_fds[vector]
+        """True once the MSI-X vector's eventfd fired (its counter is consumed)."""
+        return self.wait_eventfd(self.irq_fds[vector], timeout)
+
+    def wait_msi(self, message: int = 0, timeout: float = 1.0) -> bool:
+        return self.wait_eventfd(self.msi_fds[message], timeout)
+
+    def wait_intx(self, timeout: float = 1.0) -> bool:
+        assert self.intx_fd is not None, "set_intx_eventfd first"
+        return self.wait_eventfd(self.intx_fd, timeout)
+
+    @staticmethod
+    def wait_eventfd(fd: int, timeout: float) -> bool:
+        """True once ``fd`` fired (its counter is consumed), False after ``timeout`` seconds."""
         deadline = time.monotonic() + timeout
         while True:
             try:
@@ -330,12 +406,15 @@ class VfioUserClient:
         for ram in self.ram:
             ram.close()
         self.ram = []
-        for fd in list(self.irq_fds.values()) + self.region_fds:
+        intx = [self.intx_fd] if self.intx_fd is not None else []
+        for fd in list(self.irq_fds.values()) + list(self.msi_fds.values()) + intx + self.region_fds:
             try:
                 os.close(fd)
             except OSError:
                 pass
         self.irq_fds = {}
+        self.msi_fds = {}
+        self.intx_fd = None
         self.region_fds = []
 
 

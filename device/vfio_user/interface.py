@@ -73,11 +73,20 @@ class RegionAccessError(Exception):
 
 
 class InterruptSink(Protocol):
-    """MSI-X vectors as the client configured them with SET_IRQS."""
+    """The interrupts as the client configured them with SET_IRQS: MSI-X vectors,
+    MSI messages and the INTx line."""
 
     def trigger(self, vector: int) -> bool:
-        """Signal ``vector``; False if the client assigned no eventfd to it (the
+        """Signal MSI-X ``vector``; False if the client assigned no eventfd to it (the
         interrupt is lost for the client, as a masked MSI-X vector would pend)."""
+
+    def trigger_msi(self, vector: int) -> bool:
+        """Send MSI message ``vector``; False if no eventfd is assigned to it."""
+
+    def set_intx(self, level: bool) -> None:
+        """Drive the INTx line. It is level-triggered: the client hears of a rising
+        level once (the line masks itself, as vfio's INTx is auto-masked) and unmasks
+        it after the guest's EOI; a level still high then is signalled again."""
 
 
 class VfioUserDevice(Protocol):
@@ -110,3 +119,8 @@ class VfioUserDevice(Protocol):
 
     def dma_unmapping(self, addr: int, size: int) -> None:
         """Called before a range is unmapped: drop every reference into it."""
+
+    def irq_unmasked(self, index: int) -> None:
+        """The client unmasked IRQ ``index`` (INTx after the guest's EOI): bring the
+        level up to date (``InterruptSink.set_intx``) before the server re-signals a
+        level still high. Only called for indexes whose ``irq_count`` is nonzero."""

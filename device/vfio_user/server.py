@@ -46,7 +46,7 @@ from nvshell.device.vfio_user.interface import (
     RegionFlag,
     VfioUserDevice,
 )
-from nvshell.device.vfio_user.irq import MsixEventfds, check_eventfd
+from nvshell.device.vfio_user.irq import ClientInterrupts, IntxLine, MsixEventfds, check_eventfd
 
 log = logging.getLogger(__name__)
 
@@ -100,8 +100,11 @@ class VfioUserServer:
         #: Optional tracing hook: ``trace(direction "rx"/"tx", command, size)``.
         self.trace: TraceCallback | None = None
         self.memory = GuestMemory()
+        #: MSI-X vectors, MSI messages and the INTx line, as the client assigned them.
         self.interrupts = MsixEventfds()
-        #: Eventfds of IRQ indexes other than MSI-X (only if a device reports any).
+        self.msi = MsixEventfds()
+        self.intx = IntxLine()
+        #: Eventfds of the other IRQ indexes (ERR, REQ; only if a device reports any).
         self._other_irqs: dict[int, MsixEventfds] = {}
         self._listener: socket.socket | None = None
         self._listen_ino: int | None = None
@@ -133,7 +136,7 @@ class VfioUserServer:
             P.Command.REGION_WRITE: self._h_region_write,
             P.Command.DEVICE_RESET: self._h_reset,
         }
-        device.bind(self.memory, self.interrupts)
+        device.bind(self.memory, ClientInterrupts(self.interrupts, self.msi, self.intx))
 
     # ------------------------------------------------------------ lifecycle
     @property
@@ -193,7 +196,13 @@ class VfioUserServer:
             self._listener.close()
             self._listener = None
             self._unlink()
+        self._close_irqs()
+
+    def _close_irqs(self) -> None:
         self.interrupts.close_all()
+        self.msi.close_all()
+        self._set_intx_unmask_fd(None)
+        self.intx.close_all()
         for sink in self._other_irqs.values():
             sink.close_all()
 
@@ -247,9 +256,7 @@ class VfioUserServer:
         if len(self.memory):
             self._guard(self.device.dma_unmapping, 0, ALL_MEMORY)
         self.memory.unmap_all()
-        self.interrupts.close_all()
-        for sink in self._other_irqs.values():
-            sink.close_all()
+        self._close_irqs()
         if was_negotiated:
             self._guard(self.device.client_disconnected)
             self._emit("disconnected", {"reason": reason})
@@ -466,6 +473,8 @@ class VfioUserServer:
     def _irq_sink(self, index: int) -> MsixEventfds:
         if index == IrqIndex.MSIX:
             return self.interrupts
+        if index == IrqIndex.MSI:
+            return self.msi
         return self._other_irqs.setdefault(index, MsixEventfds())
 
     # ------------------------------------------------------------ commands
@@ -572,7 +581,10 @@ class VfioUserServer:
             raise _Reject(E.EINVAL, f"no IRQ index {req.index}")
         count = self.device.irq_count(req.index)
         flags = P.IrqInfoFlag.EVENTFD if count else 0
-        if req.index == IrqIndex.MSIX and count:
+        if req.index == IrqIndex.INTX and count:
+            # As the kernel's vfio-pci: the line masks itself when it fires.
+            flags |= P.IrqInfoFlag.MASKABLE | P.IrqInfoFlag.AUTOMASKED
+        elif req.index in (IrqIndex.MSI, IrqIndex.MSIX) and count:
             flags |= P.IrqInfoFlag.NORESIZE
         return _Reply(P.IRQ_INFO.pack(argsz=P.IRQ_INFO.size, flags=flags, index=req.index, count=count), [])
 
@@ -595,6 +607,8 @@ class VfioUserServer:
             except ValueError as exc:
                 raise _Reject(E.EINVAL, str(exc)) from None
         total = self.device.irq_count(req.index)
+        if req.index == IrqIndex.INTX and total:
+            return self._set_intx(action, data, req, payload, fds)
         sink = self._irq_sink(req.index)
         if data == P.IrqSetFlag.DATA_NONE and req.count == 0:
             if req.start != 0:
@@ -605,7 +619,8 @@ class VfioUserServer:
         if req.start + req.count > total:
             raise _Reject(E.EINVAL, f"vectors [{req.start}, +{req.count}) beyond {total} for index {req.index}")
         if action != P.IrqSetFlag.ACTION_TRIGGER:
-            raise _Reject(E.EINVAL, "mask/unmask actions unsupported (the client emulates masking)")
+            raise _Reject(E.EINVAL, f"mask/unmask of IRQ index {req.index} unsupported (the client emulates "
+                                    "MSI and MSI-X masking; only INTx is maskable)")
         vectors = range(req.start, req.start + req.count)
         if data == P.IrqSetFlag.DATA_EVENTFD:
             if not fds:
@@ -628,6 +643,77 @@ class VfioUserServer:
             for vector in vectors:
                 sink.trigger(vector)
         return _EMPTY
+
+    def _set_intx(self, action: int, data: int, req: Any, payload: bytes, fds: list[int]) -> _Reply:
+        """SET_IRQS for the INTx index (one line): trigger eventfd, mask, unmask (level semantics)."""
+        intx = self.intx
+        if action == P.IrqSetFlag.ACTION_TRIGGER and data == P.IrqSetFlag.DATA_NONE and req.count == 0:
+            if req.start != 0:
+                raise _Reject(E.EINVAL, "disable-all with nonzero start")
+            self._set_intx_unmask_fd(None)
+            intx.deassign()
+            return _EMPTY
+        if req.start != 0 or req.count != 1:
+            raise _Reject(E.EINVAL, f"INTx has one line: start {req.start}, count {req.count} (need 0, 1)")
+        if data == P.IrqSetFlag.DATA_EVENTFD and len(fds) > 1:
+            raise _Reject(E.EINVAL, f"{len(fds)} eventfds for the one INTx line")
+        fire = True
+        if data == P.IrqSetFlag.DATA_BOOL:
+            flags = payload[P.IRQ_SET.size:P.IRQ_SET.size + 1]
+            if len(flags) != 1:
+                raise _Reject(E.EINVAL, "DATA_BOOL array shorter than count")
+            fire = bool(flags[0])
+        if action == P.IrqSetFlag.ACTION_TRIGGER:
+            if data == P.IrqSetFlag.DATA_EVENTFD:
+                if fds:
+                    intx.assign(fds.pop())
+                else:
+                    intx.deassign()
+            elif fire and intx.fd is not None:
+                _write_eventfd(intx.fd)     # a loopback test of the eventfd, as the kernel's vfio-pci
+            return _EMPTY
+        if data == P.IrqSetFlag.DATA_EVENTFD:
+            if action == P.IrqSetFlag.ACTION_MASK:
+                raise _Reject(E.ENOTSUP, "an INTx mask eventfd is unsupported (use DATA_NONE or DATA_BOOL)")
+            self._set_intx_unmask_fd(fds.pop() if fds else None)
+            return _EMPTY
+        if fire:
+            if action == P.IrqSetFlag.ACTION_MASK:
+                intx.mask()
+            else:
+                self._unmask_intx()
+        return _EMPTY
+
+    def _unmask_intx(self) -> None:
+        """The guest EOId: the device brings its level up to date (e.g. from shadow CQ heads),
+        then a level still high is signalled again."""
+        self._guard(self.device.irq_unmasked, IrqIndex.INTX)
+        self.intx.unmask()
+
+    def _set_intx_unmask_fd(self, fd: int | None) -> None:
+        """KVM's resample eventfd: each time it is readable, INTx is unmasked."""
+        old = self.intx.unmask_fd
+        if old is not None:
+            self.iothread.remove_reader(old)
+            _close(old)
+        self.intx.unmask_fd = fd
+        if fd is not None:
+            os.set_blocking(fd, False)
+            self.iothread.add_reader(fd, self._on_intx_resample)
+
+    def _on_intx_resample(self) -> None:
+        fd = self.intx.unmask_fd
+        if fd is None:
+            return
+        try:
+            os.eventfd_read(fd)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            log.warning("vfio-user %s: INTx unmask eventfd: %s", self.name, exc)
+            self._set_intx_unmask_fd(None)
+            return
+        self._unmask_intx()
 
     def _h_region_read(self, header: Any, payload: bytes, fds: list[int]) -> _Reply:
         req = self._parse(P.REGION_RW, payload, "REGION_READ")
@@ -676,6 +762,13 @@ def _close(fd: int) -> None:
         os.close(fd)
     except OSError:
         pass
+
+
+def _write_eventfd(fd: int) -> None:
+    try:
+        os.eventfd_write(fd, 1)
+    except OSError:
+        pass  # saturated or gone: nothing more to signal
 
 
 def _peer_pid(conn: socket.socket) -> int | None:
