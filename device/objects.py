@@ -806,6 +806,8 @@ CTRL_PROPS = [
                          "sleeps between them; mmap: doorbell page shared with the client and polled"),
     Property("ocp", BoolType(), default=False, live=_config("ocp"),
              description="OCP Datacenter NVMe SSD log pages (C0h SMART / Health Information Extended)"),
+    Property("msix", BoolType(), default=True, live=_config("msix"),
+             description="MSI-X capability (off: the host falls back to MSI or INTx, as without MSI-X support)"),
     Property("connected", BoolType(), read_only=True, getter=lambda o: o.connected(),
              description="a vfio-user client is connected"),
 ]

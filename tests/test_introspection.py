@@ -33,6 +33,7 @@ from typing import Any, Callable
 import pytest
 from qemu.qmp import ExecuteError
 
+from nvshell.device.pci.config import CAP_ID_MSIX
 from nvshell.monitor.format import format_value
 from nvshell.testing import NvshellProcess, QmpConnection
 from nvshell.testing import NvmeTestHost
@@ -493,6 +494,12 @@ def _ctrl_ocp(w: World, inst: Inst, v: Any) -> None:
     eq(v, bool(supported[0xC0] & 1), f"{inst.id}.ocp vs Supported Log Pages entry C0h")
 
 
+def _ctrl_msix(w: World, inst: Inst, v: Any) -> None:
+    host = w.ctrl(inst).host
+    present = host.client.capability(CAP_ID_MSIX) is not None
+    eq(v, present and host.msix_vectors > 0, f"{inst.id}.msix vs the MSI-X capability and IRQ count")
+
+
 def _ctrl_connected(w: World, inst: Inst, v: Any) -> None:
     eq(v, True, f"{inst.id}.connected while the host is connected")
 
@@ -545,6 +552,7 @@ CHECKS: dict[tuple[str, str], Check] = {
     ("x-nvme-ctrl", "mdts"): _ctrl_byte(77),
     ("x-nvme-ctrl", "doorbells"): _ctrl_doorbells,
     ("x-nvme-ctrl", "ocp"): _ctrl_ocp,
+    ("x-nvme-ctrl", "msix"): _ctrl_msix,
     ("x-nvme-ctrl", "connected"): _ctrl_connected,
 }
 

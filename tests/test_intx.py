@@ -241,3 +241,31 @@ def test_bad_set_irqs_arguments(nvme_host: NvmeTestHost) -> None:
     finally:
         for fd in (*fds, r, w):
             os.close(fd)
+
+
+MSIX_OFF = ["-object", "x-nvme-subsystem,id=subsys0", "-device", "x-nvme-ctrl,id=ctrl0,subsys=subsys0,msix=off",
+            "-object", "x-nvme-ns-nvm,id=ns1,subsys=subsys0,size=16M,attached-to=all"]
+
+
+def test_msix_off_hides_msix_and_msi_carries_io(nvshell_factory) -> None:
+    nv = nvshell_factory(*MSIX_OFF, wait_for=["qmp.sock", "ctrl0.sock"])
+    host = NvmeTestHost(nv.socket("ctrl0"))
+    c = host.client
+    try:
+        assert c.capability(CAP_ID_MSIX) is None and c.capability(CAP_ID_MSI) == MSI_OFFSET
+        assert c.irq_info(IrqIndex.MSIX).count == 0 and c.irq_info(IrqIndex.MSI).count == 1
+        assert c.region_info(RegionIndex.BAR4).size == 0 and c.region_info(RegionIndex.BAR5).size == 0
+        with pytest.raises(VfioUserError) as exc:                 # no MSI-X vectors to assign
+            c.set_irqs(IrqIndex.MSIX, P.IrqSetFlag.DATA_EVENTFD | P.IrqSetFlag.ACTION_TRIGGER, 0, 1,
+                       fds=[os.eventfd(0, os.EFD_CLOEXEC)])
+        assert exc.value.errno == errno.EINVAL
+        c.set_msi_eventfds(1)
+        host.enable()
+        host.create_io_queue(1, 64, vector=0)
+        host.lba_size()
+        c.wait_msi(0, QUIET)
+        host.write(0, bytes(range(256)) * (host.lba_size() // 256))
+        assert c.wait_msi(0, SIGNAL)
+        assert host.read(0, 1) == bytes(range(256)) * (host.lba_size() // 256)
+    finally:
+        host.close()

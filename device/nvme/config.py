@@ -52,6 +52,9 @@ class ControllerConfig:
     oui: int = 0x506B8D
     #: OCP Datacenter NVMe SSD log pages (C0h SMART / Health Information Extended).
     ocp: bool = False
+    #: The MSI-X capability (and its BAR4/BAR5). Off, the host falls back to MSI (one message)
+    #: or INTx: what a platform that cannot do MSI-X sees.
+    msix: bool = True
     #: Commands fetched from one SQ per processing round (fairness between
     #: queues, and a bound on how long the socket waits behind the data path).
     sq_batch: int = 64

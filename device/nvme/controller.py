@@ -106,7 +106,8 @@ class Controller:
         self.events = AsyncEvents(self)
         self.workers = BackendWorkers(self)
         self._continue_scheduled = False
-        self.pci = PciFunction(self, msix_vectors=config.max_intr_vectors, doorbell_fd=self.doorbells.fd,
+        self.pci = PciFunction(self, msix_vectors=config.max_intr_vectors if config.msix else 0,
+                               doorbell_fd=self.doorbells.fd,
                                vendor_id=config.vendor_id, device_id=config.device_id,
                                subsystem_vendor_id=config.ssvid, subsystem_id=0,
                                bar0_size=self.doorbells.bar0_size,
