@@ -46,9 +46,8 @@ def test_fallback_interrupts_guest(tmp_path: Path, mode: str) -> None:
     assert values["mn"].startswith("nvshell"), out
     assert int(values["oacs"], 16) & (1 << 8), out                    # shadow doorbells in play
     assert int(values["fio_write_kib"]) >= 8192 and int(values["fio_read_kib"]) >= 8192, out
-    interrupts, unhandled = int(values["interrupts"]), int(values["unhandled"])
-    print(f"{mode}: {interrupts} interrupts, {unhandled} unhandled")
+    interrupts = int(values["interrupts"])
+    print(f"{mode}: {interrupts} interrupts for the fio run")
     assert interrupts > 0, out
-    assert unhandled <= interrupts // 10, out                          # a re-signal finds work to do
     assert "irq dmesg" not in out, out                                 # no "nobody cared", no timeouts
     assert "Traceback" not in log, log

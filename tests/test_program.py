@@ -352,6 +352,7 @@ def _golden_ctrl(id: str, subsys: str, serial: str, attached: str) -> str:
         mdts = 7
         doorbells = "trap"
         ocp = false
+        msix = true
         connected = false
         bus: {id}
           type nvme-bus

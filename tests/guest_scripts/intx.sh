@@ -20,9 +20,5 @@ echo "irq fio_read_kib $(cut -d';' -f6 /tmp/fio.out | tail -n1)"
 after=$(count)
 echo "irq interrupts $((after - before))"
 lines
-# The kernel's tally of interrupts no handler claimed (a stuck or needlessly re-signalled line).
-for n in $(grep -E 'nvme[0-9]+q' /proc/interrupts | cut -d: -f1); do
-    echo "irq unhandled $(sed -n 's/^unhandled *//p' /proc/irq/$n/spurious)"
-done
 dmesg | grep -iE 'nobody cared|irq [0-9]+: |nvme.*timeout' | sed 's/^/irq dmesg /' || true
 echo "### intx ok"
