@@ -166,7 +166,13 @@ def run_guest(sockets: list[Path], script: str, *, env: dict[str, str] | None = 
 
 
 class NvmeHostError(AssertionError):
-    """A command did not complete (in time, or at all), or completed with an error where none was expected."""
+    """A command did not complete (in time, or at all), or completed with an error where none was
+    expected (then ``status``, (SCT << 8) | SC, and ``dnr`` say which)."""
+
+    def __init__(self, message: str, status: int | None = None, dnr: bool = False):
+        super().__init__(message)
+        self.status = status
+        self.dnr = dnr
 
 
 PAGE = 4096
@@ -546,24 +552,24 @@ class NvmeTestHost:
 
     def check(self, cqe: Any, what: str = "command") -> Any:
         if status(cqe):
-            raise NvmeHostError(f"{what} failed with status {status(cqe):#x}")
+            raise NvmeHostError(f"{what} failed with status {status(cqe):#x}", status(cqe), dnr(cqe))
         return cqe
 
     def admin(self, opcode: int, *, data: bytes | None = None, length: int = 0, **fields: int) -> tuple[Any, bytes]:
-        """One admin command with ``buf`` as its data (PRP1, PRP2 or a PRP list as needed):
+        """One admin command with ``buf`` (or, when larger, fresh RAM) as its data (PRP1, PRP2 or a
+        PRP list as needed):
         ``data`` is written there first; returns the CQE and the first ``length`` (or
         ``len(data)``) bytes of ``buf`` afterwards."""
         n = max(length, len(data or b""))
-        if n > BUF_SIZE:
-            raise ValueError(f"admin data of {n} bytes: the buffer holds {BUF_SIZE}")
-        self.ram.write(self.buf, (data or b"").ljust(n, b"\0") + GUARD)
-        p1, p2 = self.prp(self.buf, n)
+        addr = self.buf if n <= BUF_SIZE else self.alloc(n + len(GUARD))
+        self.ram.write(addr, (data or b"").ljust(n, b"\0") + GUARD)
+        p1, p2 = self.prp(addr, n)
         fields.setdefault("dptr1", p1)
         fields.setdefault("dptr2", p2)
         e = self.cmd(opcode, **fields)
-        if self.ram.read(self.buf + n, len(GUARD)) != GUARD:
+        if self.ram.read(addr + n, len(GUARD)) != GUARD:
             raise NvmeHostError(f"admin opcode {opcode:#x}: the controller wrote past the {n}-byte buffer")
-        return e, self.ram.read(self.buf, n) if n else b""
+        return e, self.ram.read(addr, n) if n else b""
 
     # -- Asynchronous Event Requests -------------------------------------------------------
     def _take_aen(self, cqe: Any) -> bool:

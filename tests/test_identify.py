@@ -1,7 +1,7 @@
 """Identify (06h): every CNS, its errors, and the Identify Controller byte offsets
 checked against the NVMe base specification (not against our own Layout).
 
-The commands run on real controllers in a real subsystem (tests/admin_rig.py)."""
+The commands run on real controllers in a real subsystem, sent by ``NvmeTestHost`` over vfio-user."""
 
 from __future__ import annotations
 
@@ -15,12 +15,11 @@ from nvshell.device.nvme.admin_identify import ID_CTRL, oncs
 from nvshell.device.nvme.commands import CommandTable
 from nvshell.device.nvme.namespace import NvmNamespace
 from nvshell.device.nvme.spec import CSI, NvmOpcode
-from nvshell.device.nvme.status import NvmeError, Status
+from nvshell.device.nvme.status import Status
 from nvshell.device.nvme.subsystem import Subsystem
 from nvshell.device.nvme.zoned import ZonedNamespace
-from tests.admin_rig import AdminRig
+from nvshell.testing import NvmeHostError, NvmeTestHost
 
-IDENTIFY = 0x06
 NS_BYTES = 1024 * 512
 
 
@@ -28,10 +27,15 @@ def nvm_ns() -> NvmNamespace:
     return NvmNamespace(MemoryBackend(NS_BYTES), lba_size=512)
 
 
+def served(directory, s: Subsystem, name: str, **config) -> NvmeTestHost:
+    """An enabled host on a served controller in ``s`` (serial SER123, IEEE OUI 52:54:00)."""
+    return NvmeTestHost.serve(directory, name=name, subsystem=s, serial="SER123", oui=0x525400, **config).enable()
+
+
 @pytest.fixture
-def setup() -> Iterator[tuple[Subsystem, AdminRig, AdminRig, NvmNamespace, ZonedNamespace]]:
+def setup(tmp_path) -> Iterator[tuple[Subsystem, NvmeTestHost, NvmeTestHost, NvmNamespace, ZonedNamespace]]:
     s = Subsystem("nqn.2024-01.io.nvshell:test")
-    a, b = AdminRig(s), AdminRig(s, cntlid=5)
+    a, b = served(tmp_path, s, "a"), served(tmp_path, s, "b", cntlid=5)
     n1 = nvm_ns()
     n2 = ZonedNamespace(MemoryBackend(NS_BYTES), lba_size=512, zone_size=64 << 10)
     s.add_namespace(n1)      # nsid 1: attached to a
@@ -44,16 +48,16 @@ def setup() -> Iterator[tuple[Subsystem, AdminRig, AdminRig, NvmNamespace, Zoned
     b.close()
 
 
-def identify(rig: AdminRig, cns: int, nsid: int = 0, cntid: int = 0, csi: int = 0) -> bytes:
-    _, out = rig.admin(IDENTIFY, nsid, cdw10=cns | (cntid << 16), cdw11=csi << 24)
+def identify(host: NvmeTestHost, cns: int, nsid: int = 0, cntid: int = 0, csi: int = 0) -> bytes:
+    out = host.identify(cns, nsid, cntid, csi)
     assert len(out) == 4096
     return out
 
 
-def identify_error(rig: AdminRig, cns: int, nsid: int = 0, **kw: int) -> int:
-    with pytest.raises(NvmeError) as e:
-        identify(rig, cns, nsid, **kw)
-    return e.value.status
+def identify_error(host: NvmeTestHost, cns: int, nsid: int = 0, **kw: int) -> int:
+    with pytest.raises(NvmeHostError) as e:
+        identify(host, cns, nsid, **kw)
+    return int(e.value.status)
 
 
 def page(data: bytes) -> bytes:
@@ -232,10 +236,10 @@ def test_unknown_cns(setup, cns: int) -> None:
     assert identify_error(a, cns) == Status.INVALID_FIELD
 
 
-def test_with_real_namespace() -> None:
+def test_with_real_namespace(tmp_path) -> None:
     """CNS 00/03/05/08 on a 4 KiB-block namespace."""
     s = Subsystem()
-    a = AdminRig(s)
+    a = served(tmp_path, s, "a")
     ns = NvmNamespace(MemoryBackend(1 << 20), lba_size=4096)
     nsid = s.add_namespace(ns)
     s.attach_all(nsid, notify=False)

@@ -1,7 +1,7 @@
 """Subsystem: NSID/CNTLID allocation, attach/detach/delete semantics, AENs, threads.
 
-On real controllers and namespaces: ``AdminRig`` (tests/admin_rig.py) where a test reads
-the notices a controller queued (its host enabled them with Set Features), a bare
+On real controllers and namespaces: served controllers with an ``NvmeTestHost`` each where a
+test reads the notices a controller queued (its host enabled them with Set Features), a bare
 ``Controller`` where only membership counts, and controllers on their own IOThreads for
 the threading rule (observed through the real ``nvme_ns_attach``/``nvme_ns_detach`` and
 ``nvme_aen_queued`` trace points).
@@ -23,7 +23,8 @@ from nvshell.device.nvme.controller import Controller
 from nvshell.device.nvme.namespace import NvmNamespace
 from nvshell.device.nvme.status import Status
 from nvshell.device.nvme.subsystem import Subsystem, SubsystemError
-from tests.admin_rig import NOTICE, AdminRig
+from nvshell.device.nvme.spec import AsyncEventType, LogPage, NoticeInfo
+from nvshell.testing import NvmeTestHost
 
 NS_BYTES = 1024 * 512
 
@@ -33,8 +34,34 @@ def ctrl(s: Subsystem | None = None, cntlid: int = 0) -> Controller:
     return Controller(ControllerConfig(cntlid=cntlid), s, None)
 
 
-def rig(s: Subsystem) -> AdminRig:
-    return AdminRig(s, notices=True)
+#: The event a namespace attach/detach/delete posts to each controller it touches.
+NOTICE = (AsyncEventType.NOTICE, NoticeInfo.NS_ATTRIBUTE_CHANGED, LogPage.CHANGED_NS_LIST)
+
+
+def notified(directory: Any, s: Subsystem, **config: Any) -> NvmeTestHost:
+    """A served controller in ``s`` and its host: enabled, namespace notices on (as Linux after
+    its first scan), no Asynchronous Event Request outstanding (events stay queued)."""
+    host = NvmeTestHost.serve(directory, name=f"c{len(s.controllers) + 1}", subsystem=s, **config)
+    try:
+        host.enable()
+        host.enable_notices()
+    except BaseException:
+        host.close()
+        raise
+    return host
+
+
+def pending(host: NvmeTestHost) -> list[tuple[int, int, int]]:
+    """The events the controller queued for an AER (none is outstanding)."""
+    return host.run(host.ctrl.pending_events)
+
+
+def clear_events(host: NvmeTestHost) -> None:
+    """As a host that got its AENs and read the Changed Namespace List."""
+    def clear() -> None:
+        host.ctrl.events.events.clear()
+        host.ctrl.take_changed_namespaces()
+    host.run(clear)
 
 
 def ns(nlbas: int = 1024, lba_size: int = 512) -> NvmNamespace:
@@ -83,25 +110,25 @@ def test_nsid_allocation() -> None:
     assert s.free_nsid() == 0
 
 
-def test_attach_detach_sends_aen_and_changed_list() -> None:
+def test_attach_detach_sends_aen_and_changed_list(tmp_path) -> None:
     s = Subsystem()
-    ra, rb = rig(s), rig(s)
+    ra, rb = notified(tmp_path, s), notified(tmp_path, s)
     a, b = ra.ctrl, rb.ctrl
     n = ns()
     nsid = s.add_namespace(n)
     assert a.namespaces == {} and s.attached_controllers(nsid) == []
     s.attach(nsid, a)
     assert a.namespaces == {nsid: n} and b.namespaces == {}
-    assert ra.events == [NOTICE] and a.changed_namespaces == [nsid]
-    assert rb.events == []
+    assert pending(ra) == [NOTICE] and a.changed_namespaces == [nsid]
+    assert pending(rb) == []
     with pytest.raises(SubsystemError) as e:
         s.attach(nsid, a)
     assert e.value.status == Status.NS_ALREADY_ATTACHED
     s.attach(nsid, b)
     assert s.attached_controllers(nsid) == [1, 2] and s.is_attached(nsid, b)
-    ra.clear_events()
+    clear_events(ra)
     s.detach(nsid, a)
-    assert a.namespaces == {} and ra.events == [NOTICE] and a.changed_namespaces == [nsid]
+    assert a.namespaces == {} and pending(ra) == [NOTICE] and a.changed_namespaces == [nsid]
     with pytest.raises(SubsystemError) as e:
         s.detach(nsid, a)
     assert e.value.status == Status.NS_NOT_ATTACHED
@@ -109,24 +136,24 @@ def test_attach_detach_sends_aen_and_changed_list() -> None:
         s.attach(99, a)
     with pytest.raises(SubsystemError):
         s.attach(nsid, ctrl())  # not in this subsystem
-    ra.clear_events()
+    clear_events(ra)
     s.attach(nsid, a, notify=False)
-    assert ra.events == [] and a.changed_namespaces == []
+    assert pending(ra) == [] and a.changed_namespaces == []
     ra.close()
     rb.close()
 
 
-def test_attach_all_covers_later_controllers() -> None:
+def test_attach_all_covers_later_controllers(tmp_path) -> None:
     s = Subsystem()
-    ra = rig(s)
+    ra = notified(tmp_path, s)
     n = ns()
     nsid = s.add_namespace(n)
     s.attach_all(nsid)
-    assert nsid in s.attach_policy_all and ra.namespaces == {nsid: n}
-    assert ra.events == [NOTICE]
-    rb = rig(s)
-    assert rb.namespaces == {nsid: n}
-    assert rb.events == [] and rb.ctrl.changed_namespaces == []  # its host has not scanned yet: no AEN
+    assert nsid in s.attach_policy_all and ra.ctrl.namespaces == {nsid: n}
+    assert pending(ra) == [NOTICE]
+    rb = notified(tmp_path, s)
+    assert rb.ctrl.namespaces == {nsid: n}
+    assert pending(rb) == [] and rb.ctrl.changed_namespaces == []  # its host has not scanned yet: no AEN
     assert s.attached_controllers(nsid) == [1, 2]
     ra.close()
     rb.close()
@@ -145,18 +172,18 @@ def test_remove_controller_keeps_namespaces() -> None:
         s.remove_controller(a)
 
 
-def test_remove_namespace_detaches_everywhere() -> None:
+def test_remove_namespace_detaches_everywhere(tmp_path) -> None:
     s = Subsystem()
-    rigs = [rig(s), rig(s), rig(s)]
-    a, b, c = (r.ctrl for r in rigs)
+    hosts = [notified(tmp_path, s), notified(tmp_path, s), notified(tmp_path, s)]
+    a, b, c = (r.ctrl for r in hosts)
     n = ns()
     nsid = s.add_namespace(n)
     s.attach(nsid, a, notify=False)
     s.attach(nsid, b, notify=False)
     s.attach_all(nsid, notify=False)
     assert s.remove_namespace(nsid) is n
-    for r in rigs:
-        assert r.namespaces == {} and r.events == [NOTICE] and r.ctrl.changed_namespaces == [nsid]
+    for r in hosts:
+        assert r.ctrl.namespaces == {} and pending(r) == [NOTICE] and r.ctrl.changed_namespaces == [nsid]
     assert nsid not in s.namespaces and nsid not in s.attach_policy_all
     assert n.ready   # not closed
     with pytest.raises(SubsystemError):
@@ -167,7 +194,7 @@ def test_remove_namespace_detaches_everywhere() -> None:
     s.add_namespace(ns2)
     s.remove_namespace(ns2.nsid, close=True)
     assert not ns2.ready   # closed
-    for r in rigs:
+    for r in hosts:
         r.close()
 
 
