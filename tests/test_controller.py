@@ -81,6 +81,13 @@ class Host:
         for fd in self.irq_fds:
             os.close(fd)
 
+    def settle(self) -> None:
+        """Synchronisation point: the controller has seen every doorbell written so far (a
+        poll of the mmap page; trapped writes were handled as they came) and finished the work
+        they caused, so a test may assert that something did not happen."""
+        self.io.run(self.ctrl.poll_doorbells)
+        self.io.run(lambda: None)
+
     def interrupts(self, vector: int) -> int:
         """Times ``vector`` was signalled since the last call (its eventfd counter)."""
         self.io.run(lambda: None)  # every interrupt of what completed so far is signalled
@@ -319,7 +326,7 @@ def test_cq_full_back_pressure(trap_host):
     h.ring(0, h.sqs[0]["tail"])
     e1 = h.reap(0, ring=False)
     assert status(e1) == 0
-    time.sleep(0.01)
+    h.settle()
     assert h.peek(0) is None                      # CQ full: nothing more posted
     info = {(q["kind"], q["qid"]): q for q in h.io.run(h.ctrl.queue_info)}
     assert info[("sq", 0)]["head"] == 1           # stopped fetching: no room for completions
@@ -476,16 +483,16 @@ def test_delete_sq_aborts_held_commands(host):
 def test_cq_head_doorbell_errors_raise_aen(host):
     host.enable()
     aer = host.submit(0, AdminOpcode.ASYNC_EVENT_REQUEST)
-    time.sleep(0.01)
-    assert host.peek(0) is None
+    host.settle()
+    assert host.peek(0) is None and host.ctrl.outstanding_aers == 1
     host.ring(2 * 5, 1)                           # SQ 5 does not exist
     e = host.reap(0)
     assert e.cid == aer and status(e) == 0
     assert e.dw0 == (0 | 0x00 << 8 | 0x01 << 16)  # error, invalid doorbell register, log 01h
     aer = host.submit(0, AdminOpcode.ASYNC_EVENT_REQUEST)
     host.ring(1, 100)                             # CQ 0 head beyond its size: masked until log read
-    time.sleep(0.02)
-    assert host.peek(0) is None
+    host.settle()
+    assert host.peek(0) is None and host.io.run(host.ctrl.pending_events) == [(0, 1, 1)]
     host.io.run(host.ctrl.log_page_read, 0x01)
     e = host.reap(0)
     assert e.cid == aer and e.dw0 == (0 | 0x01 << 8 | 0x01 << 16)
@@ -596,7 +603,7 @@ def test_aer_limit_and_delivery(host):
     assert h.ctrl.take_changed_namespaces(False) == [7]
     # Notice is masked until log 04h is read: another notice waits.
     h.io.run(h.ctrl.post_async_event, 2, 0, 4)
-    time.sleep(0.01)
+    h.settle()
     assert h.peek(0) is None
     assert h.io.run(h.ctrl.pending_events) == [(2, 0, 4)]
     h.io.run(h.ctrl.log_page_read, 4)
@@ -643,7 +650,8 @@ def test_reset_drops_queues_and_aers(host):
     h.enable()
     h.create_queue_pair(1)
     h.submit(0, AdminOpcode.ASYNC_EVENT_REQUEST)
-    time.sleep(0.01)
+    h.settle()
+    assert h.ctrl.outstanding_aers == 1
     h.wr(0x14, 0)
     assert h.rd(0x1C) & 1 == 0
     assert h.io.run(h.ctrl.queue_info) == []
@@ -720,7 +728,7 @@ def test_hooks_and_fatal(trap_host):
     h.io.run(h.ctrl.fatal, "test")
     assert h.rd(0x1C) & 2
     h.submit(0, GET_FEATURES, cdw10=7)
-    time.sleep(0.01)
+    h.settle()
     assert h.peek(0) is None                      # no processing after CFS
     h.wr(0x14, 0)
     assert h.rd(0x1C) == 0

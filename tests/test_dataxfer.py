@@ -13,7 +13,7 @@ from nvshell.device.nvme.dataxfer import (MAX_SGL_DESCRIPTORS, SGL_BIT_BUCKET, S
                                   SGL_SEGMENT, map_data)
 from nvshell.device.nvme.status import NvmeError, Status
 from nvshell.device.vfio_user.dma import PROT_READ, DmaError
-from tests.test_nvm_fakes import PAGE, Guest, make_cmd
+from tests.nvm_rig import PAGE, Guest, make_cmd
 
 PSDT_SGL = 1 << 6
 UNMAPPED = 0x4000_0000

@@ -1,4 +1,4 @@
-"""NVM I/O commands against a fake controller with real guest memory (memfd)."""
+"""NVM I/O commands against the real controller (its CommandEngine) with real guest memory (memfd)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from nvshell.device.nvme.namespace import NvmNamespace
 from nvshell.device.nvme.nvm import COPY_RANGE_F0, DSM_RANGE
 from nvshell.device.nvme.spec import NvmOpcode
 from nvshell.device.nvme.status import Status
-from tests.test_nvm_fakes import PAGE, Guest, NvmHost, make_cmd
+from tests.nvm_rig import PAGE, Guest, NvmHost, make_cmd
 
 PSDT_SGL = 1 << 6
 

@@ -1,4 +1,5 @@
-"""Shared NVM test helpers: guest memory from a memfd, and the real controller driven one command at a time.
+"""Shared NVM test helpers (a rig, not a fake): guest memory from a memfd, and the real
+controller driven one command at a time.
 
 No tests here; ``test_dataxfer``, ``test_nvm`` and ``test_namespace`` import it.
 """
