@@ -28,6 +28,7 @@ from nvshell.device.backends import MemoryBackend
 from nvshell.device.faults import FaultRule, FaultSet
 from nvshell.device.nvme.fault_injector import install
 from nvshell.device.nvme.namespace import NvmNamespace
+from nvshell.device.nvme.subsystem import Subsystem
 from nvshell.device.vfio_user.interface import RegionIndex
 
 RAM_BASE = 0x100000
@@ -741,30 +742,24 @@ def test_config_validation():
         ControllerConfig(max_ioqpairs=0)
 
 
-class _OtherPathSubsystem:
-    """A subsystem stand-in in which nsid 1 is still attached to another controller."""
-
-    subnqn = "nqn.2014-08.org.nvmexpress:uuid:test"
-
-    def add_controller(self, ctrl, cntlid=0):
-        return 1
-
-    def remove_controller(self, ctrl):
-        pass
-
-    def attached_controllers(self, nsid):
-        return [2] if nsid == 1 else []
-
-
 def test_io_to_namespace_detached_here_but_shared_is_a_path_error(trap_host):
+    """A real subsystem in which NSID 1 is attached to another controller (cntlid 2) only."""
     h = trap_host
-    h.ctrl.subsystem = _OtherPathSubsystem()
-    h.enable()
-    h.create_queue_pair(1)
-    e = h.cmd(0x02, qid=1, nsid=1)               # reachable through controller 2: retry elsewhere
-    assert status(e) == Status.INTERNAL_PATH_ERROR and not dnr(e)
-    e = h.cmd(0x02, qid=1, nsid=5)               # attached nowhere: the host's mistake
-    assert status(e) == Status.INVALID_NSID and dnr(e)
+    subsys = h.ctrl.subsystem = Subsystem()
+    h.io.run(subsys.add_controller, h.ctrl, 1)
+    other = Controller(ControllerConfig(serial="other"), subsys)
+    try:
+        assert other.cntlid == 2
+        subsys.add_namespace(namespace(0))
+        subsys.attach(1, other, notify=False)
+        h.enable()
+        h.create_queue_pair(1)
+        e = h.cmd(0x02, qid=1, nsid=1)               # reachable through controller 2: retry elsewhere
+        assert status(e) == Status.INTERNAL_PATH_ERROR and not dnr(e)
+        e = h.cmd(0x02, qid=1, nsid=5)               # attached nowhere: the host's mistake
+        assert status(e) == Status.INVALID_NSID and dnr(e)
+    finally:
+        other.shutdown()
 
 
 def test_surprise_remove_reports_an_error_event_and_reads_all_ones(trap_host):
