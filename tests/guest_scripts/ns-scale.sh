@@ -10,9 +10,10 @@
 # go ("TIMEOUT ..." otherwise). Timing comes from the guest's own tracefs (one clock):
 # trace_marker lines bound every step, nvme_setup_cmd/nvme_complete_rq give each admin
 # command's latency as the driver sees it, nvme_async_event each notice. The summary
-# ("STEP <name> n= wall_ms= cmd_ms= cmds= ...") splits every step's wall time into time
-# spent waiting for admin commands (the device and the transport) and everything else
+# ("STEP <name> n= wall_ms= busy_ms= cmds= ...") splits every step's wall time into time
+# admin commands were outstanding (the device and the transport) and everything else
 # (the guest: nvme-cli start-up, the driver's scan, block device add/remove).
+# scripts/bench_ns_scale.py runs it and adds nvshell's own side.
 CYCLES=${CYCLES:-16}
 MODE=${MODE:-cycle}
 NSZE=${NSZE:-2048}
@@ -32,8 +33,8 @@ echo 1 > $T/tracing_on
 mark() { echo "NSSCALE $1" > $T/trace_marker; }
 
 blk_of() {  # the block device of NSID $1 (named by instance, not by NSID)
-    for b in /sys/block/nvme0n*; do
-        [ "$(cat $b/nsid 2>/dev/null)" = "$1" ] && [ -b /dev/${b##*/} ] && return 0
+    for blk in /sys/block/nvme0n*; do
+        read blk_nsid <$blk/nsid 2>/dev/null && [ "$blk_nsid" = "$1" ] && [ -b /dev/${blk##*/} ] && return 0
     done
     return 1
 }
@@ -104,14 +105,33 @@ fi
 mark "end"
 read t1 _ </proc/uptime
 echo 0 > $T/tracing_on
+
+if [ "${LIST_CHECK:-0}" = 1 ]; then
+    # With the notice switched off (Asynchronous Event Configuration) the driver never reads
+    # the Changed Namespace List, so nvme-cli sees what the device collected: each changed
+    # NSID once, ascending (nvme-cli reads it with RAE set: the list stays).
+    echo "### notices-off"
+    aec=$(nvme get-feature $C -f 0xb 2>&1 | sed -n 's/.*Current value: *//p')
+    echo "aec: $aec"
+    nvme set-feature $C -f 0xb -v 0 >/dev/null 2>&1 || { echo "set-feature aec failed"; rc=1; }
+    create; n1=$nsid; create; n2=$nsid; create; n3=$nsid
+    echo "made: $n1 $n2 $n3"
+    attach $n3 || rc=1; attach $n1 || rc=1; attach $n2 || rc=1; detach $n1 || rc=1
+    echo "changed:"; nvme changed-ns-list-log $C 2>&1
+    nvme set-feature $C -f 0xb -v "$aec" >/dev/null 2>&1 || { echo "restoring aec failed"; rc=1; }
+    detach $n2; detach $n3; delete $n1; delete $n2; delete $n3
+    echo "### end-notices-off"
+fi
 echo "CYCLES $CYCLES mode=$MODE total_s=$(awk "BEGIN{print $t1 - $t0}")"
 echo "active-after: $(nvme list-ns $C 2>&1 | tr '\n' ' ')"
 echo "allocated-after: $(nvme list-ns $C --all 2>&1 | tr '\n' ' ')"
 grep -q 'Overflow' $T/trace && echo "TRACE-OVERFLOW"
 
-# One pass over the trace: per step name, wall time and admin command time by opcode.
+# One pass over the trace: per step, wall time, the time admin commands were outstanding
+# (the union of their intervals: the driver's scan sends several at once) and, per opcode,
+# the count and summed latency.
 awk '
-function ts(line,   m) { match(line, /[0-9]+\.[0-9]+:/); return substr(line, RSTART, RLENGTH - 1) + 0 }
+function ts(line) { match(line, /[0-9]+\.[0-9]+:/); return substr(line, RSTART, RLENGTH - 1) + 0 }
 /tracing_mark_write: NSSCALE/ {
     t = ts($0); name = $NF
     if (cur != "") { wall[cur] += t - start; n[cur]++ }
@@ -121,20 +141,23 @@ function ts(line,   m) { match(line, /[0-9]+\.[0-9]+:/); return substr(line, RST
     match($0, /cmdid=[0-9]+/); id = substr($0, RSTART + 6, RLENGTH - 6)
     match($0, /cmd=\([a-z_]+/); op = substr($0, RSTART + 5, RLENGTH - 5); sub(/^nvme_admin_/, "", op)
     if (op == "async_event") next
-    t0[id] = ts($0); o[id] = op; s[id] = cur; next
+    t = ts($0); t0[id] = t; o[id] = op; s[id] = cur
+    if (outstanding++ == 0) { bstart = t; bstep = cur }
+    next
 }
 /nvme_complete_rq:/ && /qid=0,/ {
     match($0, /cmdid=[0-9]+/); id = substr($0, RSTART + 6, RLENGTH - 6)
     if (!(id in t0)) next
-    d = ts($0) - t0[id]; k = s[id] SUBSEP o[id]
-    cmdt[s[id]] += d; cmds[s[id]]++; opt[k] += d; opn[k]++; delete t0[id]; next
+    t = ts($0); k = s[id] SUBSEP o[id]
+    cmds[s[id]]++; opt[k] += t - t0[id]; opn[k]++; delete t0[id]
+    if (--outstanding == 0) busy[bstep] += t - bstart
+    next
 }
 /nvme_async_event:/ { aen[cur]++; aens++ }
 END {
     for (st in wall) {
-        line = sprintf("STEP %s n=%d wall_ms=%.1f cmd_ms=%.1f cmds=%d aens=%d per_step_ms=%.2f guest_ms=%.1f",
-                       st, n[st], wall[st] * 1000, cmdt[st] * 1000, cmds[st], aen[st], wall[st] * 1000 / n[st],
-                       (wall[st] - cmdt[st]) * 1000)
+        line = sprintf("STEP %s n=%d wall_ms=%.1f busy_ms=%.1f cmds=%d aens=%d per_step_ms=%.2f",
+                       st, n[st], wall[st] * 1000, busy[st] * 1000, cmds[st], aen[st], wall[st] * 1000 / n[st])
         for (k in opn) { split(k, p, SUBSEP); if (p[1] == st) line = line sprintf(" %s=%d/%.1fms", p[2], opn[k], opt[k] * 1000) }
         print line
     }
