@@ -92,7 +92,7 @@ class Host:
             if not need_event(ei, new, old):
                 return
         self.real_doorbells += 1
-        self.h._ring(index, new)
+        self.h.ring(index, new)
 
     def submit(self, n: int, opcode: int, nblocks: int) -> None:
         """``n`` 4 KiB commands at random 4 KiB-aligned places of the first ``nblocks`` blocks."""
