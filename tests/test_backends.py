@@ -22,6 +22,25 @@ def test_memory_sparse_stays_small():
     assert b.read(GiB - 512, 512) == bytes(512)
 
 
+@pytest.mark.parametrize("chunk", [MemoryBackend.CHUNK, 1024])
+def test_memory_freed_chunks_are_reused_zeroed(chunk):
+    """A freed chunk's memory serves the next new chunk, which must read as zeroes around
+    what is written into it (pages given back with MADV_DONTNEED; sub-page chunks zeroed)."""
+    b = MemoryBackend(GiB, chunk)
+    b.write(0, b"\xee" * (4 * chunk))
+    b.discard(0, 4 * chunk)
+    assert b.allocated == 0 and b.is_zero(0, 4 * chunk)
+    far = GiB // 2
+    for i in range(4):                       # four new chunks: the four freed ones
+        b.write(far + i * chunk + 8, b"\x11")
+    assert b.allocated == 4 * chunk
+    for i in range(4):
+        assert b.read(far + i * chunk, chunk) == bytes(8) + b"\x11" + bytes(chunk - 9)
+    b.write(GiB - chunk, b"\x22" * chunk)    # and one carved afresh
+    assert b.read(GiB - chunk, chunk) == b"\x22" * chunk and b.allocated == 5 * chunk
+    b.close()
+
+
 def test_memory_read_spanning_present_and_absent_chunks():
     b = MemoryBackend(1 << 20)
     cs = MemoryBackend.CHUNK
