@@ -186,6 +186,24 @@ def test_one_range_map_is_checked_by_its_view(guest):
         assert status_of(use, bad) == Status.DATA_TRANSFER_ERROR
 
 
+def test_scattered_pages_in_one_region_are_checked_once(guest):
+    """A PRP list of scattered pages inside one DMA region: one view checks the span, and the
+    transfer's views are slices of one view of it, in PRP order."""
+    pages = scattered_pages(guest, 5)
+    prp1, prp2 = build_prp(guest, pages, 0, 5 * PAGE)
+    dm = prp_map(guest, prp1, prp2, 5 * PAGE)
+    assert dm.span == (min(pages), max(pages) + PAGE)
+    assert dm.segments == [(p, PAGE) for p in pages]
+    data = pattern(5 * PAGE)
+    pos = 0
+    for view in dm.views(True):
+        view[:] = data[pos:pos + len(view)]
+        pos += len(view)
+    del view
+    assert b"".join(guest.read(p, PAGE) for p in pages) == data
+    assert b"".join(bytes(v) for v in dm.views(False)) == data
+
+
 def test_list_reads_only_needed_entries(guest):
     """A list that ends at the end of mapped memory must not be over-read."""
     pages = scattered_pages(guest, 3)

@@ -83,14 +83,18 @@ class DataMap:
     handler (an unmap could not close the region while they exist).
     """
 
-    __slots__ = ("memory", "segments", "length", "has_bit_bucket", "lazy")
+    __slots__ = ("memory", "segments", "length", "has_bit_bucket", "lazy", "span")
 
     def __init__(self, memory: "GuestMemory", segments: list[tuple[int | None, int]], length: int,
-                 has_bit_bucket: bool = False, lazy: bool = False):
+                 has_bit_bucket: bool = False, lazy: bool = False, span: tuple[int, int] | None = None):
         self.memory = memory
         self.segments = segments
         self.length = length
         self.has_bit_bucket = has_bit_bucket
+        #: ``(low, high)``: every segment lies in one accessible range (checked with one view),
+        #: so ``views`` slices one view of it instead of looking each segment up (a PRP list
+        #: of scattered pages: one lookup instead of 32 for 128 KiB).
+        self.span = span
         #: One guest range not yet checked (``map_data``'s fast path): the view that moves the
         #: data is the check, so a command costs one guest-memory lookup. A range that fails
         #: it is validated then (``resolve``): split at region boundaries or Data Transfer
@@ -121,6 +125,14 @@ class DataMap:
                 return
         if not write and self.has_bit_bucket:
             raise NvmeError(Status.SGL_DESCRIPTOR_TYPE_INVALID, msg="bit bucket SGL descriptor in host-to-device data")
+        span = self.span
+        if span is not None:
+            low = span[0]
+            whole = self.memory.view(low, span[1] - low, write)
+            for addr, length in self.segments:
+                start = addr - low  # type: ignore[operator]
+                yield whole[start:start + length]
+            return
         view = self.memory.view
         for addr, length in self.segments:
             if addr is not None:
@@ -216,6 +228,10 @@ def map_data(memory: "GuestMemory", cmd: "Command", length: int, *, page_size: i
         pieces, bucket = _map_sgl(memory, cmd.dptr1, cmd.dptr2, length)
     else:
         raise NvmeError(Status.INVALID_FIELD, msg=f"unsupported PSDT {psdt}")
+    if len(pieces) > 1 and not bucket:
+        span = _span(memory, pieces)
+        if span is not None:
+            return DataMap(memory, [(a, n) for a, n in pieces], length, False, False, span)
     return DataMap(memory, _validate(memory, pieces), length, bucket)
 
 
@@ -255,6 +271,20 @@ def map_contiguous(memory: "GuestMemory", addr: int, length: int) -> DataMap:
     if length <= 0:
         return DataMap(memory, [], 0)
     return DataMap(memory, _validate(memory, [[addr, length]]), length)
+
+
+def _span(memory: "GuestMemory", pieces: list[list]) -> tuple[int, int] | None:
+    """``(low, high)`` of ``pieces`` (no bit buckets) when that whole range is accessible, checked
+    with one view (guest RAM is usually one region, so a PRP list's scattered pages all fit);
+    None otherwise (the caller checks piece by piece)."""
+    low = min(pieces)[0]
+    high = max(map(sum, pieces))
+    try:
+        with memory.view(low, high - low):
+            pass
+    except MemoryFault:
+        return None
+    return low, high
 
 
 def _validate(memory: "GuestMemory", pieces: list[list]) -> list[tuple[int | None, int]]:
