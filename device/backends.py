@@ -134,8 +134,12 @@ class MemoryBackend(Backend):
     Chunks are carved from anonymous mappings (``SLAB`` bytes each) rather than
     allocated one by one: the kernel gives such memory out as zero pages on first
     touch, so a chunk's first 4 KiB write faults in one page (about 1 us) instead of
-    zeroing the whole chunk as ``bytearray`` does. A freed chunk's pages go back to
-    the kernel (``MADV_DONTNEED``: they read as zeroes again) and the chunk is reused.
+    zeroing the whole chunk as ``bytearray`` does. Freeing a whole chunk gives its
+    pages back to the kernel (``MADV_DONTNEED``: they read as zeroes again) but keeps
+    the chunk at its index, for that index's next write: a chunk never serves another
+    index, so a reader or writer on another IOThread still holding it (a namespace
+    shared by two controllers) can only see zeroes or this range's data, never another
+    range's, and the mappings never grow beyond the namespace's size.
     """
 
     kind = "memory"
@@ -155,28 +159,27 @@ class MemoryBackend(Backend):
         self._chunks: dict[int, memoryview] = {}
         #: Chunk index -> (its mapping, offset there), for giving its pages back.
         self._where: dict[int, tuple[mmap.mmap, int]] = {}
-        #: Freed chunks (zero), reused before the current mapping is carved further.
-        self._free: list[tuple[memoryview, mmap.mmap, int]] = []
+        #: Indexes whose chunk was freed (pages given back, reads as zeroes, not allocated).
+        self._zeroed: set[int] = set()
         self._slab: mmap.mmap | None = None
         self._slab_view: memoryview | None = None
         self._slab_pos = 0
         self._lock = threading.Lock()
 
     def _chunk_for_write(self, index: int) -> memoryview:
+        """The chunk of ``index`` for a write: allocated now if absent, counted again if freed."""
         chunk = self._chunks.get(index)
         if chunk is None:
             with self._lock:
                 chunk = self._chunks.get(index)
                 if chunk is None:
-                    chunk, slab, off = self._new_chunk()
-                    self._chunks[index] = chunk
-                    self._where[index] = (slab, off)
+                    chunk = self._chunks[index] = self._new_chunk(index)
+        if self._zeroed:
+            self._zeroed.discard(index)
         return chunk
 
-    def _new_chunk(self) -> tuple[memoryview, mmap.mmap, int]:
-        """A zeroed chunk (under ``_lock``): a freed one, or the next piece of a mapping."""
-        if self._free:
-            return self._free.pop()
+    def _new_chunk(self, index: int) -> memoryview:
+        """A zero chunk for ``index`` (under ``_lock``): the next piece of the current mapping."""
         cs = self.chunk_size
         if self._slab is None or self._slab_pos + cs > len(self._slab):
             self._slab = mmap.mmap(-1, max(self.SLAB, cs), mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
@@ -184,19 +187,20 @@ class MemoryBackend(Backend):
             self._slab_pos = 0
         off = self._slab_pos
         self._slab_pos += cs
-        return self._slab_view[off:off + cs], self._slab, off  # type: ignore[index]
+        self._where[index] = (self._slab, off)
+        return self._slab_view[off:off + cs]  # type: ignore[index]
 
     def _free_chunk(self, index: int) -> None:
-        """Drop chunk ``index`` (under ``_lock``): its pages go back to the kernel."""
-        chunk = self._chunks.pop(index, None)
-        if chunk is None:
+        """Free chunk ``index`` (under ``_lock``): zero it, its pages back to the kernel."""
+        chunk = self._chunks.get(index)
+        if chunk is None or index in self._zeroed:
             return
-        slab, off = self._where.pop(index)
+        slab, off = self._where[index]
         if off % mmap.PAGESIZE or self.chunk_size % mmap.PAGESIZE:
             chunk[:] = _ZEROS[:self.chunk_size]     # smaller than a page: zero in place
         else:
             slab.madvise(mmap.MADV_DONTNEED, off, self.chunk_size)
-        self._free.append((chunk, slab, off))
+        self._zeroed.add(index)
 
     def _pieces(self, offset: int, length: int):
         """Yield (chunk index, offset in chunk, length, offset in caller buffer)."""
@@ -240,9 +244,10 @@ class MemoryBackend(Backend):
         inner = offset & self._mask
         if inner + length <= self.chunk_size and 0 <= offset and offset + length <= self.size \
                 and not self.closed:
-            chunk = self._chunks.get(offset >> self._shift)
-            if chunk is None:
-                chunk = self._chunk_for_write(offset >> self._shift)
+            index = offset >> self._shift
+            chunk = self._chunks.get(index)
+            if chunk is None or self._zeroed and index in self._zeroed:
+                chunk = self._chunk_for_write(index)
             chunk[inner:inner + length] = view
             return
         self._check(offset, length)
@@ -272,14 +277,14 @@ class MemoryBackend(Backend):
 
     @property
     def allocated(self) -> int:
-        return len(self._chunks) * self.chunk_size
+        return (len(self._chunks) - len(self._zeroed)) * self.chunk_size
 
     def close(self) -> None:
         super().close()
         with self._lock:
             self._chunks.clear()
             self._where.clear()
-            self._free.clear()
+            self._zeroed.clear()
             self._slab = self._slab_view = None   # the mappings go with their last view
 
     def describe(self) -> dict[str, Any]:

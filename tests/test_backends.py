@@ -23,21 +23,25 @@ def test_memory_sparse_stays_small():
 
 
 @pytest.mark.parametrize("chunk", [MemoryBackend.CHUNK, 1024])
-def test_memory_freed_chunks_are_reused_zeroed(chunk):
-    """A freed chunk's memory serves the next new chunk, which must read as zeroes around
-    what is written into it (pages given back with MADV_DONTNEED; sub-page chunks zeroed)."""
+def test_memory_freed_chunks_read_zero_and_serve_only_their_range(chunk):
+    """A freed chunk gives its memory back (MADV_DONTNEED; sub-page chunks are zeroed) and
+    reads as zeroes; its range's next write uses it again, with zeroes around the new data;
+    other ranges get chunks of their own."""
     b = MemoryBackend(GiB, chunk)
     b.write(0, b"\xee" * (4 * chunk))
     b.discard(0, 4 * chunk)
     assert b.allocated == 0 and b.is_zero(0, 4 * chunk)
+    assert b.read(0, 4 * chunk) == bytes(4 * chunk)
     far = GiB // 2
-    for i in range(4):                       # four new chunks: the four freed ones
-        b.write(far + i * chunk + 8, b"\x11")
-    assert b.allocated == 4 * chunk
+    b.write(far + 8, b"\x11")
+    assert b.allocated == chunk and b.read(far, 16) == bytes(8) + b"\x11" + bytes(7)
+    for i in range(4):                       # the freed range again: zeroes around the new byte
+        b.write(i * chunk + 8, b"\x22")
+    assert b.allocated == 5 * chunk
     for i in range(4):
-        assert b.read(far + i * chunk, chunk) == bytes(8) + b"\x11" + bytes(chunk - 9)
-    b.write(GiB - chunk, b"\x22" * chunk)    # and one carved afresh
-    assert b.read(GiB - chunk, chunk) == b"\x22" * chunk and b.allocated == 5 * chunk
+        assert b.read(i * chunk, chunk) == bytes(8) + b"\x22" + bytes(chunk - 9)
+    b.write_zeroes(0, chunk)
+    assert b.allocated == 4 * chunk and b.read(far + 8, 1) == b"\x11"
     b.close()
 
 
