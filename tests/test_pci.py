@@ -16,7 +16,7 @@ from nvshell.device.nvme.config import ControllerConfig
 from nvshell.device.nvme.controller import Controller
 from nvshell.device.nvme.spec import Reg
 from nvshell.device.pci.function import PciFunction
-from nvshell.device.vfio_user.irq import MsixEventfds
+from nvshell.device.vfio_user.irq import ClientInterrupts, IntxLine, MsixEventfds
 from nvshell.device.vfio_user.interface import IrqIndex, RegionAccessError, RegionFlag, RegionIndex
 
 CFG = RegionIndex.CONFIG
@@ -106,28 +106,34 @@ def test_irq_mode_follows_config_space(ctrl, fn):
 
 
 def test_intx_level_and_status_bit(fn):
-    """(Interrupt Disable with a pending request: tests/test_intx.py, through the controller.)"""
-    levels = []
+    """(Interrupt Disable with a pending request: tests/test_intx.py, through the controller.)
 
-    class Sink:
-        def trigger(self, v):
-            return False
+    The sink is the transport's own (``ClientInterrupts`` with an INTx eventfd); its line's
+    ``set_level`` is watched (recorded, then run) to see which changes reach it."""
+    line = IntxLine()
+    levels: list[bool] = []
+    real_set_level = line.set_level
 
-        def trigger_msi(self, v):
-            return False
-
-        def set_intx(self, level):
-            levels.append(level)
-
-    fn.bind(None, Sink())
-    fn.set_intx(True)
-    assert rd(fn, 0x06, 2) & STATUS_INTERRUPT and levels == [True]
-    fn.set_intx(True)
-    assert levels == [True]                                  # the sink hears of changes only
-    wr(fn, 0x06, 0xFFFF, 2)                                 # read-only: a W1C write does not clear it
-    assert rd(fn, 0x06, 2) & STATUS_INTERRUPT
-    fn.set_intx(False)
-    assert not rd(fn, 0x06, 2) & STATUS_INTERRUPT and levels[-1] is False
+    def set_level(level: bool) -> None:
+        levels.append(level)
+        real_set_level(level)
+    line.set_level = set_level  # type: ignore[method-assign]
+    trigger = os.eventfd(0, os.EFD_NONBLOCK)
+    try:
+        line.assign(os.dup(trigger))
+        fn.bind(None, ClientInterrupts(MsixEventfds(), MsixEventfds(), line))
+        fn.set_intx(True)
+        assert rd(fn, 0x06, 2) & STATUS_INTERRUPT and levels == [True]
+        assert os.eventfd_read(trigger) == 1                     # the client's INTx eventfd fired
+        fn.set_intx(True)
+        assert levels == [True]                                  # the sink hears of changes only
+        wr(fn, 0x06, 0xFFFF, 2)                                 # read-only: a W1C write does not clear it
+        assert rd(fn, 0x06, 2) & STATUS_INTERRUPT
+        fn.set_intx(False)
+        assert not rd(fn, 0x06, 2) & STATUS_INTERRUPT and levels[-1] is False and not line.level
+    finally:
+        line.close_all()
+        os.close(trigger)
 
 
 def test_no_msix_leaves_out_capability_and_bars(ctrl):
