@@ -9,6 +9,7 @@ script printed.  The project's tests, its benchmark scripts and users' own test 
 from __future__ import annotations
 
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -512,8 +513,6 @@ class NvmeTestHost:
 
     def reap(self, qid: int = 0, count: int = 1, timeout: float | None = None) -> list[Any]:
         """Wait for ``count`` CQEs on queue ``qid`` and return them (``CQE`` tuples), in order."""
-        import select
-
         q = self.queues[qid]
         out: list[Any] = []
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)

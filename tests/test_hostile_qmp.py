@@ -11,6 +11,7 @@ import pytest
 
 from nvshell.monitor.qmp import session as S
 from nvshell.device.machine import Machine
+from nvshell.testing import wait_until
 from tests.qmp_helpers import MonitorThread, RawClient
 
 
@@ -126,8 +127,13 @@ def test_replies_to_a_client_that_does_not_read_are_flow_controlled(mon):
             sent += c.sock.send(chunk[sent % len(chunk):])
         except BlockingIOError:
             time.sleep(0.05)
-    time.sleep(0.5)
-    queued = mon.run(lambda: max(s._output_queued() for s in mon.server.sessions))
+    # The loop thread only sees the session where it waits: for input, or (flow control) for the
+    # client to read.  The first time its queued output reaches the mark it must be waiting there,
+    # one reply past it; without flow control a whole read's worth of replies would be queued.
+    def at_the_mark() -> int:
+        queued = mon.run(lambda: max(s._output_queued() for s in mon.server.sessions))
+        return queued if queued >= S.OUTPUT_HIGH_WATER else 0
+    queued = wait_until(at_the_mark, 5, "the session's output reached the high-water mark")
     assert queued <= S.OUTPUT_HIGH_WATER + 256 * 1024, queued
     c.sock.setblocking(True)
     c.sock.settimeout(10)
