@@ -152,8 +152,11 @@ def test_event_bus_marshals_to_loop_thread():
         assert [e["event"] for e in got] == ["A", "B"] and got[1]["data"] == {}
         assert threads == [threading.current_thread()] * 2
         unsubscribe()
+        marks = asyncio.Event()
+        bus.subscribe(lambda e: marks.set() if e["event"] == "D" else None)
         bus.emit("C")
-        await asyncio.sleep(0.05)
+        bus.emit("D")                   # delivered in order: once D is here, C was too
+        await asyncio.wait_for(marks.wait(), 5)
         assert len(got) == 2
     asyncio.run(main())
 

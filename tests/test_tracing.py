@@ -481,7 +481,10 @@ def test_shell_view_prints_only_what_the_shell_enabled(ctx: MonitorContext) -> N
         t = threading.Thread(target=io)
         t.start()
         t.join()
-        await asyncio.sleep(0.1)
+        deadline = time.monotonic() + 5                   # the lines reach the loop (sync point: the 5th)
+        while "\n".join(printed).count("nvme_cmd_submit") < 5:
+            assert time.monotonic() < deadline, printed
+            await asyncio.sleep(0.005)
         text = "\n".join(printed)
         assert text.count("nvme_cmd_submit") == 5 and "opcode=write" not in text and "nvme_irq" not in text
         assert "qid=2" not in text
