@@ -174,6 +174,11 @@ class Shell:
     def type(self, text: str) -> None:
         self.child.send(text)
 
+    def tab(self, text: str, rest: str) -> None:
+        """Type ``text`` and Tab; the completion must insert ``rest``."""
+        self.child.send(text + "\t")
+        self.child.expect(rest)
+
     def wait_exit(self) -> int:
         self.child.expect(pexpect.EOF)
         self.child.close()
@@ -431,13 +436,10 @@ def test_info_qtree_golden_transcript(shell: Shell) -> None:
 def test_tab_completes_command_subcommand_and_property(shell: Shell) -> None:
     shell.prompt()
     # A command name: "device_a" is unique; Tab inserts the rest.
-    shell.type("device_a\t")
-    shell.child.expect("dd")
+    shell.tab("device_a", "dd")
     # A type name, then a property name ("mq" -> "mqes="), then a value typed by hand.
-    shell.type(" x-nvme-c\t")
-    shell.child.expect("trl")
-    shell.type(",id=ctrl9,subsys=subsys0,mq\t")
-    shell.child.expect("es=")
+    shell.tab(" x-nvme-c", "trl")
+    shell.tab(",id=ctrl9,subsys=subsys0,mq", "es=")
     shell.type("1023,doorbells=t\t")  # an enum value
     shell.child.expect("rap")
     out = shell.run("")
@@ -446,8 +448,7 @@ def test_tab_completes_command_subcommand_and_property(shell: Shell) -> None:
     assert shell.run("qom-get /machine/peripheral/ctrl9 mqes").strip() == "1023"
     assert "trap" in shell.run("qom-get /machine/peripheral/ctrl9 doorbells")
     # An info sub-command and a device id.
-    shell.type("info qt\t")
-    shell.child.expect("ree")
+    shell.tab("info qt", "ree")
     assert "dev: x-nvme-ctrl, id \"ctrl9\"" in shell.run("")
     shell.type("device_del ctrl\t")  # ctrl0 and ctrl9: Tab adds nothing, we finish by hand
     out = shell.run("9", events=True)
@@ -539,8 +540,7 @@ def test_guest_connect_event_appears_above_a_half_typed_line(shell: Shell) -> No
         # ... and the line is still being edited: finish it by hand, and with Tab.
         out = shell.run("ree -b")
         assert 'dev: x-nvme-ctrl, id "ctrl0"' in out
-        shell.type("qom-get /machine/peripheral/ctrl0 conn\t")
-        shell.child.expect("ected")
+        shell.tab("qom-get /machine/peripheral/ctrl0 conn", "ected")
         assert shell.run("").strip() == "true"
     finally:
         client.close()
@@ -731,17 +731,12 @@ def test_connect_to_a_headless_nvshell(tmp: Path) -> None:
         assert "VM status: running" in remote.run("info status")
         assert remote.run("bogus").strip() == "Error: unknown command: 'bogus'"
         # Completion goes over QMP too: a command, a type, a property, a QOM path.
-        remote.type("object_a\t")
-        remote.child.expect("dd")
-        remote.type(" x-nvme-ns-n\t")
-        remote.child.expect("vm")
-        remote.type(",id=ns7,si\t")
-        remote.child.expect("ze=")
+        remote.tab("object_a", "dd")
+        remote.tab(" x-nvme-ns-n", "vm")
+        remote.tab(",id=ns7,si", "ze=")
         assert remote.run("1M,attached-to=all").strip() == ""
-        remote.type("qom-get /objects/su\t")
-        remote.child.expect("bsys0")
-        remote.type(" names\t")
-        remote.child.expect("paces")
+        remote.tab("qom-get /objects/su", "bsys0")
+        remote.tab(" names", "paces")
         assert "ns7" in remote.run("")
         assert remote.line == "qom-get /objects/subsys0 namespaces"
         tree = remote.run("info qtree -b")
