@@ -45,6 +45,14 @@ def subsys(tmp_path) -> Iterator[tuple[Subsystem, NvmeTestHost, NvmeTestHost, li
     b.close()
 
 
+def settle(*hosts: NvmeTestHost) -> None:
+    """Wait until each controller's IOThread has run what was queued for it: a command on one
+    controller changes the others by submitting to their IOThreads without waiting (the
+    subsystem's rule against IOThreads blocking on each other)."""
+    for host in hosts:
+        host.run(lambda: None)
+
+
 def create_data(nsze: int, ncap: int | None = None, flbas: int = 0, nmic: int = 1, dps: int = 0) -> bytes:
     data = bytearray(4096)
     struct.pack_into("<QQ", data, 0, nsze, nsze if ncap is None else ncap)
@@ -124,10 +132,12 @@ def test_delete(subsys, made) -> None:
     n1 = create(a, create_data(8))
     n2 = create(a, create_data(8))
     attach(a, n1, [1, 2])
+    settle(b)
     clear_events(a)
     clear_events(b)
     events.clear()
     delete(a, n1)
+    settle(b)
     assert n1 not in s.namespaces and a.ctrl.namespaces == {} and b.ctrl.namespaces == {}
     assert pending(a) == [NOTICE] and pending(b) == [NOTICE]
     assert not made[0].ready and made[1].ready   # the deleted one closed
@@ -148,6 +158,7 @@ def test_attach_detach(subsys) -> None:
     nsid = create(a, create_data(8))
     events.clear()
     attach(a, nsid, [1, 2])
+    settle(b)
     assert nsid in a.ctrl.namespaces and nsid in b.ctrl.namespaces
     # QEMU behaviour: every controller in the list, the processing one included, gets the AEN.
     assert pending(a) == [NOTICE] and pending(b) == [NOTICE]
@@ -157,6 +168,7 @@ def test_attach_detach(subsys) -> None:
     clear_events(a)
     clear_events(b)
     attach(b, nsid, [1], sel=1)
+    settle(a)
     assert nsid not in a.ctrl.namespaces and nsid in b.ctrl.namespaces and pending(a) == [NOTICE]
     assert pending(b) == [] and a.ctrl.changed_namespaces == [nsid] and b.ctrl.changed_namespaces == []
     assert attach_error(a, nsid, [1], sel=1) == Status.NS_NOT_ATTACHED
