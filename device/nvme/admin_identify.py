@@ -17,6 +17,7 @@ returns:
 from __future__ import annotations
 
 import struct
+import weakref
 from typing import TYPE_CHECKING, Any, Iterable
 
 from nvshell.device.layout import Layout
@@ -323,9 +324,24 @@ def common_namespace_capabilities() -> bytes:
                       **{f"lbaf{i}": lbaf_entry(lbads, ms) for i, (lbads, ms) in enumerate(LBA_FORMATS)})
 
 
+#: CNS 08 as last built per namespace: (its Identify Namespace, shared, ready, result).
+_INDEPENDENT: "weakref.WeakKeyDictionary[Any, tuple[bytes, bool, bool, bytes]]" = weakref.WeakKeyDictionary()
+
+
 def independent_namespace(ns: "Namespace") -> bytes:
-    """CNS 08, derived from the namespace's own Identify Namespace so both agree."""
-    full = ID_NS.unpack(_pad(ns.identify_ns()))
+    """CNS 08, derived from the namespace's own Identify Namespace so both agree (and built
+    again only when that, the sharing or the readiness changed: scans ask for it often)."""
+    ident = ns.identify_ns()
+    got = _INDEPENDENT.get(ns)
+    if got is not None and got[0] is ident and got[1] == ns.shared and got[2] == ns.ready:
+        return got[3]
+    data = _build_independent(ns, ident)
+    _INDEPENDENT[ns] = (ident, ns.shared, ns.ready, data)
+    return data
+
+
+def _build_independent(ns: "Namespace", ident: bytes) -> bytes:
+    full = ID_NS.unpack(_pad(ident))
     nmic = full.nmic | int(ns.shared)
     return ID_NS_INDEPENDENT.pack(nmic=nmic, rescap=full.rescap, fpi=full.fpi,
                                   anagrpid=full.anagrpid, nsattr=full.nsattr,

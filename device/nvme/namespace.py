@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid as uuid_mod
-from typing import Any
+from typing import Any, Callable
 
 from nvshell.device.backends import Backend
 from nvshell.device.errors import PropertyError
@@ -145,6 +145,11 @@ class NvmNamespace:
         self.mcl_bytes = mcl
         self.msrc = msrc
         self.metadata: MetadataStore | None = None
+        #: Identify structures already built: name -> (the inputs they were built from, bytes).
+        #: The Linux driver rescans every namespace on every change (four Identify commands
+        #: each), so with hundreds of namespaces building them again is most of the device's
+        #: work; a changed input (format, sharing) builds them afresh.
+        self._built: dict[str, tuple[tuple[Any, ...], bytes]] = {}
         self._set_format(fmt)
 
     # ------------------------------------------------------------ geometry
@@ -173,8 +178,21 @@ class NvmNamespace:
         return self.nlbas << self.lbads
 
     # ------------------------------------------------------------ identify
+    def _memo(self, name: str, key: tuple[Any, ...], build: Callable[[], bytes]) -> bytes:
+        """``build()``, or what it returned last time for the same ``key``."""
+        got = self._built.get(name)
+        if got is not None and got[0] == key:
+            return got[1]
+        data = build()
+        self._built[name] = (key, data)
+        return data
+
     def identify_ns(self) -> bytes:
         """Identify Namespace (CNS 00h)."""
+        key = (self.fmt, self.nlbas, self.shared, self.mssrl, self.mcl, self.msrc, self.nguid, self.eui64)
+        return self._memo("identify_ns", key, self._build_identify_ns)
+
+    def _build_identify_ns(self) -> bytes:
         # Preferred granularities: 4 KiB (the MemoryBackend chunking is finer
         # than that, and Linux aligns to these for discard and io_opt).
         pref = max(0, (4096 >> self.lbads) - 1)
@@ -197,10 +215,15 @@ class NvmNamespace:
     def identify_ns_csi(self) -> bytes:
         """I/O command set specific Identify Namespace for CSI NVM (CNS 05h)."""
         pif = self.fmt.pif << ELBAF_PIF_SHIFT
-        return ID_NS_NVM.pack(**{f"elbaf{i}": pif for i in range(len(LBA_FORMATS))})
+        return self._memo("identify_ns_csi", (pif,),
+                          lambda: ID_NS_NVM.pack(**{f"elbaf{i}": pif for i in range(len(LBA_FORMATS))}))
 
     def id_descriptors(self) -> bytes:
         """Namespace Identification Descriptor list (CNS 03h)."""
+        key = (self.eui64, self.nguid, self.uuid, int(self.csi))
+        return self._memo("id_descriptors", key, self._build_id_descriptors)
+
+    def _build_id_descriptors(self) -> bytes:
         out = bytearray(IDENTIFY_SIZE)
         pos = 0
         for nidt, nid in ((NIDT_EUI64, self.eui64), (NIDT_NGUID, self.nguid),
