@@ -110,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error(reason)
     if args.qemu and not args.mode.startswith("attach"):
         p.error("QEMU's NVMe device has no Namespace Management: --qemu needs --mode attach-cycle or attach-max")
+    if args.mode.startswith("attach") and not 1 <= args.cycles <= 255:
+        p.error("attach modes use namespaces 2..CYCLES+1, and NSIDs end at 256: --cycles 1..255")
     env = {"CYCLES": str(args.cycles), "MODE": args.mode, "TRACE_KB": str(max(8192, args.cycles * 256))}
     detached = args.mode.startswith("attach")
     with tempfile.TemporaryDirectory(prefix="nsscale-") as tmp_name:
