@@ -47,7 +47,11 @@ def test_fallback_interrupts_guest(tmp_path: Path, mode: str) -> None:
     assert int(values["oacs"], 16) & (1 << 8), out                    # shadow doorbells in play
     assert int(values["fio_write_kib"]) >= 8192 and int(values["fio_read_kib"]) >= 8192, out
     interrupts = int(values["interrupts"])
-    print(f"{mode}: {interrupts} interrupts for the fio run")
+    ios = (int(values["fio_write_kib"]) + int(values["fio_read_kib"])) // 4
+    print(f"{mode}: {interrupts} interrupts for {ios} I/Os")
     assert interrupts > 0, out
+    # No interrupt storm: a stale INTx that QEMU keeps asserted until the next BAR access made the
+    # guest take 9-20 interrupts per I/O (legacy_irq.py, RESIGNAL_DELAY); batches make it < 1.
+    assert interrupts <= 2 * ios, (interrupts, ios)
     assert "irq dmesg" not in out, out                                 # no "nobody cared", no timeouts
     assert "Traceback" not in log, log

@@ -15,6 +15,19 @@ QEMU's hw/nvme implements them (``nvme_irq_assert``/``nvme_irq_deassert``/
   client signals the guest once and unmasks after the guest's EOI; the PCI
   function then asks for the level again (``intx_unmasked``), which re-signals
   completions still unacknowledged.
+
+QEMU (without KVM's resample eventfd) takes any BAR access while INTx is pending
+for the guest's EOI: it deasserts and unmasks. An SQ doorbell written before the
+guest's handler ran is such an access. Signalling again at once would be
+stale once the handler runs: QEMU asserts the line again, the handler finds
+nothing and does no BAR access, so the line stays asserted (an interrupt storm
+until the next doorbell, "nobody cared" if none comes). So an UNMASK re-signals
+at once only if the guest acknowledged completions (moved a CQ head) since the
+last signal, i.e. its handler ran and left some; otherwise the pin is held
+(the request still shows in Status.Interrupt Status) and signalled again only if
+nothing is acknowledged within ``RESIGNAL_DELAY`` (the interrupt may really have
+been lost: a level-triggered IO-APIC input dropped before delivery is not
+delivered). With KVM the EOI is the guest's real one and none of this matters.
 * MSI: edge-triggered; the one message is sent each time an unmasked vector
   fires; one fired while masked is sent when INTMC unmasks it (if its status is
   still set).
@@ -42,11 +55,14 @@ from typing import TYPE_CHECKING
 from nvshell.device.pci.config import IrqMode
 
 if TYPE_CHECKING:
+    from nvshell.device.iothread import TimerHandle
     from nvshell.device.nvme.controller import Controller
     from nvshell.device.nvme.queues import CompletionQueue
 
 #: The MSI message every vector uses (one message, see the module docstring).
 MSI_MESSAGE = 0
+#: How long a held INTx waits for the guest's handler before it is signalled again (seconds).
+RESIGNAL_DELAY = 0.005
 
 
 class LegacyInterrupts:
@@ -62,6 +78,11 @@ class LegacyInterrupts:
         #: MSI messages sent, INTx assertions (statistics, tests).
         self.msi_sent = 0
         self.intx_asserts = 0
+        #: The guest acknowledged completions since the pin was last signalled.
+        self._acked = True
+        #: INTx held after an UNMASK that came before any acknowledgement (see the module docstring).
+        self._held = False
+        self._resignal: "TimerHandle | None" = None
 
     @property
     def intms(self) -> int:
@@ -71,6 +92,7 @@ class LegacyInterrupts:
         """Controller reset: no status, the pin deasserted."""
         self.status = 0
         self.msi_pending = 0
+        self._release()
         self._update_pin()
 
     def set_mode(self, mode: IrqMode) -> None:
@@ -81,6 +103,7 @@ class LegacyInterrupts:
         if not (self.mode in pin and mode in pin):
             self.status = 0
             self.msi_pending = 0
+        self._release()
         self.mode = mode
         self._update_pin()
 
@@ -112,11 +135,18 @@ class LegacyInterrupts:
     def cq_head_moved(self, cq: "CompletionQueue") -> None:
         """A CQ head doorbell: the vector's status clears once all its CQs are empty."""
         bit = 1 << cq.vector
-        if self.status & bit and cq.head == cq.tail and self._vector_empty(cq.vector):
+        if not self.status & bit:
+            return
+        if self.mode is IrqMode.MSI:
+            if cq.head == cq.tail and self._vector_empty(cq.vector):
+                self.status &= ~bit
+                self.msi_pending &= ~bit
+            return
+        self._acked = True          # the guest's handler ran: what is left needs a new signal
+        self._release()
+        if cq.head == cq.tail and self._vector_empty(cq.vector):
             self.status &= ~bit
-            self.msi_pending &= ~bit
-            if self.mode is not IrqMode.MSI:
-                self._update_pin()
+        self._update_pin()
 
     def mask_changed(self, old_mask: int) -> None:
         """INTMS/INTMC written: re-drive the pin, or send the MSI held by a mask just cleared."""
@@ -144,7 +174,28 @@ class LegacyInterrupts:
                 else:
                     self._arm_shadow(vector)
             vector += 1
+        if self.status & ~self.intms:
+            if not self._acked and self.ctrl.iothread is not None:
+                # Nothing acknowledged since the last signal: the guest's handler may be on its way.
+                self._held = True
+                if self._resignal is None:
+                    self._resignal = self.ctrl.iothread.call_later(RESIGNAL_DELAY, self._resignal_now)
+            else:
+                self._acked = False     # the server signals the level again right after this
         self._update_pin()
+
+    def _resignal_now(self) -> None:
+        """RESIGNAL_DELAY after a held UNMASK with completions still unacknowledged: signal again."""
+        self._resignal = None
+        if self._held:
+            self._held = False
+            self._update_pin()
+
+    def _release(self) -> None:
+        self._held = False
+        if self._resignal is not None:
+            self._resignal.cancel()
+            self._resignal = None
 
     # ------------------------------------------------------------ helpers
     def _vector_cqs(self, vector: int) -> list["CompletionQueue"]:
@@ -165,6 +216,7 @@ class LegacyInterrupts:
         """Drive the INTx request: any unmasked status bit (never in MSI or MSI-X mode)."""
         level = bool(self.status & ~self.intms) and self.mode in (IrqMode.INTX, IrqMode.NONE)
         pci = self.ctrl.pci
-        if level and not pci.intx_level:
+        if level and not self._held and not pci.pin_driven:
             self.intx_asserts += 1
-        pci.set_intx(level)
+            self._acked = False     # the client is signalled now (or at its next UNMASK)
+        pci.set_intx(level, hold=self._held)

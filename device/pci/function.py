@@ -134,6 +134,7 @@ class PciFunction:
         self.irq_mode = self.config.irq_mode
         #: The device's INTx request (shown in Status.Interrupt Status), and the pin as driven.
         self.intx_level = False
+        self._intx_hold = False
         self._pin = False
 
     def _reset_msix_table(self) -> None:
@@ -154,14 +155,21 @@ class PciFunction:
             return False
         return self.interrupts.trigger_msi(vector)
 
-    def set_intx(self, level: bool) -> None:
-        """The device's INTx request: Status.Interrupt Status, and the pin unless disabled."""
+    def set_intx(self, level: bool, *, hold: bool = False) -> None:
+        """The device's INTx request: Status.Interrupt Status, and the pin unless disabled or
+        ``hold`` (the request stands, but the client is not signalled while held)."""
         self.intx_level = level
+        self._intx_hold = hold
         self.config.set_intx_status(level)
         self._drive_pin()
 
+    @property
+    def pin_driven(self) -> bool:
+        """The INTx pin as driven towards the client (request, not held, INTx mode)."""
+        return self._pin
+
     def _drive_pin(self) -> None:
-        pin = self.intx_level and self.irq_mode is IrqMode.INTX
+        pin = self.intx_level and not self._intx_hold and self.irq_mode is IrqMode.INTX
         if pin != self._pin:
             self._pin = pin
             self.interrupts.set_intx(pin)
