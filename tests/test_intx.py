@@ -269,3 +269,18 @@ def test_msix_off_hides_msix_and_msi_carries_io(nvshell_factory) -> None:
         assert host.read(0, 1) == bytes(range(256)) * (host.lba_size() // 256)
     finally:
         host.close()
+
+
+def test_deleting_a_cq_with_unacknowledged_entries_deasserts(nvshell) -> None:
+    host = legacy_host(nvshell.socket("ctrl0"))
+    c = host.client
+    try:
+        submit_write(host, 0)
+        assert c.wait_intx(SIGNAL)
+        assert intx_status(host)
+        assert host.status(host.cmd(0x00, cdw10=1)) == 0          # Delete I/O SQ 1
+        assert intx_status(host)                                  # CQ 1 still holds the entry
+        assert host.status(host.cmd(0x04, cdw10=1)) == 0          # Delete I/O CQ 1
+        assert wait_status(host, False), "a deleted CQ kept INTx asserted"
+    finally:
+        host.close()
