@@ -7,6 +7,7 @@ import fcntl
 import mmap
 import os
 import struct
+import threading
 
 import pytest
 
@@ -38,26 +39,42 @@ def _rw(h: Host, opcode: int, lba: int, buf: int, nblocks: int = 1, ring: bool =
 
 
 def test_file_io_runs_concurrently_and_completes_out_of_order(file_host):
+    """A Flush held in its worker does not hold back the reads submitted after it.
+
+    NVMe gives a Flush no ordering against reads or later commands (it covers the
+    writes completed before it was submitted), so the product may complete those reads
+    first. Timing (a slow fdatasync) cannot show that on a loaded host: the Flush waits
+    at a gate the test opens only once all eight reads have completed."""
     h, backend = file_host
     pattern = h.alloc(BLOCK)
-    # 32 MiB of dirty page cache, written through the controller: the Flush that follows
-    # has real work (fdatasync), the reads after it have none (page cache hits).
-    for i in range(0, 32 << 20, 1 << 20):
-        backend.write(i, bytes([i >> 20 & 0xFF]) * (1 << 20))
     for lba in range(8):
         h.write(pattern, struct.pack("<Q", lba) * (BLOCK // 8))
         cid = _rw(h, WRITE, lba, pattern)
         e = h.reap(1)
         assert e.cid == cid and status(e) == 0
+    flushing, release = threading.Event(), threading.Event()
+    real_flush = backend.flush
+
+    def gated_flush() -> None:
+        flushing.set()
+        assert release.wait(20), "the test never opened the Flush gate"
+        real_flush()                                     # the real fdatasync still runs
+
+    backend.flush = gated_flush
     bufs = [h.alloc(BLOCK) for _ in range(8)]
     flush_cid = h.submit(1, FLUSH, nsid=1, ring=False)
     read_cids = [_rw(h, READ, lba, bufs[lba], ring=False) for lba in range(8)]
     h.ring(2, h.sqs[1]["tail"])                          # one doorbell: Flush then 8 reads
-    order = [h.reap(1, timeout=20) for _ in range(9)]
-    assert all(status(e) == 0 for e in order)
-    cids = [e.cid for e in order]
-    assert sorted(cids) == sorted([flush_cid, *read_cids])
-    assert cids.index(flush_cid) > 0                     # reads submitted after the Flush finished first
+    try:
+        assert flushing.wait(20)                         # the Flush is in its worker, held
+        reads = [h.reap(1, timeout=20) for _ in range(8)]
+        assert sorted(e.cid for e in reads) == sorted(read_cids)
+        assert all(status(e) == 0 for e in reads)
+        assert h.io.run(lambda: h.ctrl.workers.in_flight) == 1   # only the Flush is left
+    finally:
+        release.set()
+    e = h.reap(1, timeout=20)
+    assert e.cid == flush_cid and status(e) == 0
     for lba in range(8):
         assert h.read(bufs[lba], BLOCK) == struct.pack("<Q", lba) * (BLOCK // 8)
     assert h.io.run(lambda: h.ctrl.workers.max_in_flight) >= 2
