@@ -36,9 +36,18 @@ def run_suite(tree: Path) -> tuple[int, str]:
     return run.returncode, run.stdout + run.stderr
 
 
+#: pytest's closing line: "3 passed, 1 skipped in 2.10s" (``-q``), with or without "=" rules.
+_SUMMARY_LINE = re.compile(r"\b\d+ (?:passed|failed|skipped|errors?|deselected)\b.* in [\d.]+s\b")
+
+
 def summary(output: str) -> dict[str, int]:
-    line = output.strip().splitlines()[-1] if output.strip() else ""
-    return {word: int(n) for n, word in re.findall(r"(\d+) (passed|failed|skipped|errors?)", line)}
+    """The counts of pytest's summary line: the last line that *is* one, not the last line of
+    ``output``. The output is stdout + stderr, so a line a thread writes to stderr while the
+    child exits (a loaded host makes such races likelier) ends up after the summary."""
+    for line in reversed(output.splitlines()):
+        if _SUMMARY_LINE.search(line):
+            return {word: int(n) for n, word in re.findall(r"(\d+) (passed|failed|skipped|errors?)", line)}
+    return {}
 
 
 def assert_fails_not_skips(code: int, output: str) -> None:
