@@ -249,7 +249,7 @@ class CommandEngine:
         if outcome is None:
             self.defer(sq, cmd)
         elif outcome is _NO_STATUS:
-            self.post_success(sq, cmd)
+            self.post_entry(sq, cmd, 0, 0)
         else:
             self.post(sq, cmd, *outcome)
 
@@ -325,10 +325,21 @@ class CommandEngine:
         sq.deferred[cmd.cid] = cmd
         self.ctrl.events.deliver_if_pending()
 
-    def post_success(self, sq: SubmissionQueue, cmd: Command) -> None:
-        """``post`` of a successful command: the common case, with nothing to record."""
+    def post(self, sq: SubmissionQueue, cmd: Command, status: int, dnr: bool, more: bool = False) -> None:
+        """Complete ``cmd`` with ``status``: an error is recorded in the error log first."""
+        if status:
+            if status not in (Status.ABORT_REQUESTED, Status.SQ_DELETION_ABORT):
+                lba = cmd.cdw10 | (cmd.cdw11 << 32) if sq.qid and cmd.opcode in LBA_OPCODES else 0
+                lba = cmd.extra.get("error_lba", lba)  # a PI check names the failing block
+                self.ctrl.error_log.record(sq.qid, cmd.cid, status, dnr, nsid=cmd.nsid, lba=lba)
+        self.post_entry(sq, cmd, status, status_field(status, dnr, more) << 1)
+
+    def post_entry(self, sq: SubmissionQueue, cmd: Command, status: int, sf: int) -> None:
+        """Account for ``cmd`` and write its CQE (status field ``sf``, phase bit clear) or
+        queue it while the CQ is full. ``post_entry(sq, cmd, 0, 0)`` is the common case,
+        called straight from the round: one call from dispatch to the ring."""
         ctrl = self.ctrl
-        if sq.qid:
+        if sq.qid and not status:
             opcode = cmd.opcode
             if opcode in HOST_READ_OPCODES:
                 ctrl.stats.host_read_commands += 1
@@ -340,43 +351,8 @@ class CommandEngine:
             us = (time.monotonic_ns() - cmd.fetched_ns) // 1000
             sq.latency[min(us.bit_length(), _LAST_BUCKET)] += 1   # trace.bucket_of, in integers
         if ctrl.hooks.on_complete is not None or T.NVME_CMD_COMPLETE.enabled:
-            self._finish_hooks(cmd, 0)
+            self._finish_hooks(cmd, status)
         cq = sq.cq
-        if cq.pending or (cq.full() and not ctrl.doorbells.refresh_cq(cq)):
-            cq.pending.append((cmd.result, cmd.result_dw1, sq.head, sq.qid, cmd.cid, 0))
-            self.has_waiting_cqes = True
-            ctrl.doorbells.want_cq_head(cq)
-            return
-        if not cq.irq_pending:
-            self.irq_cqs.append(cq)
-        try:
-            cq.write_entry(ctrl.memory, cmd.result, cmd.result_dw1, sq.head, sq.qid, cmd.cid, 0)
-        except (MemoryFault, AttributeError, ValueError) as exc:
-            ctrl.fatal(f"CQ {cq.qid} not in guest memory: {exc}")
-
-    def post(self, sq: SubmissionQueue, cmd: Command, status: int, dnr: bool, more: bool = False) -> None:
-        ctrl = self.ctrl
-        if status:
-            if status not in (Status.ABORT_REQUESTED, Status.SQ_DELETION_ABORT):
-                lba = cmd.cdw10 | (cmd.cdw11 << 32) if sq.qid and cmd.opcode in LBA_OPCODES else 0
-                lba = cmd.extra.get("error_lba", lba)  # a PI check names the failing block
-                ctrl.error_log.record(sq.qid, cmd.cid, status, dnr, nsid=cmd.nsid, lba=lba)
-        elif not dnr and not more:
-            self.post_success(sq, cmd)
-            return
-        elif sq.qid:
-            if cmd.opcode in HOST_READ_OPCODES:
-                ctrl.stats.host_read_commands += 1
-                sq.bytes_read += cmd.nbytes
-            elif cmd.opcode in HOST_WRITE_OPCODES:
-                ctrl.stats.host_write_commands += 1
-                sq.bytes_written += cmd.nbytes
-        if cmd.fetched_ns and self.timing:
-            us = (time.monotonic_ns() - cmd.fetched_ns) // 1000
-            sq.latency[min(us.bit_length(), _LAST_BUCKET)] += 1   # trace.bucket_of, in integers
-        self._finish_hooks(cmd, status)
-        cq = sq.cq
-        sf = status_field(status, dnr, more) << 1
         if cq.pending or (cq.full() and not ctrl.doorbells.refresh_cq(cq)):
             cq.pending.append((cmd.result, cmd.result_dw1, sq.head, sq.qid, cmd.cid, sf))
             self.has_waiting_cqes = True
