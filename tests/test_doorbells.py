@@ -59,6 +59,14 @@ def shost(request):
     h.close()
 
 
+@pytest.fixture
+def trap_shost():
+    """A ShadowHost on trapped doorbells only (tests about posted doorbell messages)."""
+    h = ShadowHost("trap")
+    yield h
+    h.close()
+
+
 def test_event_idx_arithmetic_with_wrap():
     # Linux rings when EventIdx lies in [old, new), 16-bit arithmetic.
     assert need_event(0, 1, 0)                    # first submission after EventIdx = tail 0
@@ -161,12 +169,8 @@ def test_shadow_reset_and_queue_recreate(shost):
     _io(h, 1, 9)
 
 
-def test_shadow_cq_full_waits_for_head(trap_host):
-    h = trap_host
-    h.__class__ = ShadowHost
-    h.dbs = h.eis = 0
-    h.shadow_on = False
-    h.real_rings = 0
+def test_shadow_cq_full_waits_for_head(trap_shost):
+    h = trap_shost
     h.enable()
     h.create_queue_pair(1, entries=4)
     assert h.use_shadow() == 0
@@ -248,15 +252,11 @@ def test_one_interrupt_per_vector_per_batch(trap_host):
     assert h.interrupts(4) == 1
 
 
-def test_late_real_doorbell_does_not_move_a_shadowed_tail_back(trap_host):
+def test_late_real_doorbell_does_not_move_a_shadowed_tail_back(trap_shost):
     """A trapped doorbell write is a posted message: it may arrive after the controller took
     newer values from the shadow buffer. Its value must not be used (the tail would go
     backwards and stale entries would run again)."""
-    h = trap_host
-    h.__class__ = ShadowHost
-    h.dbs = h.eis = 0
-    h.shadow_on = False
-    h.real_rings = 0
+    h = trap_shost
     h.enable()
     h.create_queue_pair(1, entries=16)
     assert h.use_shadow() == 0
