@@ -460,7 +460,7 @@ class Controller:
         latency histogram, and the SMART byte and command counters, read together. ``timing``
         (when given) turns command timing on or off from now on (``time_commands``)."""
         if timing is not None:
-            self.engine.timing = timing
+            self.time_commands(timing)
         queues = self.queue_info()
         for q in queues:
             if q["kind"] == "sq":

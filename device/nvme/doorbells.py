@@ -430,7 +430,8 @@ class Doorbells:
         return moved
 
     def refresh_cq(self, cq: "CompletionQueue") -> bool:
-        """The CQ looks full: take its head from the shadow buffer. True if it has room now."""
+        """Take a shadowed CQ's head from the shadow buffer (the CQ looks full, or INTx is about
+        to decide its level). True if it has room now."""
         if cq.qid and self.shadow is not None:
             views = self._views()
             index = (cq.qid << 1) | 1
@@ -440,11 +441,6 @@ class Doorbells:
                     cq.head = value
                     self.shadow_updates += 1
         return not cq.full()
-
-    def refresh_head(self, cq: "CompletionQueue") -> None:
-        """Take a shadowed CQ's head from the shadow buffer (INTx: before deciding the level)."""
-        if cq.qid and self.shadow is not None:
-            self.refresh_cq(cq)
 
     def arm_cq_head(self, cq: "CompletionQueue") -> None:
         """INTx: make the host's next head update of this shadowed CQ ring the real doorbell

@@ -63,8 +63,8 @@ class CommandEngine:
         #: Called with a CQ after its head doorbell moved, while interrupts are INTx or MSI
         #: (``Interrupts.set_mode``: the interrupt status clears on acknowledgement); None with MSI-X.
         self.on_cq_head: Callable[[CompletionQueue], None] | None = None
-        #: Timestamp every fetched command for the SQs' latency histograms (set by the first
-        #: ``info iostat`` read, ``Controller.iostat_info``; until then fetch costs nothing more).
+        #: Timestamp every fetched command for the SQs' latency histograms: on only while
+        #: ``info iostat`` is watched (``Controller.time_commands``); off, fetch costs nothing more.
         self.timing = False
 
     # ------------------------------------------------------------ queues

@@ -168,7 +168,7 @@ class LegacyInterrupts:
         while status >> vector:
             if status >> vector & 1:
                 for cq in self._vector_cqs(vector):
-                    doorbells.refresh_head(cq)
+                    doorbells.refresh_cq(cq)
                 if self._vector_empty(vector):
                     self.status &= ~(1 << vector)
                 else:
