@@ -292,7 +292,11 @@ def _vfio_one(rng: random.Random, s: _VfioSession, commands: list[int], fig: Fig
     probe_id = (msg_id + 0x8000) & 0xFFFF
     probe = P.pack_header(probe_id, P.Command.DEVICE_GET_INFO, P.DEVICE_INFO.size) + P.DEVICE_INFO.pack(argsz=16)
     try:
-        c.send_raw(P.pack_header(msg_id, command, len(payload), flags) + payload + probe, fds)
+        # Each message in its own sendmsg, as every vfio-user client sends (QEMU, SPDK,
+        # libvfio-user): the descriptors belong to the message they ride with. The probe
+        # right behind it is often read by the server in the same recvmsg.
+        c.send_raw(P.pack_header(msg_id, command, len(payload), flags) + payload, fds)
+        c.send_raw(probe)
     except OSError:
         return False
     finally:

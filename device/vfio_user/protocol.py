@@ -16,7 +16,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from nvshell.device.layout import Layout
+from nvshell.device.layout import Layout, LayoutError
 
 
 class Command(enum.IntEnum):
@@ -181,8 +181,15 @@ def decode_version_json(data: bytes) -> dict[str, Any]:
     return obj
 
 
+_pack_header = HEADER.struct.pack
+if HEADER.names != ("msg_id", "command", "size", "flags", "error"):
+    raise LayoutError("pack_header packs the header's fields in declaration order")
+
+
 def pack_header(msg_id: int, command: int, payload_len: int, flags: int = 0, error: int = 0) -> bytes:
-    return HEADER.pack(msg_id=msg_id, command=command, size=HEADER_SIZE + payload_len, flags=flags, error=error)
+    # positional (HEADER's order, checked above): every reply passes here, and the
+    # keyword form of Layout.pack costs microseconds
+    return _pack_header(msg_id, command, HEADER_SIZE + payload_len, flags, error)
 
 
 # ------------------------------------------------------------ region info

@@ -6,12 +6,17 @@ Why it looks the way it does:
   controller's IOThread, so a trapped doorbell write reaches the queues without
   a thread hop and device methods never need locks. Only ``start()`` and
   ``close()`` are called from other threads; they hop over with ``iothread.run``.
-* Messages are read as QEMU writes them: the 16-byte header first (SCM_RIGHTS
-  file descriptors travel with a message's first bytes), then exactly the rest
-  of the message. Reading no further than the current message guarantees that
-  passed fds are attributed to the right message even when the client pipelines
-  requests (QEMU does, for DMA_MAP/UNMAP and posted writes). Partial reads are
-  kept and resumed on the next readable event; the socket is non-blocking.
+* One ``recvmsg`` per readable event into a preallocated buffer, then every
+  complete message in it is handled (``receive.MessageReader``): QEMU waits for
+  each REGION_WRITE's reply, so a trapped doorbell pays for every system call
+  here. Passed fds are attributed from what the kernel guarantees about SCM_RIGHTS
+  on stream sockets (receive.py says how), also when the client pipelines requests
+  (QEMU does, for DMA_MAP/UNMAP and posted writes). Partial messages are kept for
+  the next read; the socket is non-blocking.
+* At most MESSAGES_PER_WAKEUP messages per loop iteration: what a read brought
+  beyond that waits in the buffer, the socket's reader is switched off and a
+  backlog eventfd brings the loop back on its next iteration, after the other work
+  (the queues) had its turn -- as a socket still holding unread data would.
 * Requests are processed strictly in order. Every bad request gets a
   header-only error reply (flags 0x21, errno) and the connection goes on; only
   framing errors (a header whose size cannot be right) drop the client, since
@@ -47,6 +52,7 @@ from nvshell.device.vfio_user.interface import (
     VfioUserDevice,
 )
 from nvshell.device.vfio_user.irq import ClientInterrupts, IntxLine, MsixEventfds, check_eventfd
+from nvshell.device.vfio_user.receive import FramingError, MessageReader
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +72,14 @@ _FD_COMMANDS = frozenset({P.Command.DMA_MAP, P.Command.DMA_UNMAP, P.Command.DEVI
 UNEXPECTED_WARN_INTERVAL = 10.0
 #: Size passed to device.dma_unmapping() for "everything".
 ALL_MEMORY = 1 << 64
+# The flags every message tests, as plain ints: an operator on an IntFlag member costs
+# about a microsecond, several times over per trapped doorbell.
+_TYPE_MASK = int(P.TYPE_MASK)
+_COMMAND = int(P.MsgFlag.COMMAND)
+_NO_REPLY = int(P.MsgFlag.NO_REPLY)
+_REPLY = int(P.MsgFlag.REPLY)
+_ERROR_REPLY = int(P.ERROR_REPLY_FLAGS)
+_MSG_NOSIGNAL = int(socket.MSG_NOSIGNAL)
 
 EventCallback = Callable[[str, dict[str, Any]], Any]
 TraceCallback = Callable[[str, int, int], Any]
@@ -115,14 +129,11 @@ class VfioUserServer:
         self.client_caps: dict[str, Any] = {}
         self.client_pid: int | None = None
         self._region_sizes: list[int] = []
-        # receive state of the message being read
-        self._hdr_buf = bytearray()
-        self._header: Any = None
-        self._body: bytearray | None = None
-        self._body_got = 0
-        self._rx_fds: list[int] = []
-        self._rx_truncated = False
-        self._cmsg_space = socket.CMSG_SPACE(4 * P.MAX_MSG_FDS)
+        self._rx = MessageReader()
+        #: Readable while whole messages wait in ``_rx`` beyond one event's budget
+        #: (``_backlogged``; the socket's reader is off meanwhile).
+        self._backlog: int | None = None
+        self._backlogged = False
         self._unexpected = _RateLimited(UNEXPECTED_WARN_INTERVAL)
         self._handlers: dict[int, Callable[[Any, bytes, list[int]], _Reply]] = {
             P.Command.VERSION: self._h_version,
@@ -167,10 +178,12 @@ class VfioUserServer:
             self._listen_ino = os.stat(self.path).st_ino
             sock.setblocking(False)
             self._listener = sock
-            self.iothread.run(self.iothread.add_reader, sock.fileno(), self._on_accept)
+            self._backlog = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+            self.iothread.run(self._register, sock.fileno(), self._backlog)
         except BaseException:
             self._listener = None
             sock.close()
+            self._close_backlog()
             try:
                 os.unlink(tmp)
             except OSError:
@@ -178,6 +191,10 @@ class VfioUserServer:
             self._unlink()
             raise
         log.info("vfio-user %s: listening on %s", self.name, self.path)
+
+    def _register(self, listen_fd: int, backlog_fd: int) -> None:
+        self.iothread.add_reader(listen_fd, self._on_accept)
+        self.iothread.add_reader(backlog_fd, self._on_backlog)
 
     def close(self) -> None:
         """Stop listening, drop the client, unlink the socket; any thread, idempotent."""
@@ -196,7 +213,15 @@ class VfioUserServer:
             self._listener.close()
             self._listener = None
             self._unlink()
+        self._close_backlog()
         self._close_irqs()
+
+    def _close_backlog(self) -> None:
+        fd, self._backlog = self._backlog, None
+        if fd is not None:
+            if self.iothread.running:
+                self.iothread.run(self.iothread.remove_reader, fd)
+            _close(fd)
 
     def _close_irqs(self) -> None:
         self.interrupts.close_all()
@@ -224,7 +249,7 @@ class VfioUserServer:
             except OSError as exc:
                 log.warning("vfio-user %s: accept failed: %s", self.name, exc)
                 return
-            if self._conn is not None:
+            if self._conn is not None and not self._backlogged:
                 # The current client may already be gone with its EOF not yet
                 # read (a quick probe, a QEMU restart): look before refusing.
                 self._on_readable()
@@ -237,7 +262,7 @@ class VfioUserServer:
             self._conn = conn
             self.client_pid = _peer_pid(conn)
             self._negotiated = False
-            self._reset_rx()
+            self._rx.reset()
             self.iothread.add_reader(conn.fileno(), self._on_readable)
             log.info("vfio-user %s: client connected (pid %s)", self.name, self.client_pid)
 
@@ -249,8 +274,8 @@ class VfioUserServer:
         self._conn = None
         self.iothread.remove_reader(conn.fileno())
         conn.close()
-        self._close_rx_fds()
-        self._reset_rx()
+        self._rx.reset()
+        self._backlogged = False
         was_negotiated, self._negotiated = self._negotiated, False
         log.info("vfio-user %s: client disconnected (%s)", self.name, reason)
         if len(self.memory):
@@ -283,82 +308,69 @@ class VfioUserServer:
             log.exception("vfio-user %s: on_event(%s) failed", self.name, kind)
 
     # ------------------------------------------------------------- receive
-    def _reset_rx(self) -> None:
-        self._hdr_buf = bytearray()
-        self._header = None
-        self._body = None
-        self._body_got = 0
-        self._rx_fds = []
-        self._rx_truncated = False
-
-    def _close_rx_fds(self) -> None:
-        for fd in self._rx_fds:
-            _close(fd)
-        self._rx_fds = []
-
     def _on_readable(self) -> None:
+        """The socket is readable: one read (unless whole messages wait from the last
+        one), then up to MESSAGES_PER_WAKEUP messages handled in order."""
         conn = self._conn
         if conn is None:
             return
-        for _ in range(MESSAGES_PER_WAKEUP):
-            if not self._read_message(conn) or self._conn is not conn:
+        rx = self._rx
+        if not rx.ready():
+            try:
+                n = rx.fill(conn)
+            except (BlockingIOError, InterruptedError):
                 return
+            except OSError as exc:
+                self._drop_client(f"receive error: {exc}")
+                return
+            if n == 0:
+                self._drop_client("client closed the connection")
+                return
+        if self._handle_messages(conn):
+            # More whole messages than one event's budget: the socket's reader is off and
+            # the backlog eventfd on, so each loop iteration handles one budget's worth.
+            self.iothread.remove_reader(conn.fileno())
+            self._backlogged = True
+            self._signal_backlog()
 
-    def _recv(self, conn: socket.socket, buf: memoryview) -> int | None:
-        """One recvmsg into ``buf``; returns bytes read, None if it would block.
-        Drops the client on EOF or error (returns 0)."""
+    def _on_backlog(self) -> None:
+        fd = self._backlog
+        if fd is None:
+            return
         try:
-            n, ancdata, msg_flags, _ = conn.recvmsg_into([buf], self._cmsg_space)
-        except (BlockingIOError, InterruptedError):
-            return None
-        except OSError as exc:
-            self._drop_client(f"receive error: {exc}")
-            return 0
-        for level, kind, data in ancdata:
-            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                fds = array.array("i")
-                fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
-                self._rx_fds.extend(fds)
-        if msg_flags & socket.MSG_CTRUNC:
-            # More fds than we accept: the kernel closed the excess. The message is refused.
-            self._rx_truncated = True
-        if n == 0:
-            self._drop_client("client closed the connection")
-            return 0
-        return n
+            os.eventfd_read(fd)
+        except BlockingIOError:
+            return
+        conn = self._conn
+        if conn is None or not self._backlogged:
+            return
+        if self._handle_messages(conn):
+            self._signal_backlog()
+        elif self._conn is conn:
+            self._backlogged = False
+            self.iothread.add_reader(conn.fileno(), self._on_readable)
 
-    def _read_message(self, conn: socket.socket) -> bool:
-        """Advance the message being read; True if one was completed and handled."""
-        if self._header is None:
-            have = len(self._hdr_buf)
-            chunk = bytearray(P.HEADER_SIZE - have)
-            n = self._recv(conn, memoryview(chunk))
-            if not n:
-                return False
-            self._hdr_buf += chunk[:n]
-            if len(self._hdr_buf) < P.HEADER_SIZE:
-                return False
-            header = P.HEADER.unpack(self._hdr_buf)
-            if header.size < P.HEADER_SIZE or header.size > P.MAX_MESSAGE_SIZE:
+    def _signal_backlog(self) -> None:
+        if self._backlog is not None:
+            _write_eventfd(self._backlog)
+
+    def _handle_messages(self, conn: socket.socket) -> bool:
+        """Up to MESSAGES_PER_WAKEUP buffered messages; True if whole ones are left."""
+        rx = self._rx
+        for _ in range(MESSAGES_PER_WAKEUP):
+            try:
+                msg = rx.next()
+            except FramingError as exc:
                 log.warning("vfio-user %s: bad message size %d (command %d): dropping the client",
-                            self.name, header.size, header.command)
-                self._drop_client(f"framing error: message size {header.size}")
+                            self.name, exc.header.size, exc.header.command)
+                self._drop_client(f"framing error: {exc}")
                 return False
-            self._header = header
-            if header.size > P.HEADER_SIZE:
-                self._body = bytearray(header.size - P.HEADER_SIZE)
-                self._body_got = 0
-        if self._body is not None and self._body_got < len(self._body):
-            n = self._recv(conn, memoryview(self._body)[self._body_got:])
-            if not n:
+            if msg is None:
                 return False
-            self._body_got += n
-            if self._body_got < len(self._body):
+            self._dispatch(*msg)
+            if self._conn is not conn:
                 return False
-        header, body, fds, truncated = self._header, self._body, self._rx_fds, self._rx_truncated
-        self._reset_rx()
-        self._dispatch(header, bytes(body) if body is not None else b"", fds, truncated)
-        return True
+        return rx.ready()
 
     # ------------------------------------------------------------ dispatch
     def _dispatch(self, header: Any, payload: bytes, fds: list[int], fds_truncated: bool) -> None:
@@ -370,7 +382,7 @@ class VfioUserServer:
         if log.isEnabledFor(logging.DEBUG):
             log.debug("vfio-user %s: rx %s id=%d size=%d flags=%#x fds=%d", self.name, P.command_name(command),
                       header.msg_id, header.size, header.flags, len(fds))
-        if header.flags & P.TYPE_MASK != P.MsgFlag.COMMAND:
+        if header.flags & _TYPE_MASK != _COMMAND:
             suppressed = self._unexpected.allow()
             if suppressed is not None:
                 log.warning("vfio-user %s: ignoring unexpected message type (flags %#x, command %d)%s",
@@ -379,7 +391,7 @@ class VfioUserServer:
             for fd in fds:
                 _close(fd)
             return
-        no_reply = bool(header.flags & P.MsgFlag.NO_REPLY)
+        no_reply = bool(header.flags & _NO_REPLY)
         failure: tuple[int, str] | None = None
         try:
             if fds_truncated:
@@ -407,14 +419,14 @@ class VfioUserServer:
         if failure is not None:
             self._error(header, no_reply, *failure)
         elif not no_reply:
-            self._send(header.msg_id, command, P.MsgFlag.REPLY, 0, reply.payload, reply.fds)
+            self._send(header.msg_id, command, _REPLY, 0, reply.payload, reply.fds)
 
     def _error(self, header: Any, no_reply: bool, errno: int, why: str) -> None:
         level = logging.DEBUG if errno == E.ENOSYS else logging.INFO
         log.log(level, "vfio-user %s: %s id=%d refused (%s): %s", self.name, P.command_name(header.command),
                 header.msg_id, E.errorcode.get(errno, errno), why)
         if not no_reply:
-            self._send(header.msg_id, header.command, P.ERROR_REPLY_FLAGS, errno, b"", [])
+            self._send(header.msg_id, header.command, _ERROR_REPLY, errno, b"", [])
 
     def _send(self, msg_id: int, command: int, flags: int, error: int, payload: bytes, fds: list[int]) -> bool:
         """Send one message (blocking the IOThread at most SEND_TIMEOUT on a full socket)."""
@@ -432,7 +444,7 @@ class VfioUserServer:
         deadline = 0.0
         while view:
             try:
-                sent = conn.sendmsg([view], anc, socket.MSG_NOSIGNAL)
+                sent = conn.sendmsg([view], anc, _MSG_NOSIGNAL)
             except (BlockingIOError, InterruptedError):
                 now = time.monotonic()
                 deadline = deadline or now + SEND_TIMEOUT
