@@ -85,6 +85,24 @@ IDLE_POLL_MIN = 0.00005
 IDLE_POLL_MAX = 0.002
 
 
+class LoopStats:
+    """What the loop did, cumulative (``info dataplane``): how often it went to sleep, and what
+    its spin windows bought. Counted once per sleep or spin phase, never per command."""
+
+    __slots__ = ("sleeps", "spins_found", "spins_expired", "spins_preempted")
+
+    def __init__(self) -> None:
+        #: Selects with a non-zero timeout: the thread gave up its CPU and had to be woken
+        #: (or, polling mmap doorbells while idle, woke itself).
+        self.sleeps = 0
+        #: Spin phases that found work (a submission seen without a doorbell or a wake-up).
+        self.spins_found = 0
+        #: Spin phases that ended unused (the loop then slept).
+        self.spins_expired = 0
+        #: Spin phases that got under half a CPU (the host is contended): spinning stops.
+        self.spins_preempted = 0
+
+
 class TimerHandle:
     """A pending ``call_later`` callback; ``cancel()`` is safe from the IOThread only."""
 
@@ -125,6 +143,7 @@ class IOThread:
         self._stopping = False
         self._last_work = 0.0
         self._idle_sleep = IDLE_POLL_MIN
+        self.stats = LoopStats()
 
     # ----------------------------------------------------------- lifecycle
     def start(self) -> None:
@@ -149,6 +168,17 @@ class IOThread:
 
     def in_thread(self) -> bool:
         return threading.current_thread() is self._thread
+
+    def cpu_seconds(self) -> float:
+        """CPU time the thread has used (readable from any thread); 0 when not running."""
+        thread = self._thread
+        ident = thread.ident if thread is not None else None
+        if ident is None:
+            return 0.0
+        try:
+            return time.clock_gettime(time.pthread_getcpuclockid(ident))
+        except OSError:  # the thread has just ended
+            return 0.0
 
     # ------------------------------------------------ cross-thread requests
     def submit(self, fn: Callable[..., T], *args: Any) -> "concurrent.futures.Future[T]":
@@ -250,7 +280,13 @@ class IOThread:
         wall = now - self._spin_since  # type: ignore[operator]
         cpu = time.thread_time() - self._spin_cpu0
         self._spin_since = None
+        stats = self.stats
+        if gap is not None:
+            stats.spins_found += 1
+        else:
+            stats.spins_expired += 1
         if wall > 2 * SPIN_MIN and cpu < 0.5 * wall:
+            stats.spins_preempted += 1
             self.spin = 0.0                     # pre-empted while spinning: sleep instead
             self._no_spin = SPIN_REPROBE
         elif gap is not None:
@@ -327,6 +363,8 @@ class IOThread:
                 for arm in list(self._sleepers.values()):
                     if self._guarded(arm):
                         timeout = 0.0
+        if timeout != 0.0:
+            self.stats.sleeps += 1
         events = self._selector.select(timeout)
         for key, _ in events:
             self._guarded(key.data)

@@ -319,6 +319,14 @@ class Machine(ObjectTree):
             queues = [_on_iothread(dev, lambda c: tuple(c.queue_info()), ()) for dev in devs]
         return _gather(queues, lambda qs: [QueueStatus(name, state, q) for (name, state), q in zip(heads, qs)])
 
+    def query_dataplane(self, device: str | None = None) -> "concurrent.futures.Future[list[dict[str, Any]]]":
+        """Each controller's (or ``device``'s) ``Controller.dataplane_info()``, read on its IOThread."""
+        with self.lock:
+            devs = self._controllers(device)
+            names = [dev.id or dev.path() for dev in devs]
+            infos = [_on_iothread(dev, lambda c: c.dataplane_info(), {}) for dev in devs]
+        return _gather(infos, lambda got: [{"device": name, **info} for name, info in zip(names, got)])
+
     def qom_list(self, path: str) -> list[dict[str, str]]:
         with self.lock:
             self._run_deferred()

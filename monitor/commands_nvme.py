@@ -144,6 +144,14 @@ async def query_queues(ctx: Any, args: dict) -> list[dict[str, Any]]:
     return jsonable(await wait_future(_machine(ctx).query_queues(args.get("device")), "x-nvme-query-queues"))
 
 
+@qmp_command("x-nvme-query-dataplane", args=[Arg("device", "str", optional=True)], returns=["any"])
+async def query_dataplane(ctx: Any, args: dict) -> list[dict[str, Any]]:
+    """Per controller (or just ``device``): ``Controller.dataplane_info()`` -- cumulative I/O
+    commands, processing rounds, real doorbell writes, shadow updates, interrupts, IOThread
+    sleeps, spin outcomes and CPU time. Two reads around a workload give its costs per command."""
+    return jsonable(await wait_future(_machine(ctx).query_dataplane(args.get("device")), "x-nvme-query-dataplane"))
+
+
 # ---------------------------------------------------------------------------------------
 # completion data
 

@@ -151,6 +151,40 @@ def format_queues(devices: list[dict[str, Any]]) -> str:
     return "\n".join(s.rstrip("\n") for s in out) + "\n"
 
 
+#: ``info dataplane`` rows: (counter, label); each also shown per I/O command.
+_DATAPLANE_ROWS = (("rounds", "processing rounds"), ("doorbell-writes", "real doorbell writes"),
+                   ("doorbell-page-updates", "mmapped doorbell updates"), ("shadow-updates", "shadow doorbell updates"),
+                   ("interrupts", "interrupts"), ("sleeps", "IOThread sleeps"), ("spins-found", "spins that found work"),
+                   ("spins-expired", "spins that expired"), ("spins-preempted", "spins pre-empted (stopped)"),
+                   ("iothread-cpu-ms", "IOThread CPU (ms)"))
+
+
+def format_dataplane(devices: list[dict[str, Any]]) -> str:
+    """``info dataplane``: per controller, each counter and its rate per I/O command."""
+    if not devices:
+        return "no controllers\n"
+    out: list[str] = []
+    for dev in devices:
+        if "io-commands" not in dev:
+            out.append(f"{dev['device']}: not running\n")
+            continue
+        ios = dev["io-commands"]
+        out.append(f"{dev['device']}: doorbells={dev['doorbells']}, shadow doorbells "
+                   f"{'on' if dev['shadow-doorbells'] else 'off'}, {ios} I/O commands, "
+                   f"spin window {dev['spin-window-us']} us\n")
+        rows = []
+        for key, label in _DATAPLANE_ROWS:
+            value = dev[key]
+            per = value / ios if ios else None
+            if key == "iothread-cpu-ms":
+                rows.append((label, f"{value:.1f}", f"{per * 1000:.1f} us" if per is not None else None))
+            else:
+                rows.append((label, value, f"{per:.3f}" if per is not None else None))
+        table = format_table(("counter", "total", "per I/O command"), rows)
+        out.append("".join("  " + line + "\n" for line in table.splitlines()))
+    return "".join(out)
+
+
 def format_trace_events(events: list[dict[str, Any]]) -> str:
     """``info trace-events``: QEMU's ``name : state 1`` lines."""
     lines = []

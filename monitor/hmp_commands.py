@@ -99,6 +99,14 @@ async def info_queues(ctx: Any, args: dict[str, Any]) -> str:
     return fmt.format_queues(await qmp(ctx, "x-nvme-query-queues", qargs))
 
 
+@info_command("dataplane", "device?", help="show how each controller's data plane learns of work "
+              "(doorbells, spins, sleeps) and signals it (interrupts), per I/O command",
+              complete={"device": "device-id"})
+async def info_dataplane(ctx: Any, args: dict[str, Any]) -> str:
+    qargs = {"device": args["device"]} if args["device"] else {}
+    return fmt.format_dataplane(await qmp(ctx, "x-nvme-query-dataplane", qargs))
+
+
 @info_command("trace-events", "name?", help="show available trace-events & their state",
               complete={"name": "trace-event"})
 async def info_trace_events(ctx: Any, args: dict[str, Any]) -> str:

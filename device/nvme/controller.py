@@ -450,6 +450,30 @@ class Controller:
                             "outstanding": len(cq.pending), "posted": cq.posted})
         return out
 
+    def dataplane_info(self) -> dict[str, Any]:
+        """For ``info dataplane`` (on the IOThread): cumulative counts of how the data plane
+        learns of work and tells the host, read together -- the per-command costs that do
+        not show in a profile of one command (doorbell messages, interrupts, sleeps)."""
+        io = self.iothread
+        db = self.doorbells
+        loop = io.stats if io is not None else None
+        return {
+            "doorbells": self.config.doorbells,
+            "shadow-doorbells": db.shadow is not None,
+            "io-commands": self.stats.host_read_commands + self.stats.host_write_commands,
+            "rounds": self.engine.rounds,
+            "doorbell-writes": db.real_writes,
+            "doorbell-page-updates": db.page_updates,
+            "shadow-updates": db.shadow_updates,
+            "interrupts": sum(self.interrupts.fired.values()),
+            "sleeps": loop.sleeps if loop else 0,
+            "spins-found": loop.spins_found if loop else 0,
+            "spins-expired": loop.spins_expired if loop else 0,
+            "spins-preempted": loop.spins_preempted if loop else 0,
+            "spin-window-us": round(io.spin * 1e6, 1) if io is not None else 0.0,
+            "iothread-cpu-ms": round(io.cpu_seconds() * 1e3, 3) if io is not None else 0.0,
+        }
+
     def time_commands(self, on: bool) -> None:
         """Time every command into its SQ's latency histogram (two clock reads per command), or
         stop: ``info iostat`` turns it on while someone watches (IOThread only)."""

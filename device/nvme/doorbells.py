@@ -133,8 +133,10 @@ class Doorbells:
         self.polling = False
         #: Work remains after a round hit the batch limit: the poller continues it.
         self.more = False
-        #: Real doorbell writes (trapped or mirrored) and shadow updates seen, for tests and `info`.
+        #: Real doorbell writes (trapped or mirrored), doorbell slots found changed in the mmapped
+        #: page, and shadow updates seen, for tests and ``info dataplane``.
         self.real_writes = 0
+        self.page_updates = 0
         self.shadow_updates = 0
 
     # --------------------------------------------------------- lifecycle
@@ -496,6 +498,7 @@ class Doorbells:
                 old.release()
                 new.release()
                 self._last = bytearray(cur)
+                self.page_updates += len(changed)
                 for index, value in changed:
                     self.ring(index, value)
                 moved = True

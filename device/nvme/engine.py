@@ -56,6 +56,8 @@ class CommandEngine:
         self.sq_order: tuple[SubmissionQueue, ...] = ()
         self.running = False
         self.in_round = False
+        #: Processing rounds run (``info dataplane``: commands per round is the batching).
+        self.rounds = 0
         #: CQs that got entries since their vector last fired.
         self.irq_cqs: list[CompletionQueue] = []
         #: Some CQ is full with completions or submissions waiting for room.
@@ -175,6 +177,7 @@ class CommandEngine:
         more = False
         batch = ctrl.config.sq_batch
         io_started = 0
+        self.rounds += 1
         self.in_round = True
         try:
             for sq in self.sq_order:
