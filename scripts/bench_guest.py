@@ -8,6 +8,12 @@ reports per-job medians, the nvshell/QEMU ratio, nvshell's CPU per 1000 I/Os
 (whole boot, from /proc/PID/stat) and -- with ``--latency`` -- nvshell's
 device-side read service time (fetch to CQE) from a separate traced boot.
 
+Per job it also prints where nvshell's cost goes (``--breakdown``, on by default):
+the guest announces each job's start and end on its console, and at each mark the
+script reads nvshell's CPU (/proc) and ``x-nvme-query-dataplane`` over QMP, so a
+job's own CPU per I/O, real doorbell writes, interrupts, IOThread sleeps (each one a
+wake-up to pay for) and spins that found work are divided by its own I/Os.
+
 Jobs (4 KiB random reads unless said otherwise, O_DIRECT):
   qd1        psync QD1
   qd32       libaio QD32
@@ -33,10 +39,11 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any, Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from nvshell.testing import GUEST_DIR, NvshellProcess, guest_unavailable_reason  # noqa: E402
+from nvshell.testing import GUEST_DIR, NvshellProcess, QmpConnection, guest_unavailable_reason  # noqa: E402
 
 #: name -> (fio arguments, unit); unit "iops" or "MiB/s".
 JOBS: dict[str, tuple[str, str]] = {
@@ -50,16 +57,23 @@ JOBS: dict[str, tuple[str, str]] = {
 POLL_APPEND = "nvme.poll_queues=1"
 
 
+#: Seconds the guest idles after announcing a job (and after its result): the host's
+#: console reader sees the mark within ~0.1 s, so its samples fall in idle time.
+MARK_IDLE = 0.5
+
+
 def guest_script(runtime: int, jobs: list[str]) -> str:
     lines = ["set -e", "DEV=$(ls /dev/nvme*n1 | head -n1)"]
     for name in jobs:
         fio_args, _ = JOBS[name]
+        lines.append(f"echo \"begin {name}\"; sleep {MARK_IDLE}")
         # terse v3: 6 read KiB, 7 read KiB/s, 8 read IOPS; 47 write KiB, 48 write KiB/s, 49 write IOPS
         lines.append(
             f"fio --name={name} --filename=$DEV --direct=1 {fio_args} --time_based --runtime={runtime} "
             f"--size=512M --output-format=terse --terse-version=3 >/tmp/{name}.out 2>&1 "
             f"|| {{ cat /tmp/{name}.out; exit 1; }}")
-        lines.append(f"echo \"result {name} $(cut -d';' -f6,7,8,47,48,49 /tmp/{name}.out | tail -n1)\"")
+        lines.append(f"echo \"result {name} $(cut -d';' -f6,7,8,47,48,49 /tmp/{name}.out | tail -n1)\"; "
+                     f"sleep {MARK_IDLE}")
     return "\n".join(lines) + "\n"
 
 
@@ -75,15 +89,73 @@ def parse(out: str) -> dict[str, dict[str, float]]:
     return got
 
 
-def run_guest(script: Path, sockets: list[Path], extra: list[str]) -> str:
+def run_guest(script: Path, sockets: list[Path], extra: list[str],
+              on_mark: Callable[[str, str], None] | None = None) -> str:
+    """Boot the guest, run ``script``; ``on_mark("begin"|"result", job)`` as each mark appears."""
     cmd = ["bash", str(GUEST_DIR / "run.sh"), "--script", str(script), "--timeout", "600",
            "--append", POLL_APPEND, *extra]
     for sock in sockets:
         cmd += ["--socket", str(sock)]
-    done = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=700)
-    if done.returncode:
-        raise RuntimeError(f"guest failed ({done.returncode}):\n{done.stdout[-4000:]}")
-    return done.stdout
+    out: list[str] = []
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            out.append(line)
+            mark = re.match(r"^(begin|result) (\S+)", line)
+            if mark and on_mark is not None:
+                on_mark(mark[1], mark[2])
+        rc = proc.wait(timeout=700)
+    text = "".join(out)
+    if rc:
+        raise RuntimeError(f"guest failed ({rc}):\n{text[-4000:]}")
+    return text
+
+
+#: ``x-nvme-query-dataplane`` counters shown per I/O in the breakdown: (key, column).
+BREAKDOWN = (("doorbell-writes", "doorbells"), ("interrupts", "irqs"), ("sleeps", "sleeps"),
+             ("spins-found", "spin-hits"), ("rounds", "rounds"))
+
+
+class JobSampler:
+    """nvshell's CPU and data-plane counters at each job's begin and result marks."""
+
+    def __init__(self, nv: NvshellProcess) -> None:
+        self.nv = nv
+        self.qmp = QmpConnection(nv.qmp_path)
+        self.begin: dict[str, tuple[float, dict[str, Any]]] = {}
+        self.deltas: dict[str, dict[str, float]] = {}
+
+    def sample(self) -> tuple[float, dict[str, Any]]:
+        assert self.nv.proc is not None
+        return cpu_ms(self.nv.proc.pid), self.qmp.execute("x-nvme-query-dataplane", {"device": "ctrl0"})[0]
+
+    def __call__(self, kind: str, job: str) -> None:
+        if kind == "begin":
+            self.begin[job] = self.sample()
+        elif job in self.begin:
+            (cpu0, c0), (cpu1, c1) = self.begin.pop(job), self.sample()
+            delta = {key: c1[key] - c0[key] for key, _ in BREAKDOWN}
+            delta["cpu-ms"] = cpu1 - cpu0
+            delta["iothread-cpu-ms"] = c1["iothread-cpu-ms"] - c0["iothread-cpu-ms"]
+            delta["ios"] = c1["io-commands"] - c0["io-commands"]
+            self.deltas[job] = delta
+
+    def close(self) -> None:
+        self.qmp.close()
+
+
+def breakdown_row(deltas: list[dict[str, float]]) -> dict[str, float]:
+    """Per I/O (medians over rounds): process CPU in us, and each ``BREAKDOWN`` counter."""
+    per: dict[str, list[float]] = {}
+    for d in deltas:
+        ios = d["ios"]
+        if not ios:
+            continue
+        per.setdefault("cpu-us", []).append(d["cpu-ms"] * 1000 / ios)
+        per.setdefault("iothread-us", []).append(d["iothread-cpu-ms"] * 1000 / ios)
+        for key, _ in BREAKDOWN:
+            per.setdefault(key, []).append(d[key] / ios)
+    return {key: statistics.median(v) for key, v in per.items()}
 
 
 def cpu_ms(pid: int) -> float:
@@ -135,6 +207,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench_guest: {reason}", file=sys.stderr)
         return 2
     results: dict[str, dict[str, list[float]]] = {"nvshell": {j: [] for j in jobs}, "qemu": {j: [] for j in jobs}}
+    per_job: dict[str, list[dict[str, float]]] = {j: [] for j in jobs}
     cpu: list[float] = []
     lat_text = ""
     with tempfile.TemporaryDirectory() as tmpdir:
@@ -146,8 +219,14 @@ def main(argv: list[str] | None = None) -> int:
             for round_no in range(args.rounds):
                 with NvshellProcess(tmp / f"run{round_no}", *nvshell_args(args.doorbells, args.backend)) as nv:
                     assert nv.proc is not None
-                    got = parse(run_guest(script, [nv.run_dir / "ctrl0.sock"], []))
+                    sampler = JobSampler(nv)
+                    try:
+                        got = parse(run_guest(script, [nv.run_dir / "ctrl0.sock"], [], sampler))
+                    finally:
+                        sampler.close()
                     used = cpu_ms(nv.proc.pid)
+                for job, delta in sampler.deltas.items():
+                    per_job[job].append(delta)
                 ios = sum(g["ios"] for g in got.values())
                 cpu.append(used / ios * 1000 if ios else float("nan"))
                 for job in jobs:
@@ -172,7 +251,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps({"rounds": args.rounds, "runtime": args.runtime, "hog": args.hog,
                           "doorbells": args.doorbells, "backend": args.backend, "raw": results,
-                          "cpu_ms_per_1000_ios": cpu, "summary": summary, "latency": lat_text}, indent=2))
+                          "cpu_ms_per_1000_ios": cpu, "summary": summary, "per_job": per_job,
+                          "latency": lat_text}, indent=2))
     else:
         print(f"doorbells={args.doorbells} backend={args.backend} hog={args.hog} rounds={args.rounds} "
               f"runtime={args.runtime}s")
@@ -181,6 +261,12 @@ def main(argv: list[str] | None = None) -> int:
             s = summary[job]
             print(f"{job:<11}{s['unit']:>7}{s['nvshell']:>10.0f}{s['qemu']:>10.0f}{s['ratio']:>7.2f}")
         print(f"nvshell CPU per 1000 I/Os (whole boot): {cpu_median:.1f} ms")
+        print("nvshell per I/O, each job on its own (medians; CPU of the whole process):")
+        print(f"{'job':<11}{'CPU us':>8}{'IOThread':>10}" + "".join(f"{col:>11}" for _, col in BREAKDOWN))
+        for job in jobs:
+            row = breakdown_row(per_job[job])
+            if row:
+                print(f"{job:<11}{row['cpu-us']:>8.1f}{row['iothread-us']:>10.1f}" + "".join(f"{row[key]:>11.3f}" for key, _ in BREAKDOWN))
         if lat_text:
             print("device-side latency (traced QD1 boot, info latency):")
             print(lat_text.strip())
