@@ -24,7 +24,8 @@ a poller without one (mmapped doorbells) makes it back off exponentially to
 
 The spin window pays when work arrives within it (the guest's next submission
 is found without a doorbell message and without a sleep/wake): it grows to
-cover the gaps seen, up to ``SPIN_MAX``, and halves each time it expires
+cover the gaps seen, up to ``spin_max`` (``SPIN_MAX``; a controller's ``poll-max-ns``,
+QEMU's name for its IOThreads' polling ceiling; 0 never spins), and halves each time it expires
 unused. It stops entirely while the host is contended -- a spinning thread that
 got less than half a CPU over its window is being pre-empted, and sleeping is
 then cheaper for everyone -- and probes again after ``SPIN_REPROBE`` sleeps.
@@ -76,7 +77,8 @@ async def wait_future(future: "concurrent.futures.Future[T]", what: str, timeout
 #: Adaptive spin window after the last useful poll (seconds): start, floor, ceiling.
 SPIN_START = 0.00005
 SPIN_MIN = 0.00001
-SPIN_MAX = 0.0003
+SPIN_MAX_NS = 300_000
+SPIN_MAX = SPIN_MAX_NS / 1e9
 #: Sleeps without spinning (spin found useless or the host contended) before a new probe.
 SPIN_REPROBE = 64
 #: First sleep once spinning stops; doubles up to IDLE_POLL_MAX.
@@ -120,8 +122,11 @@ class TimerHandle:
 class IOThread:
     """A small event loop on a dedicated thread (see module docstring)."""
 
-    def __init__(self, name: str):
+    def __init__(self, name: str, *, spin_max: float = SPIN_MAX):
         self.name = name
+        #: Ceiling of the adaptive spin window (seconds); 0 never spins (the loop sleeps as
+        #: soon as its pollers find nothing). A controller's ``poll-max-ns`` sets it.
+        self.spin_max = spin_max
         self._selector = selectors.DefaultSelector()
         self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._selector.register(self._wake_fd, selectors.EVENT_READ, self._drain_wake)
@@ -134,7 +139,7 @@ class IOThread:
         self._sleepers: dict[Callable[[], bool], Callable[[], bool]] = {}
         #: Pollers without a wake-up path: the loop must poll them periodically.
         self._periodic: set[Callable[[], bool]] = set()
-        self.spin = SPIN_START
+        self.spin = min(SPIN_START, spin_max)
         self._spin_since: float | None = None
         self._spin_cpu0 = 0.0
         self._no_spin = 0
@@ -290,7 +295,7 @@ class IOThread:
             self.spin = 0.0                     # pre-empted while spinning: sleep instead
             self._no_spin = SPIN_REPROBE
         elif gap is not None:
-            self.spin = min(max(self.spin, 2 * gap), SPIN_MAX)
+            self.spin = min(max(self.spin, 2 * gap), self.spin_max)
         elif self.spin > SPIN_MIN:
             self.spin /= 2
         else:
@@ -359,7 +364,7 @@ class IOThread:
                 if self._no_spin:
                     self._no_spin -= 1
                     if not self._no_spin:
-                        self.spin = SPIN_MIN
+                        self.spin = min(SPIN_MIN, self.spin_max)
                 for arm in list(self._sleepers.values()):
                     if self._guarded(arm):
                         timeout = 0.0

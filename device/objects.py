@@ -37,6 +37,7 @@ import uuid as uuid_mod
 from typing import TYPE_CHECKING, Any
 
 from nvshell.device.errors import NvshellError, ObjectError, PropertyError
+from nvshell.device.iothread import SPIN_MAX_NS
 from nvshell.device.nvme.spec import CSI
 from nvshell.device.nvme.subsystem import DEFAULT_CAPACITY as DEFAULT_NS_MGMT_CAPACITY
 from nvshell.device.qom import (TYPE_DEVICE, TYPES, USER_CREATABLE, BoolType, EnumType, IntType, LinkType, ListType,
@@ -542,7 +543,7 @@ class ControllerDevice(Object):
             config = ControllerConfig(**kw)
         except (TypeError, ValueError) as e:
             raise PropertyError(str(e)) from None
-        iothread = IOThread(self.id or self.name or "ctrl")
+        iothread = IOThread(self.id or self.name or "ctrl", spin_max=config.poll_max_ns / 1e9)
         ctrl = None
         server = None
         try:
@@ -804,6 +805,9 @@ CTRL_PROPS = [
     Property("doorbells", EnumType(("trap", "mmap")), default="trap", live=_config("doorbells"),
              description="trap: doorbell writes are messages (rare with shadow doorbells), the device "
                          "sleeps between them; mmap: doorbell page shared with the client and polled"),
+    Property("poll-max-ns", IntType("uint32", maximum=10_000_000), default=SPIN_MAX_NS, live=_config("poll_max_ns"),
+             description="longest adaptive spin of the controller's IOThread after work, ns (0: never spin; "
+                         "it sleeps until a doorbell message or timer)"),
     Property("ocp", BoolType(), default=False, live=_config("ocp"),
              description="OCP Datacenter NVMe SSD log pages (C0h SMART / Health Information Extended)"),
     Property("msix", BoolType(), default=True, live=_config("msix"),

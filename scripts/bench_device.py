@@ -141,8 +141,10 @@ class Host:
         self.h.close()
 
 
-def run(pid: int, host: Host, qd: int, count: int, opcode: int, nblocks: int) -> dict:
-    """``count`` commands with ``qd`` in flight; CPU of nvshell per command."""
+def run(pid: int, host: Host, qd: int, count: int, opcode: int, nblocks: int, think: float = 0.0) -> dict:
+    """``count`` commands with ``qd`` in flight; CPU of nvshell per command. ``think``: seconds
+    the host waits after each reap before it submits again (a guest's interrupt handling and
+    application take ~100-200 us under TCG: the device then sleeps and is woken per command)."""
     for n in (min(2000, count), count):           # a warm-up pass, then the measured one
         host.real_doorbells = host.interrupts = 0
         cpu0, t0 = process_cpu_ns(pid), time.perf_counter()
@@ -151,6 +153,8 @@ def run(pid: int, host: Host, qd: int, count: int, opcode: int, nblocks: int) ->
         done = 0
         while done < n:
             got = host.wait_reap()
+            if think:
+                time.sleep(think)
             done += got
             more = min(got, n - submitted)
             submitted += more
@@ -299,6 +303,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", metavar="FILE", help="with --inproc: cProfile stats to FILE")
     parser.add_argument("--pyspy", metavar="FILE",
                         help="record the nvshell process with py-spy (raw collapsed stacks) while measuring")
+    parser.add_argument("--think-us", type=float, default=0.0,
+                        help="host pause after each reap before the next submission (a guest's gap)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     qds = [int(q) for q in args.qd.split(",")]
@@ -343,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
                     try:
                         for qd in qds:
                             results.append(run(nv.proc.pid, host, qd, args.count, WRITE if args.write else READ,
-                                               nblocks))
+                                               nblocks, args.think_us / 1e6))
                     finally:
                         if spy is not None:
                             spy.send_signal(2)

@@ -39,17 +39,30 @@ def test_counters_follow_trapped_io(nvshell: NvshellProcess, qmp: QmpConnection)
     assert "Device 'nope' not found" in qmp.hmp("info dataplane nope")
 
 
-def test_mmap_doorbells_are_counted_as_page_updates(nvshell_factory) -> None:
-    nv = nvshell_factory("-object", "x-nvme-subsystem,id=s0", "-device", "x-nvme-ctrl,id=ctrl0,subsys=s0,doorbells=mmap",
+def _mmap_qd1(nvshell_factory, *ctrl_props: str) -> dict:
+    """20 QD1 reads through mmapped doorbells; the controller's counters after them."""
+    props = ",".join(("x-nvme-ctrl,id=ctrl0,subsys=s0,doorbells=mmap", *ctrl_props))
+    nv = nvshell_factory("-object", "x-nvme-subsystem,id=s0", "-device", props,
                          "-object", "x-nvme-ns-nvm,id=ns1,subsys=s0,size=1M,attached-to=all")
     qmp = QmpConnection(nv.qmp_path)
     host = NvmeTestHost(nv.socket()).start(io_queues=1)
     try:
         assert host.doorbell_mmap
         host.io(0x02, 20, qid=1, depth=1)
-        row = _ctrl0(qmp)
+        return _ctrl0(qmp)
     finally:
         host.close()
         qmp.close()
+
+
+def test_mmap_doorbells_are_counted_as_page_updates(nvshell_factory) -> None:
+    row = _mmap_qd1(nvshell_factory)
     assert row["doorbells"] == "mmap" and row["io-commands"] == 20
     assert row["doorbell-page-updates"] >= 20 and row["doorbell-writes"] == 0
+    assert row["spins-found"] + row["spins-expired"] > 0     # the poller's work is followed by a spin
+
+
+def test_poll_max_ns_zero_never_spins(nvshell_factory) -> None:
+    row = _mmap_qd1(nvshell_factory, "poll-max-ns=0")
+    assert row["io-commands"] == 20 and row["doorbell-page-updates"] >= 20
+    assert row["spin-window-us"] == 0 and row["spins-found"] == row["spins-expired"] == 0

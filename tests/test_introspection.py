@@ -69,7 +69,8 @@ def config(file_path: Path) -> dict[str, Any]:
             {"driver": "x-nvme-ctrl", "id": "ctrl0", "subsys": "subsys0"},
             {"driver": "x-nvme-ctrl", "id": "ctrl1", "subsys": "sub2", "serial": "SER-1", "model": "Model One",
              "firmware": "2.5", "cntlid": 7, "max-ioqpairs": 8, "max-intr-vectors": 9, "mqes": 255,
-             "max-aer-retention": 10, "aerl": 1, "mdts": 5, "doorbells": "mmap", "ocp": True},
+             "max-aer-retention": 10, "aerl": 1, "mdts": 5, "doorbells": "mmap", "ocp": True,
+             "poll-max-ns": 0},
         ],
     }
 
@@ -500,6 +501,11 @@ def _ctrl_msix(w: World, inst: Inst, v: Any) -> None:
     eq(v, present and host.msix_vectors > 0, f"{inst.id}.msix vs the MSI-X capability and IRQ count")
 
 
+def _ctrl_poll_max_ns(w: World, inst: Inst, v: Any) -> None:
+    row, = w.qmp("x-nvme-query-dataplane", {"device": inst.id})
+    assert row["spin-window-us"] * 1000 <= v, f"{inst.id}.poll-max-ns {v} vs its IOThread's spin window {row}"
+
+
 def _ctrl_connected(w: World, inst: Inst, v: Any) -> None:
     eq(v, True, f"{inst.id}.connected while the host is connected")
 
@@ -553,6 +559,7 @@ CHECKS: dict[tuple[str, str], Check] = {
     ("x-nvme-ctrl", "doorbells"): _ctrl_doorbells,
     ("x-nvme-ctrl", "ocp"): _ctrl_ocp,
     ("x-nvme-ctrl", "msix"): _ctrl_msix,
+    ("x-nvme-ctrl", "poll-max-ns"): _ctrl_poll_max_ns,
     ("x-nvme-ctrl", "connected"): _ctrl_connected,
 }
 

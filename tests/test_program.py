@@ -356,6 +356,7 @@ def _golden_ctrl(id: str, subsys: str, serial: str, attached: str) -> str:
         aerl = 3
         mdts = 7
         doorbells = "trap"
+        poll-max-ns = 300000
         ocp = false
         msix = true
         connected = false

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from nvshell.device.iothread import SPIN_MAX_NS
+
 #: SPDK's vfio-user NVMe IDs: the Linux driver binds by class code and applies
 #: no quirks for this vendor/device pair.
 PCI_VENDOR_ID = 0x4E58
@@ -55,6 +57,9 @@ class ControllerConfig:
     #: The MSI-X capability (and its BAR4/BAR5). Off, the host falls back to MSI (one message)
     #: or INTx: what a platform that cannot do MSI-X sees.
     msix: bool = True
+    #: Ceiling of the IOThread's adaptive spin window, ns (``iothread.SPIN_MAX``); 0: never spin,
+    #: sleep as soon as no work is seen (least CPU, a doorbell message or wake-up per gap).
+    poll_max_ns: int = SPIN_MAX_NS
     #: Commands fetched from one SQ per processing round (fairness between
     #: queues, and a bound on how long the socket waits behind the data path).
     sq_batch: int = 64
@@ -66,6 +71,8 @@ class ControllerConfig:
         """Raise ``ValueError`` naming the first out-of-range parameter."""
         if self.doorbells not in ("mmap", "trap"):
             raise ValueError(f"Parameter 'doorbells' expects 'mmap' or 'trap', not {self.doorbells!r}")
+        if not 0 <= self.poll_max_ns <= 10_000_000:
+            raise ValueError("Parameter 'poll-max-ns' expects a value between 0 and 10000000")
         if not 0 <= self.cntlid <= 0xFFEF:
             raise ValueError("Parameter 'cntlid' expects a value between 0 and 0xffef")
         if not 1 <= self.max_ioqpairs <= 0xFFFE:
