@@ -17,7 +17,9 @@ wake-up to pay for) and spins that found work are divided by its own I/Os.
 Jobs (4 KiB random reads unless said otherwise, O_DIRECT):
   qd1        psync QD1
   qd32       libaio QD32
-  poll-qd1   pvsync2 --hipri QD1 on a polled queue (every boot has nvme.poll_queues=1)
+  poll-qd1   pvsync2 --hipri QD1 (every boot has nvme.poll_queues=1; this guest's kernel no
+             longer polls synchronous I/O: 1.0 interrupts per I/O, so this is QD1 with preadv2)
+  uring-poll io_uring --hipri QD1: the kernel polls the poll queue's CQ (no interrupt)
   2x16       two jobs x libaio QD16
   seq128k    128 KiB sequential reads, libaio QD8 (MiB/s)
   randwrite  4 KiB random writes, libaio QD32
@@ -50,6 +52,7 @@ JOBS: dict[str, tuple[str, str]] = {
     "qd1": ("--rw=randread --bs=4k --ioengine=psync --iodepth=1", "iops"),
     "qd32": ("--rw=randread --bs=4k --ioengine=libaio --iodepth=32", "iops"),
     "poll-qd1": ("--rw=randread --bs=4k --ioengine=pvsync2 --hipri --iodepth=1", "iops"),
+    "uring-poll": ("--rw=randread --bs=4k --ioengine=io_uring --hipri --iodepth=1", "iops"),
     "2x16": ("--rw=randread --bs=4k --ioengine=libaio --iodepth=16 --numjobs=2 --group_reporting", "iops"),
     "seq128k": ("--rw=read --bs=128k --ioengine=libaio --iodepth=8", "MiB/s"),
     "randwrite": ("--rw=randwrite --bs=4k --ioengine=libaio --iodepth=32", "iops"),
