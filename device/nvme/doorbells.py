@@ -240,9 +240,10 @@ class Doorbells:
         """One doorbell value: SQ y tail at index 2y, CQ y head at 2y+1.
 
         For a shadowed I/O queue the written value is only a wake-up: the value is
-        read from the shadow buffer instead. A trapped write is a posted message and
-        may arrive after the IOThread already consumed newer shadow values; taking
-        its stale value would move a tail (or a CQ head) backwards.
+        read from the shadow buffer instead. A trapped write may arrive after the
+        IOThread already consumed newer shadow values (the host updates the shadow
+        before it rings; a client may also post the write, NO_REPLY); taking its
+        stale value would move a tail (or a CQ head) backwards.
         """
         engine = self.ctrl.engine
         if not engine.running:
