@@ -171,18 +171,19 @@ def hogs(n: int) -> list[subprocess.Popen]:
     return [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
 
 
-def nvshell_args(doorbells: str, backend: str, trace: bool = False) -> list[str]:
+def nvshell_args(doorbells: str, backend: str, trace: bool = False, props: str = "") -> list[str]:
+    extra = f",{props}" if props else ""
     args = ["-object", "x-nvme-subsystem,id=subsys0",
-            "-device", f"x-nvme-ctrl,id=ctrl0,subsys=subsys0,doorbells={doorbells}",
+            "-device", f"x-nvme-ctrl,id=ctrl0,subsys=subsys0,doorbells={doorbells}{extra}",
             "-object", f"x-nvme-ns-nvm,id=ns1,subsys=subsys0,size=1G,backend={backend},attached-to=all"]
     return ["-trace", "nvme_cmd_complete", *args] if trace else args
 
 
-def latency(tmp: Path, runtime: int, doorbells: str, backend: str) -> str:
+def latency(tmp: Path, runtime: int, doorbells: str, backend: str, props: str = "") -> str:
     """Device-side read latency from one traced nvshell boot (QD1 job): ``info latency``."""
     script = tmp / "lat.sh"
     script.write_text(guest_script(runtime, ["qd1"]))
-    with NvshellProcess(tmp / "lat", *nvshell_args(doorbells, backend, trace=True)) as nv:
+    with NvshellProcess(tmp / "lat", *nvshell_args(doorbells, backend, trace=True, props=props)) as nv:
         run_guest(script, [nv.run_dir / "ctrl0.sock"], [])
         done = subprocess.run([sys.executable, "-m", "nvshell", "--connect", f"unix:{nv.run_dir / 'qmp.sock'}"],
                               input="info latency\n", stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -197,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hog", type=int, default=0, help="busy-loop processes on the host during the boots")
     parser.add_argument("--doorbells", choices=("mmap", "trap"), default="trap")
     parser.add_argument("--backend", choices=("memory", "null"), default="memory")
+    parser.add_argument("--props", default="", help="more x-nvme-ctrl properties, e.g. poll-max-ns=0")
     parser.add_argument("--jobs", default=",".join(JOBS), help="comma-separated subset of: " + ", ".join(JOBS))
     parser.add_argument("--latency", action="store_true", help="also one traced boot for device-side latency")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
@@ -220,7 +222,8 @@ def main(argv: list[str] | None = None) -> int:
         hog_procs = hogs(args.hog)
         try:
             for round_no in range(args.rounds):
-                with NvshellProcess(tmp / f"run{round_no}", *nvshell_args(args.doorbells, args.backend)) as nv:
+                nv_args = nvshell_args(args.doorbells, args.backend, props=args.props)
+                with NvshellProcess(tmp / f"run{round_no}", *nv_args) as nv:
                     assert nv.proc is not None
                     sampler = JobSampler(nv)
                     try:
@@ -241,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
                     f"{job} {results['nvshell'][job][-1]:.0f}/{results['qemu'][job][-1]:.0f}" for job in jobs)
                     + f"; nvshell CPU {cpu[-1]:.1f} ms/1000 I/Os", file=sys.stderr)
             if args.latency:
-                lat_text = latency(tmp, args.runtime, args.doorbells, args.backend)
+                lat_text = latency(tmp, args.runtime, args.doorbells, args.backend, args.props)
         finally:
             for p in hog_procs:
                 p.kill()
@@ -258,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
                           "latency": lat_text}, indent=2))
     else:
         print(f"doorbells={args.doorbells} backend={args.backend} hog={args.hog} rounds={args.rounds} "
-              f"runtime={args.runtime}s")
+              f"runtime={args.runtime}s" + (f" props={args.props}" if args.props else ""))
         print(f"{'job':<11}{'unit':>7}{'nvshell':>10}{'QEMU':>10}{'ratio':>7}")
         for job in jobs:
             s = summary[job]
