@@ -298,6 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--write", action="store_true", help="4 KiB writes instead of reads")
     parser.add_argument("--fill", action="store_true", help="write the first 64 MiB first (reads hit data)")
     parser.add_argument("--extra", default="", help="extra nvshell arguments (space separated)")
+    parser.add_argument("--props", default="", help="more x-nvme-ctrl properties, e.g. poll-max-ns=0")
     parser.add_argument("--inproc", action="store_true",
                         help="the controller in this process, no IOThread: the command path alone")
     parser.add_argument("--profile", metavar="FILE", help="with --inproc: cProfile stats to FILE")
@@ -326,7 +327,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         with tempfile.TemporaryDirectory(prefix="nvbench-") as tmp:
             nv_args = ["-object", "x-nvme-subsystem,id=subsys0",
-                       "-device", f"x-nvme-ctrl,id=ctrl0,subsys=subsys0,doorbells={args.doorbells}",
+                       "-device", f"x-nvme-ctrl,id=ctrl0,subsys=subsys0,doorbells={args.doorbells}"
+                                  + (f",{args.props}" if args.props else ""),
                        "-object", f"x-nvme-ns-nvm,id=ns1,subsys=subsys0,size=1G,backend={args.backend},"
                                   "attached-to=all", *args.extra.split()]
             with NvshellProcess(Path(tmp) / "run", *nv_args) as nv:
