@@ -170,6 +170,26 @@ def test_a_message_larger_than_the_buffer(size: int) -> None:
         p.close()
 
 
+def test_a_large_message_whose_header_came_behind_messages_taken_without_looking_further() -> None:
+    """The server stops after MESSAGES_PER_WAKEUP messages without asking ``next()`` about
+    the partial one behind them; the next ``fill()`` must still finish it in its own buffer."""
+    p = Pair(buffer_size=4096)
+    try:
+        big = message(2, payload=bytes(i & 0xFF for i in range(10_000)))
+        send(p.client, doorbell(1) + big[:100])
+        p.fill()
+        assert p.reader.next().header.msg_id == 1  # type: ignore[union-attr]
+        assert not p.reader.ready()
+        send(p.client, big[100:])
+        got: list[Message] = []
+        while not got:
+            p.fill()
+            got = take_all(p.reader)
+        assert [(m.header.msg_id, m.payload) for m in got] == [(2, big[P.HEADER_SIZE:])]
+    finally:
+        p.close()
+
+
 def test_eof_mid_message_and_undelivered_descriptors_are_closed(pair: Pair) -> None:
     msg = doorbell(3)
     efd = os.eventfd(0)
@@ -364,4 +384,20 @@ def test_unexpected_descriptors_on_a_pipelined_request_are_refused_and_closed(en
     assert (header.msg_id, header.flags & P.MsgFlag.ERROR) == (get_id, P.MsgFlag.ERROR)
     assert open_fds() == before
     assert c.region_read(RegionIndex.CONFIG, 0x0C, 1) == b"\x20"
+    still_serving(c)
+
+
+def test_a_large_message_right_behind_a_full_budget(env: Env) -> None:
+    """MESSAGES_PER_WAKEUP whole messages, then the start of one larger than the receive
+    buffer, in one read: the wake-up ends without looking at the large one, and the next
+    read must go on with it in a buffer of its own."""
+    c = env.client()
+    posted = b"".join(message(i, P.Command.REGION_WRITE, P.REGION_RW.pack(offset=Reg.AQA, region=0, count=4)
+                              + (i + 1).to_bytes(4, "little"), flags=P.MsgFlag.NO_REPLY)
+                      for i in range(MESSAGES_PER_WAKEUP))
+    pad = bytes(RX_BUFFER_SIZE + 4096)
+    c.sock.sendall(posted + message(500, P.Command.DEVICE_GET_INFO, P.DEVICE_INFO.pack(argsz=16) + pad))  # type: ignore[union-attr]
+    header, payload, _ = c.receive()
+    assert (header.msg_id, header.flags, P.DEVICE_INFO.unpack(payload).num_regions) == (500, P.MsgFlag.REPLY, 9)
+    assert c.read32(BAR0, Reg.AQA) == MESSAGES_PER_WAKEUP
     still_serving(c)

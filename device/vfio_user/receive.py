@@ -111,15 +111,14 @@ class MessageReader:
     # ------------------------------------------------------------ reading
     def fill(self, sock: socket.socket) -> int:
         """One ``recvmsg`` (0: EOF). ``BlockingIOError``/``OSError`` propagate."""
-        big = self._big is not None
-        if not big and self._start == self._end:  # the usual case: everything taken
+        if self._big is None and self._start == self._end:  # the usual case: everything taken
             self._base += self._start
             self._start = self._end = 0
             target = self._view
         else:
-            target = self._target()
+            target = self._target()  # may switch to an oversized message's own buffer
         n, ancdata, msg_flags, _ = sock.recvmsg_into([target], self._cmsg_space)
-        if big:
+        if self._big is not None:
             self._big_got += n
         else:
             self._end += n
