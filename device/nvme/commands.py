@@ -12,6 +12,12 @@ from ``cmd`` (a decoded SQE), moves data with ``ctrl.transfer(cmd, length)``
 * returns ``DEFERRED``: the handler keeps ``cmd`` and completes it later with
   ``ctrl.complete(cmd, status)`` (Asynchronous Event Requests, delayed faults).
 
+Returning ``DEFERRED`` is the only way to keep ``cmd`` (or its ``extra``) past the call:
+the engine decodes each SQ slot's commands into one reused object
+(``SubmissionQueue.commands``), and a command that completed is refilled by the next
+submission to its slot. A kept command is detached from its slot, so it stays intact
+for as long as anything holds it.
+
 Everything that is the same for all commands (name for traces, command
 effects for the log page, whether an NSID is required, the namespace lookup)
 comes from the table entry, not from each handler.
@@ -63,12 +69,18 @@ class Command:
     #: Data bytes the command moved, as counted in the SMART byte tallies (``SmartStats.add_*``);
     #: the engine adds them to the SQ's own tallies at completion.
     nbytes: int = 0
-    #: Free for handlers and fault rules (e.g. the aborted flag).
+    #: Free for handlers and fault rules (the failing LBA of a PI check, a corrupt rule);
+    #: empty at the start of every command.
     extra: dict[str, Any] = field(default_factory=dict)
 
-    #: ``from_sqe(sqid, raw) -> Command``: a command from ``SQE.struct.unpack_from`` output
-    #: (the field order is ``SQE``'s); generated below (``_decoder``).
+    #: ``from_sqe(sqid, raw) -> Command``: a new command from ``SQE.struct.unpack_from`` output
+    #: (the field order is ``SQE``'s); generated below (``_decoders``).
     from_sqe: ClassVar[Callable[[int, tuple[int, ...]], "Command"]]
+    #: ``cmd.refill(raw)``: the same decoding into an existing command of the same SQ (the
+    #: engine's per-slot objects, ``SubmissionQueue.commands``): every SQE field assigned, every
+    #: other field back to its declared default, ``extra`` empty. Only for an object nothing
+    #: else holds any more (see the engine's ``defer``, which detaches kept commands).
+    refill: ClassVar[Callable[["Command", tuple[int, ...]], None]]
 
     @property
     def psdt(self) -> int:
@@ -79,30 +91,44 @@ class Command:
         return self.flags & 0x3
 
 
-def _decoder() -> Callable[..., Command]:
-    """``Command.from_sqe``: a new instance (no dataclass ``__init__``: the data path decodes
-    every SQE, and this takes a third of the time) whose SQE fields are assigned in one tuple
-    unpacking (in ``spec.SQE``'s order; the reserved CDW2 goes to ``_``) and the others set to
-    their declared defaults -- generated from the two declarations, so neither is repeated."""
+def _decoders() -> tuple[Callable[..., Command], Callable[..., None]]:
+    """``Command.from_sqe`` and ``Command.refill``, generated from the two declarations (the
+    dataclass fields, ``spec.SQE``'s layout) so that no field's decoding or reset is written by
+    hand, and the two cannot disagree: the SQE fields are assigned in one tuple unpacking (in
+    ``SQE``'s order; the reserved CDW2 goes to ``_``), every other field gets its declared
+    default. ``from_sqe`` makes the instance without the dataclass ``__init__`` (that took a
+    third of the decoding time). A ``default_factory`` field (``extra``) must make an empty
+    container: ``refill`` replaces it only when something put items in it, so the common
+    command allocates nothing, and a replaced dict is never cleared under anyone's feet."""
     targets = ", ".join(f"cmd.{name}" if name in _FIELDS else "_" for name in SQE.names)
-    lines = ["def from_sqe(cls, sqid, raw):", "    cmd = _new(cls)", f"    {targets} = raw", "    cmd.sqid = sqid"]
+    new = ["def from_sqe(cls, sqid, raw):", "    cmd = _new(cls)", f"    {targets} = raw", "    cmd.sqid = sqid"]
+    reuse = ["def refill(cmd, raw):", f"    {targets} = raw"]
     env: dict[str, Any] = {"_new": object.__new__}
     for f in fields(Command):
-        if f.name in SQE.names or f.name == "sqid":
+        if f.name in SQE.names or f.name == "sqid":     # sqid: fixed, the object's SQ
             continue
         if f.default_factory is not MISSING:
+            if f.default_factory():
+                raise TypeError(f"Command.{f.name}: a default_factory must make an empty container")
             env[f"_make_{f.name}"] = f.default_factory
-            lines.append(f"    cmd.{f.name} = _make_{f.name}()")
-        else:
+            new.append(f"    cmd.{f.name} = _make_{f.name}()")
+            reuse.append(f"    if cmd.{f.name}:\n        cmd.{f.name} = _make_{f.name}()")
+        elif f.default is not MISSING:
             env[f"_default_{f.name}"] = f.default
-            lines.append(f"    cmd.{f.name} = _default_{f.name}")
-    lines.append("    return cmd")
-    exec("\n".join(lines), env)  # noqa: S102 -- source built from the two declarations above
-    return env["from_sqe"]
+            new.append(f"    cmd.{f.name} = _default_{f.name}")
+            reuse.append(f"    cmd.{f.name} = _default_{f.name}")
+        else:
+            raise TypeError(f"Command.{f.name}: neither an SQE field nor a field with a default")
+    new.append("    return cmd")
+    exec("\n".join(new), env)    # noqa: S102 -- source built from the two declarations above
+    exec("\n".join(reuse), env)  # noqa: S102
+    return env["from_sqe"], env["refill"]
 
 
 _FIELDS = {f.name for f in fields(Command)}
-Command.from_sqe = classmethod(_decoder())  # type: ignore[method-assign, assignment]
+_from_sqe, _refill = _decoders()
+Command.from_sqe = classmethod(_from_sqe)  # type: ignore[method-assign, assignment]
+Command.refill = _refill  # type: ignore[method-assign, assignment]
 
 
 @dataclass(frozen=True, slots=True)

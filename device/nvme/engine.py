@@ -13,7 +13,10 @@ anything else -> Internal Error plus a log line.
 
 Hot path: each queue's ring is one memoryview taken once (``SubmissionQueue.ring``,
 dropped by ``release_rings`` before a DMA unmap), so a fetch is one
-``unpack_from`` and a completion one ``pack_into`` plus the phase halfword.
+``unpack_from`` and a completion one ``pack_into`` plus the phase halfword. The
+SQE is decoded into its slot's command object (``SubmissionQueue.commands``,
+``Command.refill``: no allocation); a command the controller keeps (DEFERRED) is
+detached from its slot in ``defer``, so reuse never touches a held command.
 Tracing, faults and statistics beyond the SMART counters cost one attribute
 check each when off. Per SQ, completion adds the command's bytes (one integer add) and, once
 ``info iostat`` asked (``timing``), its latency to a log2 histogram (a clock read, a shift).
@@ -39,6 +42,7 @@ log = logging.getLogger(__name__)
 
 _SQE_UNPACK = SQE.struct.unpack_from
 _FROM_SQE = Command.from_sqe
+_REFILL = Command.refill
 _DMA_ERROR = int(Status.DATA_TRANSFER_ERROR)
 _INTERNAL_ERROR = int(Status.INTERNAL_ERROR)
 _NO_STATUS = (0, False, False)
@@ -227,12 +231,17 @@ class CommandEngine:
         except (MemoryFault, AttributeError, ValueError) as exc:
             ctrl.fatal(f"SQ {sq.qid} entry {head} not in guest memory: {exc}")
             return
+        slot = head
         head += 1
         if head == sq.size:
             head = 0
         sq.head = head
         sq.fetched += 1
-        cmd = _FROM_SQE(sq.qid, raw)
+        cmd = sq.commands[slot]
+        if cmd is None:
+            cmd = sq.commands[slot] = _FROM_SQE(sq.qid, raw)
+        else:
+            _REFILL(cmd, raw)
         hooks = ctrl.hooks
         if self.timing or hooks.on_complete is not None or T.NVME_CMD_COMPLETE.enabled:
             cmd.fetched_ns = time.monotonic_ns()
@@ -241,7 +250,7 @@ class CommandEngine:
         if hooks.on_submit is not None:
             try:
                 if hooks.on_submit(cmd) is DEFERRED:
-                    self.defer(sq, cmd)
+                    self.defer(sq, cmd, slot)
                     return
             except NvmeError as exc:
                 self.post(sq, cmd, exc.status, exc.dnr, exc.more)
@@ -250,7 +259,7 @@ class CommandEngine:
                 log.exception("controller %d: on_submit hook failed", ctrl.cntlid)
         outcome = self.dispatch(cmd)
         if outcome is None:
-            self.defer(sq, cmd)
+            self.defer(sq, cmd, slot)
         elif outcome is _NO_STATUS:
             self.post_entry(sq, cmd, 0, 0)
         else:
@@ -324,7 +333,14 @@ class CommandEngine:
             return True             # the handler keeps it (an AER): it completes later
         return self.complete(cmd, outcome[0], outcome[1], outcome[2])
 
-    def defer(self, sq: SubmissionQueue, cmd: Command) -> None:
+    def defer(self, sq: SubmissionQueue, cmd: Command, slot: int) -> None:
+        """Keep ``cmd`` (a handler or the submit hook returned DEFERRED) until ``complete``.
+
+        Its holders (``sq.deferred``, a worker, a timer, the AER list) own the object from now
+        on: the slot it came from gets a fresh object for its next command (see
+        ``SubmissionQueue.commands``), so a host that reuses the slot while this command is
+        outstanding cannot overwrite it."""
+        sq.commands[slot] = None
         sq.deferred[cmd.cid] = cmd
         self.ctrl.events.deliver_if_pending()
 

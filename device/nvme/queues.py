@@ -109,7 +109,7 @@ class SubmissionQueue:
     """An I/O or admin submission queue (``qid`` 0 is the admin SQ)."""
 
     __slots__ = ("qid", "base", "size", "head", "tail", "cq", "qprio", "deferred", "deleted", "fetched",
-                 "ring", "bytes_read", "bytes_written", "latency")
+                 "ring", "bytes_read", "bytes_written", "latency", "commands")
 
     def __init__(self, qid: int, base: int, size: int, cq: CompletionQueue, qprio: int = 0):
         self.qid = qid
@@ -121,6 +121,23 @@ class SubmissionQueue:
         self.qprio = qprio
         #: Commands a handler kept (returned DEFERRED), by CID; completed or aborted later.
         self.deferred: dict[int, "Command"] = {}
+        #: Per slot, the command object the next SQE fetched from that slot is decoded into
+        #: (``Command.refill``), made on the slot's first use; None: make a fresh one.
+        #:
+        #: Why per slot, and why safe: the host may rewrite a slot as soon as the head passed it,
+        #: whether or not that command completed, so an object is only reusable once nothing
+        #: holds it. A command that completes synchronously (the common case) is done with
+        #: when ``execute`` returns, before this SQ fetches anything else; one the controller
+        #: keeps (DEFERRED: offloaded file I/O, an AER, a delayed or dropped fault, a zoned
+        #: write on a file) is held by ``deferred`` and by its completer (a worker's closure, a
+        #: timer, the AER list) for an unknown time, even after it completed -- a late
+        #: completion must still find *its* object, not a reused one, to see that it is gone
+        #: (``CommandEngine.complete``'s identity check). So the engine detaches a kept command
+        #: from its slot (``CommandEngine.defer``) and never takes it back. A free list would
+        #: need the same rule (kept objects cannot return to it), and would give nothing more:
+        #: slots make the owner obvious (slot ``i`` belongs to whatever the host put there
+        #: last) without assuming fetches of one SQ never nest.
+        self.commands: list["Command | None"] = [None] * size
         self.deleted = False
         #: Commands ever fetched (statistics).
         self.fetched = 0
