@@ -178,6 +178,8 @@ class InProcess:
         from nvshell.device.nvme.namespace import NvmNamespace
         from nvshell.device.nvme.subsystem import Subsystem
         from nvshell.device.vfio_user.dma import GuestMemory
+        from nvshell.device.pci.config import MSIX_CTL_ENABLE, MSIX_OFFSET
+        from nvshell.device.vfio_user.interface import RegionIndex
         from nvshell.device.vfio_user.irq import MsixEventfds
 
         self.sub = Subsystem()
@@ -195,6 +197,9 @@ class InProcess:
         for v, fd in enumerate(self.irq_fds):
             self.irq.assign(v, os.dup(fd))
         self.ctrl.pci.bind(self.mem, self.irq)
+        # MSI-X Enable in config space, as the host's driver does first (INTx otherwise).
+        ctl = int.from_bytes(self.ctrl.pci.region_read(RegionIndex.CONFIG, MSIX_OFFSET + 2, 2), "little")
+        self.ctrl.pci.region_write(RegionIndex.CONFIG, MSIX_OFFSET + 2, (ctl | MSIX_CTL_ENABLE).to_bytes(2, "little"))
         self.bar0 = self.ctrl.pci.bar0
         self._next = self.ram_base
         self.depth = depth
