@@ -1,4 +1,4 @@
-"""QEMU-style ``-object`` / ``-device`` / ``-readconfig`` parsing, and applying it to a Machine.
+"""QEMU-style ``-object`` / ``-device`` / ``-global`` / ``-readconfig`` parsing, and applying it to a Machine.
 
 Syntax (QEMU keyval)::
 
@@ -13,6 +13,16 @@ Syntax (QEMU keyval)::
 * Options may come in any order: references (``subsys=``, ``attached-to=``) to objects defined
   later are resolved by creating objects in dependency order; a reference to an id defined
   nowhere is an error that names it.
+
+``-global`` sets the default of a device property for every device of that type created
+afterwards (those of the command line and of ``device_add``), as in QEMU; a property given on
+the device wins.  Both of QEMU's spellings::
+
+    -global x-nvme-ctrl.doorbells=mmap                  (the value is the rest, commas included)
+    -global driver=x-nvme-ctrl,property=doorbells,value=mmap
+
+An unknown driver or property, a read-only property or a bad value stops nvshell at start-up
+with a message naming the option.
 
 ``-readconfig FILE`` reads JSON (chosen over QEMU's ini format because values keep their
 types and lists need no repetition)::
@@ -31,7 +41,8 @@ types and lists need no repetition)::
 Values may be strings (as on the command line), numbers, booleans or lists of strings.
 
 API used by ``nvshell/main.py``: ``help_request(objects, devices) -> str | None``,
-``parse(objects=, devices=, readconfig=) -> Specs``, ``apply(machine, specs)``,
+``parse(objects=, devices=, readconfig=, globals=) -> Specs``, ``apply(machine, specs)``,
+``apply_globals(machine, specs.globals)``,
 ``default_topology(machine)``; lower level: ``help_text(kind, text)``.  The keyval syntax itself is
 ``nvshell.device.keyval.parse_keyval``, shared with the shell's ``object_add``/``device_add``.
 """
@@ -68,14 +79,27 @@ class Spec:
         return (self.kind, self.id)
 
 
+@dataclass(frozen=True)
+class GlobalSpec:
+    """One ``-global``: the default of ``property`` for devices of type ``driver``."""
+
+    driver: str
+    property: str
+    value: Any
+    source: str  # "-global x-nvme-ctrl.doorbells=mmap"
+
+
 @dataclass
 class Specs:
     """Everything the command line asked for, in the given order."""
 
     items: list[Spec] = field(default_factory=list)
+    globals: list[GlobalSpec] = field(default_factory=list)
 
     @property
     def empty(self) -> bool:
+        """No object or device named: the default topology is built (``-global`` alone, as in
+        QEMU, changes the default devices rather than replacing them)."""
         return not self.items
 
     def __iter__(self) -> Any:
@@ -111,6 +135,34 @@ def parse_option(kind: str, text: str) -> Spec:
     return _spec_from_dict(kind, d, source)
 
 
+#: The two spellings ``-global`` accepts, for error messages.
+GLOBAL_SYNTAX = "DRIVER.PROPERTY=VALUE or driver=DRIVER,property=PROPERTY,value=VALUE"
+
+
+def parse_global(text: str) -> GlobalSpec:
+    """One ``-global`` argument, read as QEMU does: ``DRIVER.PROP=VALUE`` (DRIVER up to the first
+    '.' or '=', PROP up to the first '=', VALUE the rest verbatim), else keyval with the keys
+    ``driver``, ``property`` and ``value``."""
+    source = f"-global {text}"
+    driver, dot, rest = text.partition(".")
+    prop, eq, value = rest.partition("=")
+    if dot and eq and driver and "=" not in driver and prop:
+        return GlobalSpec(driver, prop, value, source)
+    if "=" not in text:
+        raise CmdlineError(f"{source}: expected {GLOBAL_SYNTAX}")
+    try:
+        d = parse_keyval(text, None)
+    except NvshellError as e:
+        raise CmdlineError(f"{source}: {e}") from None
+    unknown = sorted(set(d) - {"driver", "property", "value"})
+    if unknown:
+        raise CmdlineError(f"{source}: Invalid parameter '{unknown[0]}' (expected {GLOBAL_SYNTAX})")
+    if not all(isinstance(d.get(k), str) and d.get(k) != "" for k in ("driver", "property")) \
+            or not isinstance(d.get("value"), str):
+        raise CmdlineError(f"{source}: options 'driver', 'property', and 'value' are required")
+    return GlobalSpec(d["driver"], d["property"], d["value"], source)
+
+
 def read_config(path: str) -> list[Spec]:
     """Specs from a ``-readconfig`` JSON file (format in the module docstring)."""
     try:
@@ -139,8 +191,10 @@ def read_config(path: str) -> list[Spec]:
     return specs
 
 
-def parse(objects: Iterable[str] = (), devices: Iterable[str] = (), readconfig: Iterable[str] | str = ()) -> Specs:
-    """All options into Specs: readconfig files first, then -object, then -device.
+def parse(objects: Iterable[str] = (), devices: Iterable[str] = (), readconfig: Iterable[str] | str = (),
+          globals: Iterable[str] = ()) -> Specs:
+    """All options into Specs: readconfig files first, then -object, then -device; ``-global``
+    options apart (in their order: a later one for the same property wins).
 
     Order does not matter for correctness (``apply`` orders by dependencies).
     """
@@ -153,17 +207,26 @@ def parse(objects: Iterable[str] = (), devices: Iterable[str] = (), readconfig: 
         specs.items.append(parse_option("object", text))
     for text in devices or ():
         specs.items.append(parse_option("device", text))
+    for text in globals or ():
+        specs.globals.append(parse_global(text))
     return specs
 
 
 # ------------------------------------------------------------------- apply
-def _references(spec: Spec, registry: TypeRegistry) -> list[tuple[str, str, str | None]]:
-    """``(property, target id, kind or None)`` this spec refers to, from the type's property data."""
+def _references(spec: Spec, registry: TypeRegistry,
+                globals: Iterable[GlobalSpec] = ()) -> list[tuple[str, str, str | None, str]]:
+    """``(property, target id, kind or None, source)`` this spec refers to, from the type's
+    property data; a ``-global`` default counts where the spec does not set the property."""
     if spec.typename not in registry:
         return []
     props = registry.properties(spec.typename)
-    out: list[tuple[str, str, str | None]] = []
-    for key, value in spec.props.items():
+    given: dict[str, tuple[Any, str]] = {}
+    for g in globals:
+        if g.driver in registry and registry.implements(spec.typename, g.driver) and g.property not in spec.props:
+            given[g.property] = (g.value, g.source)
+    given.update((k, (v, spec.source)) for k, v in spec.props.items())
+    out: list[tuple[str, str, str | None, str]] = []
+    for key, (value, source) in given.items():
         p = props.get(key)
         if p is None:
             continue
@@ -171,13 +234,13 @@ def _references(spec: Spec, registry: TypeRegistry) -> list[tuple[str, str, str 
         if isinstance(p.type, LinkType):
             for v in values:
                 if isinstance(v, str) and v and not v.startswith("/"):
-                    out.append((key, v, None))
+                    out.append((key, v, None, source))
         elif p.refers_to is not None:
             container, special = p.refers_to
             kind = "device" if container.startswith("/machine/peripheral") else "object"
             for v in values:
                 if isinstance(v, str) and v and v not in special:
-                    out.append((key, v, kind))
+                    out.append((key, v, kind, source))
     return out
 
 
@@ -185,6 +248,7 @@ def order_specs(specs: Specs | list[Spec], machine: Any = None, registry: TypeRe
     """Dependency order (stable otherwise); checks duplicate ids and dangling references."""
     registry = registry or getattr(machine, "registry", None) or TYPES
     items = list(specs)
+    globals = specs.globals if isinstance(specs, Specs) else []
     by_id: dict[tuple[str, str], int] = {}
     for n, s in enumerate(items):
         if s.id is None:
@@ -203,13 +267,13 @@ def order_specs(specs: Specs | list[Spec], machine: Any = None, registry: TypeRe
 
     deps: list[set[int]] = [set() for _ in items]
     for n, s in enumerate(items):
-        for key, target, kind in _references(s, registry):
+        for key, target, kind, source in _references(s, registry, globals):
             kinds = [kind] if kind else ["object", "device"]
             found = [by_id[(k, target)] for k in kinds if (k, target) in by_id]
             if found:
                 deps[n].update(f for f in found if f != n)
             elif not any(exists(k, target) for k in kinds):
-                raise CmdlineError(f"{s.source}: Parameter '{key}' refers to '{target}', which is not defined")
+                raise CmdlineError(f"{source}: Parameter '{key}' refers to '{target}', which is not defined")
     order: list[Spec] = []
     done: set[int] = set()
     while len(done) < len(items):
@@ -222,9 +286,22 @@ def order_specs(specs: Specs | list[Spec], machine: Any = None, registry: TypeRe
     return order
 
 
+def apply_globals(machine: Any, globals: Iterable[GlobalSpec]) -> None:
+    """Register ``-global`` defaults on the machine (before anything is created); the first bad
+    one raises CmdlineError naming the option."""
+    for g in globals:
+        try:
+            machine.add_global(g.driver, g.property, g.value)
+        except NvshellError as e:
+            raise CmdlineError(f"{g.source}: {e}") from None
+
+
 def apply(machine: Any, specs: Specs | list[Spec]) -> None:
-    """Create everything in dependency order; the first failure raises CmdlineError naming the option."""
+    """Register the ``-global`` defaults (of a ``Specs``), then create everything in dependency
+    order; the first failure raises CmdlineError naming the option."""
     registry = getattr(machine, "registry", TYPES)
+    if isinstance(specs, Specs):
+        apply_globals(machine, specs.globals)
     for s in order_specs(specs, machine, registry):
         props = dict(s.props)
         if s.typename in registry:
@@ -287,5 +364,5 @@ def help_request(objects: Iterable[str] = (), devices: Iterable[str] = ()) -> st
     return None
 
 
-__all__ = ["CmdlineError", "Spec", "Specs", "apply", "default_topology", "help_request", "help_text",
-           "order_specs", "parse", "parse_option", "read_config"]
+__all__ = ["CmdlineError", "GLOBAL_SYNTAX", "GlobalSpec", "Spec", "Specs", "apply", "apply_globals",
+           "default_topology", "help_request", "help_text", "order_specs", "parse", "parse_global", "parse_option", "read_config"]

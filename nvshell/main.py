@@ -50,6 +50,7 @@ examples:
   nvshell -object x-nvme-subsystem,id=subsys0 \\
           -device x-nvme-ctrl,id=ctrl0,subsys=subsys0 \\
           -object x-nvme-ns-nvm,id=ns1,subsys=subsys0,size=1G,attached-to=all
+  nvshell -global x-nvme-ctrl.doorbells=mmap   every controller (default one included) shares its doorbells
   nvshell -object help | -device help | -object x-nvme-ns-nvm,help
   echo 'info qtree' | nvshell               run shell commands from stdin, then exit
   nvshell --connect unix:/run/user/0/nvshell/qmp.sock   shell on a running nvshell
@@ -73,6 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-device", action="append", default=[], metavar="DRIVER,id=ID[,PROP=VALUE...]",
                         help="create a device (x-nvme-ctrl: one NVMe controller on its own vfio-user "
                              "socket); 'help' lists drivers, 'DRIVER,help' its properties")
+    parser.add_argument("-global", dest="globals", action="append", default=[], metavar="DRIVER.PROP=VALUE",
+                        help="default of a device property for every device of type DRIVER created afterwards "
+                             "(command line and device_add); a property given on the device wins (repeatable; "
+                             "also driver=DRIVER,property=PROP,value=VALUE)")
     parser.add_argument("-readconfig", action="append", default=[], metavar="FILE",
                         help="read objects and devices from a configuration file (see README)")
     parser.add_argument("-qmp", action="append", default=[], metavar="unix:PATH|tcp:HOST:PORT[,server=on,wait=off]",
@@ -139,7 +144,8 @@ def main(argv: list[str] | None = None) -> int:
         help_text = cmdline.help_request(args.object, args.device)
         if help_text is not None:
             return _print_to_reader(help_text)
-        specs = cmdline.parse(objects=args.object, devices=args.device, readconfig=args.readconfig)
+        specs = cmdline.parse(objects=args.object, devices=args.device, readconfig=args.readconfig,
+                              globals=args.globals)
         qmp_addresses = [parse_qmp_address(a) for a in args.qmp]
         run_dir = prepare_run_dir(args.run_dir or default_run_dir())
         return _run_to_end(serve(args, run_dir, specs, qmp_addresses))
@@ -159,6 +165,7 @@ async def serve(args: argparse.Namespace, run_dir: Path, specs: "cmdline.Specs",
     ctx: MonitorContext | None = None
     try:
         if specs.empty:
+            cmdline.apply_globals(machine, specs.globals)
             cmdline.default_topology(machine)
         else:
             cmdline.apply(machine, specs)

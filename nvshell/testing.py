@@ -74,11 +74,25 @@ def guest_unavailable_reason() -> str | None:
 
 
 class NvshellProcess:
-    """A headless nvshell subprocess; use as a context manager."""
+    """A headless nvshell subprocess; use as a context manager.
+
+    ``NvshellProcess.globals`` (``use_globals``) are appended to every command line as
+    ``-global`` options: a whole test suite runs with other device defaults (the project's
+    ``pytest --nvshell-global x-nvme-ctrl.doorbells=mmap``), while a test that sets the property
+    on its device keeps its value (an explicit property wins over a global)."""
+
+    globals: tuple[str, ...] = ()
+
+    @classmethod
+    def use_globals(cls, globals: "list[str] | tuple[str, ...]") -> None:
+        """``DRIVER.PROP=VALUE`` defaults for every process started from now on."""
+        cls.globals = tuple(globals)
 
     def __init__(self, run_dir: Path, *args: str, env: dict[str, str] | None = None):
         self.run_dir = Path(run_dir)
         self.args = ["--run-dir", str(self.run_dir), "--no-shell", *args]
+        for g in self.globals:
+            self.args += ["-global", g]
         self.env = dict(os.environ, **(env or {}))
         if (REPO / "device" / "__init__.py").is_file():  # a source checkout: run this tree's code
             self.env.setdefault("PYTHONPATH", str(REPO))

@@ -4,6 +4,33 @@ from __future__ import annotations
 
 import pytest
 
+from nvshell.testing import NvshellProcess
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--nvshell-global", action="append", default=[], metavar="DRIVER.PROP=VALUE",
+                     help="run every nvshell the tests start with this -global (repeatable), e.g. "
+                          "x-nvme-ctrl.doorbells=mmap for the guest suite in mmap doorbell mode")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Check the ``--nvshell-global`` options as nvshell would (a typo is a usage error here, not
+    a failure of every test), then hand them to ``NvshellProcess``."""
+    from nvshell.cmdline import CmdlineError, apply_globals, parse
+    from nvshell.device.machine import Machine
+
+    globals = config.getoption("nvshell_global")
+    try:
+        apply_globals(Machine("."), parse(globals=globals).globals)
+    except CmdlineError as e:
+        raise pytest.UsageError(f"--nvshell-global: {e}") from None
+    NvshellProcess.use_globals(globals)
+
+
+def pytest_report_header(config: pytest.Config) -> str | None:
+    globals = config.getoption("nvshell_global")
+    return f"nvshell globals: {' '.join(globals)}" if globals else None
+
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Long fuzz runs (marker ``fuzz``) only when asked for (``-m fuzz``): the fast suite

@@ -13,12 +13,19 @@ Layout, as in QEMU::
     /machine              the machine
     /machine/peripheral/<id>        devices with an id (-device, device_add)
     /machine/peripheral-anon/device[N]  devices without an id
+
+Global properties (``-global DRIVER.PROP=VALUE``, QEMU's rule): ``add_global`` changes the
+default of one property for every device of type DRIVER (or a subtype) built afterwards, from
+the command line, ``-readconfig`` or ``device_add``; a property given on the device itself wins.
+They are checked when they are added (the type must be a device type, the property one a
+user may set, the value one it accepts), so a mistake stops the program before anything runs.
 """
 
 from __future__ import annotations
 
 import re
 import threading
+from dataclasses import dataclass
 from typing import Any
 
 from nvshell.device.errors import NvshellError, ObjectError, ObjectNotFound, PropertyError, TypeNotFound
@@ -38,6 +45,21 @@ def check_id(id: Any) -> str:
     return id
 
 
+@dataclass(frozen=True)
+class GlobalProperty:
+    """One ``-global``: the default of ``property`` for devices of type ``driver``.
+
+    ``value`` is kept as given and parsed per device, like a property typed on its
+    command line (a link names its target by id, resolved when that device is built)."""
+
+    driver: str
+    property: str
+    value: Any
+
+    def __str__(self) -> str:
+        return f"{self.driver}.{self.property}={self.value}"
+
+
 class ObjectTree:
     """Root of the tree plus the generic QOM operations.  Thread-safe (one re-entrant lock)."""
 
@@ -54,6 +76,8 @@ class ObjectTree:
         self.peripheral_anon = self._container()
         self.machine_node.add_child("peripheral-anon", self.peripheral_anon)
         self._anon_seq = 0
+        #: ``-global`` defaults, in the order given (a later one for the same property wins).
+        self.globals: list[GlobalProperty] = []
 
     def _container(self) -> Container:
         obj = self.registry.instantiate(TYPE_CONTAINER, None)
@@ -125,9 +149,42 @@ class ObjectTree:
         if self.registry.get(typename).abstract:
             raise ObjectError(f"Parameter '{what}' expects a non-abstract type, '{typename}' is abstract")
 
+    def add_global(self, driver: str, prop: str, value: Any) -> GlobalProperty:
+        """Register a ``-global``; raises (naming what is wrong) for a type that is not a device
+        type, a property the type does not have or a user cannot set, or a value it refuses."""
+        if not isinstance(driver, str) or driver not in self.registry \
+                or not self.registry.implements(driver, TYPE_DEVICE):
+            raise TypeNotFound(f"'{driver}' is not a valid device model name")
+        p = self.registry.properties(driver).get(prop)
+        if p is None:
+            raise PropertyError(f"Property '{driver}.{prop}' not found")
+        if not p.settable:
+            raise PropertyError(f"Property '{driver}.{prop}' is read-only")
+        if isinstance(p.type, LinkType):
+            if not isinstance(value, str) or not value:
+                raise p.type.bad_type(prop)
+        else:
+            p.type.parse(prop, value, self)
+        g = GlobalProperty(driver, prop, value)
+        with self.lock:
+            self.globals.append(g)
+        return g
+
+    def globals_for(self, typename: str) -> dict[str, GlobalProperty]:
+        """The ``-global`` defaults that apply to a new ``typename``, by property (last one wins)."""
+        return {g.property: g for g in self.globals if self.registry.implements(typename, g.driver)}
+
     def build(self, typename: str, id: str | None, props: dict[str, Any]) -> Object:
-        """Instantiate and set the initial properties (not yet completed nor in the tree)."""
+        """Instantiate and set the initial properties (not yet completed nor in the tree):
+        the ``-global`` defaults first, then ``props`` (which win over them)."""
         obj = self.registry.instantiate(typename, id)
+        for key, g in self.globals_for(typename).items():
+            if key in props:
+                continue
+            try:
+                obj.set(key, g.value, self)
+            except NvshellError as e:
+                raise PropertyError(f"-global {g}: {e}") from None
         for key, raw in props.items():
             if key == "id":
                 continue
@@ -320,4 +377,4 @@ class ObjectTree:
         return out
 
 
-__all__ = ["ObjectTree", "check_id", "LinkType"]
+__all__ = ["GlobalProperty", "ObjectTree", "check_id", "LinkType"]
