@@ -168,3 +168,41 @@ def test_global_value_keeps_commas_and_readconfig_devices_take_globals(tmp_path:
         assert m.qom_get(peripheral("c1"), "model") == "own"
     finally:
         m.shutdown()
+
+
+PROBE = '''
+from nvshell.testing import NvshellProcess, QmpConnection
+
+
+def test_probe(nvshell, qmp, tmp_path):
+    assert qmp.execute("qom-get", path="/machine/peripheral/ctrl0", property="mdts") == 3
+    own = NvshellProcess(tmp_path / "own", "-device", "x-nvme-ctrl,id=ctrl0,mdts=6,doorbells=mmap")
+    with own:
+        conn = QmpConnection(own.qmp_path)
+        try:
+            assert conn.execute("qom-get", path="/machine/peripheral/ctrl0", property="mdts") == 6
+            assert conn.execute("qom-get", path="/machine/peripheral/ctrl0", property="doorbells") == "mmap"
+        finally:
+            conn.close()
+'''
+
+
+def test_suite_option_reaches_every_nvshell_a_test_starts(tmp_path: Path) -> None:
+    """``pytest --nvshell-global``: the suite's conftest hands it to every NvshellProcess (here
+    the plugin's ``nvshell`` fixture and one a test starts itself); a test's own device property
+    wins; a bad one is a usage error before any test runs."""
+    (tmp_path / "test_probe.py").write_text(PROBE)
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "tests.conftest",
+           "-p", "nvshell.pytest_plugin", "test_probe.py"]
+    env = {**_env(), "PYTHONPATH": str(REPO)}
+    done = subprocess.run([*cmd, "--nvshell-global", "x-nvme-ctrl.mdts=3", "--nvshell-global",
+                           "x-nvme-ctrl.doorbells=trap"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=180)
+    assert done.returncode == 0 and "1 passed" in done.stdout, done.stdout + done.stderr
+    done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 1 and "assert 7 == 3" in done.stdout, done.stdout + done.stderr  # default MDTS 7
+    done = subprocess.run([*cmd, "--nvshell-global", "x-nvme-ctrl.mdts=32"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=180)
+    assert done.returncode == 4, done.stdout + done.stderr
+    assert ("--nvshell-global: -global x-nvme-ctrl.mdts=32: Parameter 'mdts' expects a value between 0 and 31"
+            in done.stderr), done.stderr
