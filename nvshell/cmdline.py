@@ -55,7 +55,7 @@ from typing import Any, Iterable
 
 from nvshell.device.keyval import parse_keyval
 from nvshell.device.errors import NvshellError, PropertyError
-from nvshell.device.qom import TYPE_DEVICE, TYPES, USER_CREATABLE, ListType, TypeRegistry
+from nvshell.device.qom import TYPE_DEVICE, TYPES, USER_CREATABLE, GlobalProperty, ListType, TypeRegistry
 from nvshell.device.qom.properties import LinkType
 
 
@@ -80,13 +80,10 @@ class Spec:
 
 
 @dataclass(frozen=True)
-class GlobalSpec:
-    """One ``-global``: the default of ``property`` for devices of type ``driver``."""
+class GlobalSpec(GlobalProperty):
+    """One ``-global`` (``driver``, ``property``, ``value``) and the option it came from."""
 
-    driver: str
-    property: str
-    value: Any
-    source: str  # "-global x-nvme-ctrl.doorbells=mmap"
+    source: str = ""  # "-global x-nvme-ctrl.doorbells=mmap"
 
 
 @dataclass
@@ -365,4 +362,5 @@ def help_request(objects: Iterable[str] = (), devices: Iterable[str] = ()) -> st
 
 
 __all__ = ["CmdlineError", "GLOBAL_SYNTAX", "GlobalSpec", "Spec", "Specs", "apply", "apply_globals",
-           "default_topology", "help_request", "help_text", "order_specs", "parse", "parse_global", "parse_option", "read_config"]
+           "default_topology", "help_request", "help_text", "order_specs", "parse", "parse_global", "parse_option",
+           "read_config"]

@@ -12,7 +12,7 @@ from nvshell.device.qom.types import (TYPE_CONTAINER, TYPE_DEVICE, TYPE_OBJECT, 
                               TypeRegistry, new_registry)
 
 __all__ = [
-    "BoolType", "Container", "EnumType", "GlobalProperty", "IntType", "LinkType", "ListType", "Object", "ObjectTree", "PropType",
-    "Property", "SizeType", "StrType", "TYPES", "TYPE_CONTAINER", "TYPE_DEVICE", "TYPE_OBJECT", "TypeInfo",
+    "BoolType", "Container", "EnumType", "GlobalProperty", "IntType", "LinkType", "ListType", "Object", "ObjectTree",
+    "PropType", "Property", "SizeType", "StrType", "TYPES", "TYPE_CONTAINER", "TYPE_DEVICE", "TYPE_OBJECT", "TypeInfo",
     "TypeRegistry", "USER_CREATABLE", "check_id", "format_size", "new_registry", "parse_size", "resolve_path",
 ]
