@@ -102,6 +102,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: Options that describe the nvshell to start: with --connect (a shell on one already running)
+#: they would be ignored, so they are refused instead.
+_STARTUP_ONLY = (("-object", "object"), ("-device", "device"), ("-global", "globals"),
+                 ("-readconfig", "readconfig"), ("-qmp", "qmp"), ("-trace", "trace"), ("-fault", "fault"))
+
+
+def _refuse_with_connect(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    given = [option for option, dest in _STARTUP_ONLY if getattr(args, dest)]
+    if given:
+        parser.error(f"{', '.join(given)}: only when starting nvshell, not with --connect "
+                     "(change a running one from its shell: device_add, object_add, trace-event, fault_add)")
+
+
 def prepare_run_dir(path: Path) -> Path:
     """Create the run directory owner-only, or check an existing one; never fix one up.
 
@@ -134,6 +147,8 @@ def prepare_run_dir(path: Path) -> Path:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.connect:
+        _refuse_with_connect(parser, args)
     logging.basicConfig(level=logging.WARNING - 10 * min(args.verbose, 2),
                         format="nvshell: %(levelname)s: %(name)s: %(message)s")
     try:

@@ -206,3 +206,15 @@ def test_suite_option_reaches_every_nvshell_a_test_starts(tmp_path: Path) -> Non
     assert done.returncode == 4, done.stdout + done.stderr
     assert ("--nvshell-global: -global x-nvme-ctrl.mdts=32: Parameter 'mdts' expects a value between 0 and 31"
             in done.stderr), done.stderr
+
+
+def test_startup_options_are_refused_with_connect(tmp_path: Path) -> None:
+    """``--connect`` runs a shell on an nvshell already running: a -global (or -device...) there
+    would be ignored, so it is a usage error naming the options, before any connection."""
+    done = subprocess.run([sys.executable, "-m", "nvshell", "--connect", f"unix:{tmp_path}/none.sock",
+                           "-global", "x-nvme-ctrl.mdts=3", "-device", "x-nvme-ctrl,id=c1"],
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True, cwd=str(REPO),
+                          env={**_env(), "PYTHONPATH": str(REPO)}, timeout=60)
+    assert done.returncode == 2, done
+    assert done.stderr.splitlines()[-1].startswith(
+        "nvshell: error: -device, -global: only when starting nvshell, not with --connect"), done.stderr
