@@ -268,3 +268,44 @@ def test_late_real_doorbell_does_not_move_a_shadowed_tail_back(trap_shost):
     assert (sq.head, sq.tail) == (5, 5) and cq.head == 5
     assert h.peek(1) is None
     _io(h, 1, 3)
+
+
+def test_mmap_deep_idle_looks_on_a_timer_and_wakes_on_the_first_doorbell(monkeypatch):
+    """mmap mode: after DEEP_IDLE_AFTER without a doorbell change the IOThread stops its 2 ms
+    back-off polling (an idle device must cost under 1% of a core) and looks on a timer; a
+    doorbell written meanwhile -- admin or I/O, shadowed or not -- is still seen, and brings the
+    back-off back; a controller reset leaves deep idle."""
+    from nvshell.device.nvme import doorbells as db_mod
+
+    monkeypatch.setattr(db_mod, "DEEP_IDLE_AFTER", 0.05)
+    h = ShadowHost("mmap")
+    try:
+        h.enable()
+        h.create_queue_pair(1)
+        doorbells = h.ctrl.doorbells
+        io = h.io
+
+        def deep() -> bool:
+            return h.io.run(lambda: doorbells.deep_idle)
+
+        def wait_deep() -> None:
+            deadline = time.monotonic() + 5
+            while not deep():
+                assert time.monotonic() < deadline, "never went deep idle"
+                time.sleep(0.01)
+
+        wait_deep()
+        assert io.run(lambda: doorbells.poll in io._pollers and doorbells.poll not in io._periodic)
+        assert status(h.cmd(AdminOpcode.GET_FEATURES, cdw10=0x07)) == 0     # admin doorbell while deep idle
+        assert not deep() and io.run(lambda: doorbells.poll in io._periodic)
+        wait_deep()
+        assert h.cmd(0x00, qid=1, nsid=1).sqid == 1       # an I/O queue (a Flush: no namespace here)
+        assert h.use_shadow() == 0
+        wait_deep()
+        assert h.cmd(0x00, qid=1, nsid=1).sqid == 1       # through the shadow buffer
+        assert h.real_rings >= 1 and not deep()
+        wait_deep()
+        h.wr(0x14, 0)                                                        # CC.EN = 0
+        assert io.run(lambda: (doorbells.deep_idle, doorbells.poll in io._pollers)) == (False, False)
+    finally:
+        h.close()
