@@ -8,7 +8,8 @@ Three sources, combinable per controller:
   the IOThread itself costs no wakeup).
 * **mmap** (``doorbells=mmap``): the doorbell area of BAR0 is a memfd the guest
   writes directly; the IOThread has to poll it (``poll``), backing off when idle,
-  and after a quiet second looking only every ``DEEP_IDLE_POLL`` (deep idle).
+  and after a quarter second without a change looking only every ``DEEP_IDLE_POLL``
+  (deep idle).
 * **shadow** (Doorbell Buffer Config, admin 7Ch, OACS bit 8): the host writes
   I/O queue tails/heads to a Shadow Doorbell buffer in its own memory and rings
   the real doorbell only when ``need_event(EventIdx, new, old)`` says so. While
@@ -54,8 +55,10 @@ MIN_BAR0_SIZE = 0x4000
 #: back-off back. Why: on a virtualised host every wake-up of a sleeping thread costs 40-100 us
 #: of CPU (measured here: an epoll sleep of 2 ms costs 1.8-2.2% of a core, one of 20 ms 0.4-0.5%),
 #: so looking every 2 ms kept an idle mmap-mode device above 2% of a core, and an idle device
-#: must stay under 1%. The price: a submission after a quiet second waits up to DEEP_IDLE_POLL.
-DEEP_IDLE_AFTER = 1.0
+#: must stay under 1% (the Linux guest's sporadic I/O while idle each bring back the back-off for
+#: DEEP_IDLE_AFTER: 1 s of it left 1.2%, a quarter second 0.7%). The price: a submission after a
+#: quiet quarter second waits up to DEEP_IDLE_POLL.
+DEEP_IDLE_AFTER = 0.25
 DEEP_IDLE_POLL = 0.02
 
 #: A full memory barrier between our EventIdx store and the shadow-tail load that
