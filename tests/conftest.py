@@ -15,11 +15,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     """Check the ``--nvshell-global`` options as nvshell would (a typo is a usage error here, not
-    a failure of every test), then hand them to ``NvshellProcess``."""
+    a failure of every test), then hand them to ``NvshellProcess``.  Without any, the device
+    model is not imported here: a broken one must fail its tests, not the session's start
+    (tests/test_suite_can_fail.py)."""
+    globals = config.getoption("nvshell_global")
+    if not globals:
+        return
     from nvshell.cmdline import CmdlineError, apply_globals, parse
     from nvshell.device.machine import Machine
 
-    globals = config.getoption("nvshell_global")
     try:
         apply_globals(Machine("."), parse(globals=globals).globals)
     except CmdlineError as e:
