@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
 from nvshell.device import trace as T
+from nvshell.device.iothread import LoopStats
 from nvshell.device.nvme.commands import Command
 from nvshell.device.nvme.config import ControllerConfig
 from nvshell.device.nvme.dataxfer import map_data
@@ -455,8 +456,9 @@ class Controller:
         learns of work and tells the host, read together -- the per-command costs that do
         not show in a profile of one command (doorbell messages, interrupts, sleeps)."""
         io = self.iothread
+        assert io is not None, "dataplane_info runs on the controller's IOThread"
         db = self.doorbells
-        loop = io.stats if io is not None else None
+        loop = {name.replace("_", "-"): getattr(io.stats, name) for name in LoopStats.__slots__}
         return {
             "doorbells": self.config.doorbells,
             "shadow-doorbells": db.shadow is not None,
@@ -466,12 +468,9 @@ class Controller:
             "doorbell-page-updates": db.page_updates,
             "shadow-updates": db.shadow_updates,
             "interrupts": sum(self.interrupts.fired.values()),
-            "sleeps": loop.sleeps if loop else 0,
-            "spins-found": loop.spins_found if loop else 0,
-            "spins-expired": loop.spins_expired if loop else 0,
-            "spins-preempted": loop.spins_preempted if loop else 0,
-            "spin-window-us": round(io.spin * 1e6, 1) if io is not None else 0.0,
-            "iothread-cpu-ms": round(io.cpu_seconds() * 1e3, 3) if io is not None else 0.0,
+            **loop,
+            "spin-window-us": round(io.spin * 1e6, 1),
+            "iothread-cpu-ms": round(io.cpu_seconds() * 1e3, 3),
         }
 
     def time_commands(self, on: bool) -> None:
